@@ -1,0 +1,1 @@
+"""HTTP API process (Flask). Never imports torch."""

@@ -1,0 +1,1 @@
+"""Object storage (S3 or local disk) and job records (Redis)."""

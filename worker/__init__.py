@@ -1,0 +1,1 @@
+"""Celery worker processes: the GPU pipeline, the decompose task and exports."""
