@@ -1,0 +1,1 @@
+"""pytest plugins shared by layerq's test suites (load with `-p tests.plugins.<name>` or from conftest)."""

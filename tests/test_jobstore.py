@@ -1,0 +1,108 @@
+"""Job records in a real Redis: guarded transitions, delivery caps, progress only while running."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from layerq.errors import IllegalTransition, JobNotFound
+from layerq.jobs import ALLOWED, JobStatus, check_transition
+from storage.jobs import JobStore, new_job_id
+
+
+@pytest.fixture
+def jobs(redis_url) -> JobStore:
+    return JobStore.from_url(redis_url, key_prefix=f"unit{uuid.uuid4().hex[:8]}")
+
+
+def make_job(jobs: JobStore) -> str:
+    job_id = new_job_id()
+    jobs.create(job_id, kind="decompose", queue="decompose", params={"layers": 4}, input_key="in.png")
+    return job_id
+
+
+def test_created_job_is_queued_with_a_position(jobs):
+    a, b = make_job(jobs), make_job(jobs)
+    assert jobs.get(a)["status"] == "queued"
+    assert jobs.queue_position("decompose", a) == 0 and jobs.queue_position("decompose", b) == 1
+    jobs.begin_attempt(a, max_deliveries=3)
+    assert jobs.queue_position("decompose", a) is None and jobs.queue_position("decompose", b) == 0
+
+
+def test_terminal_statuses_never_change(jobs):
+    job = make_job(jobs)
+    jobs.begin_attempt(job, max_deliveries=3)
+    jobs.succeed(job, {"layers": []}, {"total": 1.0})
+    for target in JobStatus:
+        with pytest.raises(IllegalTransition):
+            jobs.transition(job, target)
+    assert jobs.get(job)["status"] == "succeeded"
+
+
+def test_redelivered_terminal_job_is_skipped(jobs):
+    job = make_job(jobs)
+    assert jobs.begin_attempt(job, max_deliveries=3).run
+    jobs.fail(job, "pipeline_error", "boom")
+    again = jobs.begin_attempt(job, max_deliveries=3)
+    assert not again.run and again.status == "failed"
+    assert jobs.get(job)["attempts"] == 1
+
+
+def test_deliveries_past_the_cap_fail_with_worker_lost(jobs):
+    job = make_job(jobs)
+    for n in (1, 2, 3):
+        attempt = jobs.begin_attempt(job, max_deliveries=3)
+        assert attempt.run and attempt.attempts == n
+    lost = jobs.begin_attempt(job, max_deliveries=3)
+    assert not lost.run and lost.worker_lost
+    rec = jobs.get(job)
+    assert rec["status"] == "failed" and rec["error"]["code"] == "worker_lost"
+
+
+def test_progress_is_written_only_while_running(jobs):
+    job = make_job(jobs)
+    assert jobs.set_progress(job, "denoising", 1, 10) is JobStatus.QUEUED
+    assert jobs.get(job)["progress"]["step"] == 0
+    jobs.begin_attempt(job, max_deliveries=3)
+    assert jobs.set_progress(job, "denoising", 3, 10) is JobStatus.RUNNING
+    assert jobs.get(job)["progress"] == {"stage": "denoising", "step": 3, "total": 10}
+
+
+def test_only_one_of_racing_finishers_wins(jobs):
+    job = make_job(jobs)
+    jobs.begin_attempt(job, max_deliveries=3)
+    wins: list[str] = []
+
+    def finish(kind: str) -> None:
+        try:
+            if kind == "ok":
+                jobs.succeed(job, {"layers": []}, {})
+            else:
+                jobs.fail(job, "x", "y")
+            wins.append(kind)
+        except IllegalTransition:
+            pass
+
+    threads = [threading.Thread(target=finish, args=(k,)) for k in ("ok", "fail") * 10]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and jobs.get(job)["status"] == {"ok": "succeeded", "fail": "failed"}[wins[0]]
+
+
+def test_unknown_job_raises_not_found(jobs):
+    with pytest.raises(JobNotFound):
+        jobs.get("nope")
+    with pytest.raises(JobNotFound):
+        jobs.transition("nope", JobStatus.RUNNING)
+
+
+def test_state_machine_table():
+    for status in JobStatus:
+        assert status.is_terminal() == (not ALLOWED[status])
+    check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
+    with pytest.raises(IllegalTransition):
+        check_transition(JobStatus.CANCELED, JobStatus.RUNNING)
