@@ -25,7 +25,8 @@ class Settings:
     key_prefix: str = "layerq"
     """Prefix of every Redis key layerq writes (several deployments can share one Redis)."""
     job_ttl_s: int = 7 * 24 * 3600
-    """How long job records (and the result objects they point to) are kept after creation."""
+    """How long job records are kept in Redis after creation. layerq does not delete result
+    objects itself yet: give the bucket (or the storage directory) a lifecycle rule of the same age."""
 
     # --- object storage ----------------------------------------------------------------------
     storage: str = "local"
@@ -37,13 +38,17 @@ class Settings:
     public_url: str = ""
     """Base URL clients reach the API at, used in local-disk download URLs; empty: the request's host."""
     s3_bucket: str = "layerq"
+    """Bucket holding inputs, layers, exports and manifests (one prefix per job)."""
     s3_endpoint_url: str = ""
     """S3 endpoint as seen from the cluster (MinIO, R2, ...); empty: AWS."""
     s3_public_endpoint_url: str = ""
     """Endpoint used only for signing URLs handed to clients; empty: same as `s3_endpoint_url`."""
     s3_region: str = "us-east-1"
+    """Region used for signing."""
     s3_access_key_id: str = ""
+    """Credentials; empty: boto3's usual chain (environment, instance role, ...)."""
     s3_secret_access_key: str = ""
+    """Secret of `s3_access_key_id`."""
     s3_create_bucket: bool = False
     """Create the bucket at start when missing (development, tests)."""
     s3_max_attempts: int = 5
@@ -57,6 +62,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     """Largest decoded input image (width × height); larger inputs are rejected before decoding."""
     max_image_side_px: int = 8192
+    """Longest accepted side of an input image, checked from the header before decoding."""
 
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"
@@ -68,7 +74,8 @@ class Settings:
     job_soft_time_limit_s: int = 3000
     """A job still running after this long is stopped by its step callback and ends `failed`."""
     job_time_limit_s: int = 3600
-    """Hard limit (Celery's, enforced by the prefork pool)."""
+    """Celery's hard limit. The GPU worker's solo pool cannot enforce it, so the soft limit above is
+    what stops a job there; the hard limit applies to prefork (CPU) workers."""
     visibility_timeout_s: int = 4 * 3600
     """Redis broker visibility timeout: an unacked job is redelivered after this; keep > hard limit."""
     export_formats: str = "psd,pptx,zip"

@@ -21,7 +21,7 @@ class DecomposeParams(BaseModel):
 
     layers: int = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
     resolution: Literal[640, 1024] = Field(640, description="Resolution bucket (640 recommended).")
-    num_inference_steps: int = Field(50, ge=1, le=200, description="Denoising steps.")
+    num_inference_steps: int = Field(50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more).")
     true_cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field(" ", max_length=2000, description="A non-empty negative prompt turns CFG on.")
     prompt: str = Field(

@@ -28,7 +28,7 @@ def test_seed_is_chosen_once_and_kept():
         ({"layers": 1}, "params.layers"),
         ({"layers": 11}, "params.layers"),
         ({"resolution": 800}, "params.resolution"),
-        ({"num_inference_steps": 0}, "params.num_inference_steps"),
+        ({"num_inference_steps": 1}, "params.num_inference_steps"),
         ({"true_cfg_scale": 0.5}, "params.true_cfg_scale"),
         ({"seed": 2**32}, "params.seed"),
         ({"layers": "four"}, "params.layers"),

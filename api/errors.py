@@ -1,0 +1,71 @@
+"""The one place where layerq errors become HTTP responses: `{"error": {"code", "message", "field"?}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from layerq import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
+    e.PayloadTooLarge: 413,
+    e.ValidationFailed: 400,
+    e.JobNotFound: 404,
+    e.ObjectNotFound: 404,
+    e.SignatureInvalid: 403,
+    e.IllegalTransition: 409,
+    e.QueueUnavailable: 503,
+}
+
+
+def error_response(code: str, message: str, status: int, field: str | None = None):
+    body: dict = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return jsonify({"error": body}), status
+
+
+def status_for(exc: e.LayerqError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def validation_failed(exc: ValidationError, prefix: str = "") -> e.ValidationFailed:
+    """The first pydantic error as a ValidationFailed naming the field (`params.layers`)."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    field = f"{prefix}.{loc}" if prefix and loc else (loc or prefix or None)
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return e.ValidationFailed(f"{field}: {msg}" if field else msg, field=field)
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(e.LayerqError)
+    def _layerq(exc: e.LayerqError):
+        status = status_for(exc)
+        if status >= 500:
+            log.exception("internal error")
+        return error_response(exc.code, exc.message, status, exc.field)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response("payload_too_large", f"request body exceeds {limit} bytes", 413)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return error_response(exc.name.lower().replace(" ", "_"), exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response("internal", "internal server error", 500)

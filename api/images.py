@@ -1,0 +1,55 @@
+"""Input images: recognised from their content, bounded in size before decoding, normalised to RGBA.
+
+Everything is checked here, in the API, so a bad file is a 400 and never reaches a worker."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from layerq.errors import InvalidImage
+
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
+
+
+def normalise_image(data: bytes, *, max_pixels: int, max_side_px: int, field: str = "image") -> Image.Image:
+    """Decode `data` into an RGBA image (EXIF rotation applied), or raise InvalidImage naming `field`."""
+    if not data:
+        raise InvalidImage("image is empty", field=field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                raise InvalidImage(
+                    f"unsupported image format {fmt}; allowed: {', '.join(sorted(ALLOWED_FORMATS))}", field=field
+                )
+            w, h = img.size
+            # Checked from the header, before any pixel is decoded (decompression bombs).
+            if w < 1 or h < 1 or w > max_side_px or h > max_side_px or w * h > max_pixels:
+                raise InvalidImage(
+                    f"image is {w}x{h}; at most {max_side_px} px a side and {max_pixels} pixels", field=field
+                )
+            img.load()
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"not a decodable image: {exc}", field=field) from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise InvalidImage(f"image data is corrupt or truncated: {exc}", field=field) from exc
+    img = ImageOps.exif_transpose(img)
+    if img.mode != "RGBA":
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale: scale to 8 bits before the RGBA conversion, which would clip.
+            img = img.point(lambda v: v / 257).convert("L")
+        img = img.convert("RGBA")
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

@@ -1,0 +1,88 @@
+"""Job records as clients see them: timestamps in ISO 8601, ETAs, and download URLs signed afresh on
+every read (so a URL never outlives `url_ttl_s` from the moment it was handed out)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import request
+
+from layerq import keys
+from layerq.jobs import JobStatus, JobView
+from storage.base import ObjectStore
+from storage.jobs import JobStore
+
+DOWNLOAD_NAMES = {"psd": "layers.psd", "pptx": "layers.pptx", "zip": "layers.zip", "ora": "layers.ora"}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_view(rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int) -> dict[str, Any]:
+    status = JobStatus(rec["status"])
+    view: dict[str, Any] = {
+        "id": rec["id"],
+        "kind": rec["kind"],
+        "status": status.value,
+        "params": rec["params"],
+        "progress": rec.get("progress") or {"stage": "queued", "step": 0, "total": 0},
+        "queue_position": None,
+        "eta_s": None,
+        "created_at": iso(rec.get("created_at")),
+        "started_at": iso(rec.get("started_at")),
+        "finished_at": iso(rec.get("finished_at")),
+        "attempts": rec.get("attempts", 0),
+        "error": rec.get("error"),
+        "result": None,
+    }
+    if status is JobStatus.QUEUED:
+        view["queue_position"] = jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
+    if not status.is_terminal():
+        view["eta_s"] = _eta(rec, view["queue_position"], jobs)
+    view["timings"] = rec.get("timings")
+    if status is JobStatus.SUCCEEDED and rec.get("result"):
+        view["result"] = _signed_result(rec["id"], rec["result"], store, url_ttl_s)
+    return JobView.model_validate(view).model_dump(mode="json")
+
+
+def _signed_result(job_id: str, result: dict[str, Any], store: ObjectStore, ttl_s: int) -> dict[str, Any]:
+    def url(key: str, filename: str | None = None) -> str:
+        return _absolute(store.presign_get(key, ttl_s, filename=filename))
+
+    return {
+        "layers": [
+            {"index": layer["index"], "url": url(layer["key"]), "width": layer["width"], "height": layer["height"]}
+            for layer in result["layers"]
+        ],
+        "composite": url(keys.composite_key(job_id)),
+        "exports": {fmt: url(keys.export_key(job_id, fmt), DOWNLOAD_NAMES[fmt]) for fmt in result.get("exports", [])},
+        "manifest": url(keys.manifest_key(job_id)),
+        "expires_at": iso(time.time() + ttl_s),
+    }
+
+
+def _absolute(url: str) -> str:
+    # The local-disk backend signs paths when no public URL is configured: serve them from the host
+    # the client used to reach us.
+    if url.startswith("/"):
+        return request.host_url.rstrip("/") + url
+    return url
+
+
+def _eta(rec: dict[str, Any], position: int | None, jobs: JobStore) -> float | None:
+    """Seconds until this job ends, from the mean measured job time, the queue ahead and live workers."""
+    mean = jobs.mean_service_time(rec["kind"])
+    if mean is None:
+        return None
+    if rec["status"] == JobStatus.QUEUED.value:
+        workers = max(1, jobs.live_workers(rec.get("queue", rec["kind"])))
+        return round(mean * ((position or 0) // workers + 1), 1)
+    progress = rec.get("progress") or {}
+    total, step = progress.get("total") or 0, progress.get("step") or 0
+    done = step / total if total else 0.0
+    return round(max(0.0, mean * (1.0 - done)), 1)

@@ -1,0 +1,51 @@
+"""The Celery application, built once from Settings, and the settings that matter for hour-long GPU
+jobs. Shared by the API (which only sends tasks by name) and the workers; imports no worker code."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from layerq.config import Settings
+from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK
+
+
+def celery_config(settings: Settings) -> dict:
+    """Broker settings shared by the API (which only sends) and the workers."""
+    return {
+        "broker_url": settings.redis_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # job records in Redis are the results
+        "task_routes": {DECOMPOSE_TASK: {"queue": DECOMPOSE_QUEUE}},
+        # Ack after the job ends, and give the message back if the worker process dies: a lost
+        # job is redelivered, and JobStore.begin_attempt caps deliveries (poison jobs).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # An unacked message is redelivered after the visibility timeout, so it must stay well above
+        # the hard time limit or a long job would run twice at once.
+        # The key prefix also namespaces the broker's queues, so deployments sharing one Redis
+        # never take each other's jobs.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "global_keyprefix": f"{settings.key_prefix}:",
+        },
+        "task_time_limit": settings.job_time_limit_s,
+        "task_soft_time_limit": settings.job_soft_time_limit_s,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # SIGTERM is Celery's warm shutdown: the running job finishes, however long it takes (the
+        # deployments give workers a grace period above the time limit). A cold shutdown (SIGQUIT)
+        # first gives the job this long, then stops; the unacked job is redelivered to another worker.
+        "worker_soft_shutdown_timeout": 60.0,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("layerq")
+    app.conf.update(celery_config(settings))
+    app.conf.layerq_settings = settings
+    return app

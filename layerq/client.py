@@ -1,0 +1,95 @@
+"""A small HTTP client for layerq; the CLI's `submit` is built on it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class LayerqApiError(Exception):
+    """Raised when the API answers with an error body."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+class LayerqClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 60.0, session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.http = session or requests.Session()
+
+    def submit(self, image: bytes | str | Path, params: dict[str, Any] | None = None, filename: str = "image.png") -> dict:
+        """Submit one decomposition; return the job as accepted (status `queued`)."""
+        if not isinstance(image, bytes):
+            filename = Path(image).name
+            image = Path(image).read_bytes()
+        resp = self.http.post(
+            f"{self.base_url}/v1/jobs",
+            files={"image": (filename, image, "application/octet-stream")},
+            data={"params": json.dumps(params or {})},
+            timeout=self.timeout_s,
+        )
+        return self._json(resp)
+
+    def get(self, job_id: str) -> dict:
+        return self._json(self.http.get(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout_s))
+
+    def health(self) -> dict:
+        return self._json(self.http.get(f"{self.base_url}/healthz", timeout=self.timeout_s))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 3600.0,
+        poll_s: float = 0.25,
+        on_update: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll until the job ends; return its final record (raise TimeoutError past `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def download(self, job: dict, out_dir: str | Path) -> list[Path]:
+        """Download a succeeded job's layers, composite and exports into `out_dir`; return the paths."""
+        result = job.get("result")
+        if job.get("status") != "succeeded" or not result:
+            raise ValueError(f"job {job.get('id')} has no result (status {job.get('status')})")
+        out = Path(out_dir)
+        (out / "layers").mkdir(parents=True, exist_ok=True)
+        targets = [(layer["url"], out / "layers" / f"{layer['index']:02d}.png") for layer in result["layers"]]
+        targets.append((result["composite"], out / "composite.png"))
+        targets.append((result["manifest"], out / "manifest.json"))
+        targets += [(url, out / f"layers.{fmt}") for fmt, url in result["exports"].items()]
+        for url, path in targets:
+            resp = self.http.get(url, timeout=self.timeout_s)
+            resp.raise_for_status()
+            path.write_bytes(resp.content)
+        return [p for _, p in targets]
+
+    def _json(self, resp: requests.Response) -> dict:
+        try:
+            body = resp.json()
+        except ValueError:
+            resp.raise_for_status()
+            raise
+        if resp.status_code >= 400:
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            raise LayerqApiError(resp.status_code, err.get("code", "error"), err.get("message", resp.text), err.get("field"))
+        return body

@@ -1,0 +1,171 @@
+"""Run layerq's processes on one machine: a private redis-server when none is configured, the API under
+gunicorn, and Celery workers. Used by `layerq up`, `layerq demo`, the end-to-end tests and the
+benchmarks, so all of them exercise the same real processes a deployment runs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from layerq.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s" + (f": {last}" if last else ""))
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a loopback port; `persist` turns on the append-only file so a
+    restart keeps queued jobs."""
+
+    data_dir: Path
+    port: int = 0
+    persist: bool = False
+    proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.port = self.port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
+        log = open(self.data_dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.proc, sig)
+
+
+@dataclass
+class LocalStack:
+    """API + workers (+ private Redis) as child processes sharing one Settings."""
+
+    settings: Settings
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_workers: int = 2
+    redis: RedisServer | None = None
+    api: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, *, workers: int = 1, start_redis: bool | None = None, timeout_s: float = 300) -> "LocalStack":
+        """Start everything and return once the API answers and the workers have loaded their model."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if start_redis:
+            self.redis = RedisServer(self.run_dir / "redis").start()
+            self.settings = self.settings.replace(redis_url=self.redis.url)
+        if self.settings.storage == "local" and not self.settings.signing_secret:
+            self.settings = self.settings.replace(signing_secret=persistent_secret(self.run_dir / "signing-secret"))
+        self.port = self.port or free_port()
+        self.api = self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
+                                       "--port", str(self.port), "--workers", str(self.api_workers)])
+        for _ in range(workers):
+            self.add_worker()
+        wait_until(self._healthy(workers), timeout_s, "layerq stack", interval_s=0.25)
+        return self
+
+    def add_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        n = len(self.workers)
+        proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--name", f"w{n}@%h"],
+                           extra_env)
+        self.workers.append(proc)
+        return proc
+
+    def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
+        wait_until(self._healthy(count), timeout_s, f"{count} workers", interval_s=0.25)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            stop_process(proc)
+        stop_process(self.api)
+        if self.redis:
+            self.redis.stop()
+
+    def _healthy(self, workers: int):
+        def check() -> bool:
+            for proc in [self.api, *self.workers]:
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"a layerq process exited with {proc.returncode}; logs in {self.run_dir}")
+            body = requests.get(self.url + "/healthz", timeout=2).json()
+            return body["status"] == "ok" and body["workers"] >= workers
+
+        return check
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        log = open(self.run_dir / f"{name}.log", "ab")
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def __enter__(self) -> "LocalStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def persistent_secret(path: Path) -> str:
+    """A signing secret kept on disk, so download URLs stay valid across restarts of `layerq up`."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    return secret

@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.plugins.s3server", "tests.plugins.stack"]

@@ -1,0 +1,15 @@
+"""The worker's Celery app: the shared app (layerq.celery_app) plus the tasks and lifecycle hooks."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from layerq.celery_app import make_celery
+from layerq.config import Settings
+from worker import tasks
+
+
+def make_worker_app(settings: Settings | None = None) -> Celery:
+    app = make_celery(settings)
+    tasks.register(app)
+    return app
