@@ -12,6 +12,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from layerq.errors import InvalidImage
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
+# The pipeline keeps the aspect ratio at about resolution² pixels; past this ratio the short side
+# shrinks to a few dozen pixels (and to zero near 1600:1, where the pipeline itself raises).
+MAX_ASPECT_RATIO = 20.0
 
 
 def normalise_image(data: bytes, *, max_pixels: int, max_side_px: int, field: str = "image") -> Image.Image:
@@ -33,6 +36,8 @@ def normalise_image(data: bytes, *, max_pixels: int, max_side_px: int, field: st
                 raise InvalidImage(
                     f"image is {w}x{h}; at most {max_side_px} px a side and {max_pixels} pixels", field=field
                 )
+            if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+                raise InvalidImage(f"image is {w}x{h}; the aspect ratio may be at most {MAX_ASPECT_RATIO:g}:1", field=field)
             img.load()
     except InvalidImage:
         raise

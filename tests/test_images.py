@@ -62,3 +62,9 @@ def test_truncated_file_rejected():
 def test_unsupported_format_rejected():
     with pytest.raises(InvalidImage, match="unsupported"):
         normalise_image(encode(Image.new("RGB", (8, 8)), "ICO"), **LIMITS)
+
+
+def test_extreme_aspect_ratio_rejected():
+    with pytest.raises(InvalidImage, match="aspect ratio"):
+        normalise_image(encode(Image.new("RGB", (2100, 100)), "PNG"), **LIMITS)
+    assert normalise_image(encode(Image.new("RGB", (2000, 100)), "PNG"), **LIMITS).size == (2000, 100)
