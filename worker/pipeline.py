@@ -1,0 +1,236 @@
+"""The Qwen-Image-Layered pipeline as a GPU worker uses it: loaded once per process, called per job.
+
+`DecomposePipeline.run` makes exactly the authors' official call (see docs in DESIGN.md) and turns
+what can go wrong into layerq's errors: a cancellation or a passed deadline seen by the step callback
+becomes `JobCanceled` / `JobTimedOut`, anything the pipeline itself raises becomes `PipelineFailed`.
+
+torch and diffusers are imported lazily (inside functions), so importing this module — e.g. to use
+`output_size` in a process that must stay small — costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from layerq.errors import JobCanceled, JobTimedOut, PipelineFailed, ValidationFailed
+from layerq.params import DecomposeParams
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+OnStep = Callable[[int, int], None]
+ShouldStop = Callable[[], str | None]
+
+# calculate_dimensions in diffusers' qwenimage pipelines rounds both sides to this multiple.
+_SIDE_MULTIPLE = 32
+_MAX_ERROR_CHARS = 1000
+
+
+def output_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) of every layer the pipeline returns for an input of this size.
+
+    Mirrors `QwenImageLayeredPipeline.__call__`: the output keeps the input's aspect ratio at an area of
+    `resolution²`, each side rounded (Python's round, half to even) to a multiple of 32; the input's own
+    size matters only through its ratio. The pipeline then floors to `2 × vae_scale_factor` (16 for the
+    real VAE, 32 for the tiny one), a no-op on multiples of 32. A side of 0 (aspect ratio beyond about
+    1600:1) makes the pipeline raise.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    ratio = width / height
+    w = math.sqrt(resolution * resolution * ratio)
+    h = w / ratio
+    return round(w / _SIDE_MULTIPLE) * _SIDE_MULTIPLE, round(h / _SIDE_MULTIPLE) * _SIDE_MULTIPLE
+
+
+def resolve_model(model: str, cache_dir: Path) -> str:
+    """What to hand `from_pretrained`: the tiny model's directory, a local directory, or a hub id."""
+    if model == "tiny":
+        from worker.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model(Path(cache_dir)))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if model.startswith(("/", ".", "~")):
+        # Clearly meant as a path; without this, from_pretrained reports a confusing hub-id error.
+        raise FileNotFoundError(f"model directory not found: {model}")
+    return model  # a hub id such as Qwen/Qwen-Image-Layered
+
+
+def resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
+    """`auto` → CUDA + bfloat16 when a GPU is visible, else CPU + float32 (bf16 is slow on CPUs)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but no CUDA device is visible")
+    return dev, (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+
+
+def _caption_without_cudnn_attention(pipe: Any) -> None:
+    """Keep PyTorch's cuDNN attention out of the auto-caption's token-by-token decoding.
+
+    Each decoding step attends over one more cached token, and the cuDNN SDPA backend builds a new
+    plan for every new length: on an H200 (torch 2.11) the tiny model's first 512-token caption took
+    36 s instead of 2.7 s, and each new image size paid again for its new lengths. Flash and
+    memory-efficient attention have no such cost; the denoising loop keeps every backend.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    caption = pipe.get_image_caption
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def get_image_caption(*args: Any, **kwargs: Any) -> str:
+        with sdpa_kernel(backends):
+            return caption(*args, **kwargs)
+
+    pipe.get_image_caption = get_image_caption  # the pipeline calls it through self
+
+
+class _Abort(Exception):
+    """Raised from the step callback to leave the pipeline call at once; never escapes `run`.
+
+    Carries either the stop reason from `should_stop` or an exception a callback raised (which `run`
+    re-raises as it was, so e.g. a lost progress store is not reported as a model failure).
+    """
+
+    def __init__(self, reason: str | None = None, error: Exception | None = None) -> None:
+        super().__init__(reason or repr(error))
+        self.reason = reason
+        self.error = error
+
+
+@dataclass
+class DecomposePipeline:
+    """A loaded `QwenImageLayeredPipeline` plus the device and dtype it runs in."""
+
+    pipe: Any  # diffusers.QwenImageLayeredPipeline (typed loosely: diffusers is imported lazily)
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+    path: str
+    load_s: float = field(default=0.0)
+
+    @classmethod
+    def load(
+        cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models"
+    ) -> DecomposePipeline:
+        """Load once per worker process (tens of seconds and ~54 GB for the real model)."""
+        from diffusers import QwenImageLayeredPipeline
+
+        dev, dtype = resolve_device(device)
+        path = resolve_model(model, Path(cache_dir))
+        started = time.monotonic()
+        # `dtype` (not the deprecated `torch_dtype`) is what diffusers 0.42 and transformers 5 read.
+        pipe = QwenImageLayeredPipeline.from_pretrained(path, dtype=dtype)
+        pipe.to(dev)
+        pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
+        if dev.type == "cuda":
+            _caption_without_cudnn_attention(pipe)
+        load_s = time.monotonic() - started
+        log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, load_s)
+        return cls(pipe=pipe, device=dev, dtype=dtype, model_id=model, path=path, load_s=load_s)
+
+    def run(
+        self,
+        image: Image.Image,
+        params: DecomposeParams,
+        on_step: OnStep | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> list[Image.Image]:
+        """Decompose `image` into `params.layers` RGBA layers, bottom first, each `output_size(...)`.
+
+        `on_step(done, total)` is called after every denoising step; `should_stop()` is polled there
+        too and returns None to go on, or "canceled" / "time_limit" to stop (the auto-caption phase,
+        before the first step, cannot be interrupted).
+        """
+        import torch
+
+        if params.seed is None:
+            raise ValueError("params.seed must be set (DecomposeParams.with_seed) so the job is reproducible")
+        if image.mode != "RGBA":
+            image = image.convert("RGBA")  # the VAE takes 4 channels; RGB gets an opaque alpha
+        shift_terminal = self.pipe.scheduler.config.get("shift_terminal")
+        if params.num_inference_steps < 2 and shift_terminal:
+            # FlowMatchEulerDiscreteScheduler stretches sigmas to `shift_terminal` by dividing by
+            # (1 - last sigma): with one step that is 0/0, every sigma is NaN and the layers come out blank.
+            raise ValidationFailed(
+                "num_inference_steps must be at least 2 with this model's scheduler", field="num_inference_steps"
+            )
+
+        def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            try:
+                if on_step is not None:
+                    on_step(i + 1, pipe.num_timesteps)
+                reason = should_stop() if should_stop is not None else None
+            except Exception as exc:
+                raise _Abort(error=exc) from exc
+            if reason:
+                # Setting `pipe._interrupt` alone skips the remaining steps but still VAE-decodes and
+                # post-processes the half-denoised latents; raising here returns at once.
+                pipe._interrupt = True
+                raise _Abort(reason=reason)
+            return callback_kwargs
+
+        # Whitespace-only counts as empty: the pipeline then writes its own caption (None, "" or " ").
+        prompt = params.prompt if params.prompt.strip() else None
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                output = self.pipe(
+                    image=image,
+                    prompt=prompt,
+                    negative_prompt=params.negative_prompt,
+                    true_cfg_scale=params.true_cfg_scale,
+                    layers=params.layers,
+                    num_inference_steps=params.num_inference_steps,
+                    resolution=params.resolution,
+                    cfg_normalize=params.cfg_normalize,
+                    use_en_prompt=params.use_en_prompt,
+                    # The authors seed a generator on the GPU itself: same seed, same device → same layers.
+                    generator=torch.Generator(device=self.device).manual_seed(params.seed),
+                    num_images_per_prompt=1,
+                    output_type="pil",
+                    callback_on_step_end=step_end,
+                )
+        except _Abort as abort:
+            self._release(abort)
+            if abort.error is not None:
+                self._release(abort.error)
+                raise abort.error
+            if abort.reason == "time_limit":
+                raise JobTimedOut("the job passed its time limit and was stopped") from None
+            raise JobCanceled("the job was canceled") from None
+        except Exception as exc:
+            log.error("pipeline failed after %.1f s", time.monotonic() - started, exc_info=exc)
+            self._release(exc)
+            message = f"{type(exc).__name__}: {exc}".strip()
+            raise PipelineFailed(message[:_MAX_ERROR_CHARS]) from exc
+        log.info("decomposed into %d layers in %.1f s", params.layers, time.monotonic() - started)
+        return list(output.images[0])
+
+    def _release(self, exc: BaseException) -> None:
+        """After a failed or stopped job, free what it held so the next job starts clean.
+
+        The exception's traceback keeps the pipeline's frames, and their locals keep latents and
+        activations alive (GBs on a GPU) for as long as the exception lives: clear those frames (the
+        traceback stays printable), then hand the freed blocks back to the CUDA allocator.
+        """
+        traceback.clear_frames(exc.__traceback__)
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
