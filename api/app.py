@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import Celery
 from flask import Flask, current_app, jsonify
 
@@ -15,7 +14,8 @@ from api import errors
 from layerq.config import Settings
 from storage.base import ObjectStore
 from storage.factory import open_object_store
-from storage.jobs import JobStore
+from storage.jobs import JobStore, connect
+from storage.stats import ServiceTimes
 from layerq.celery_app import make_celery
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class Services:
     settings: Settings
     store: ObjectStore
     jobs: JobStore
+    stats: ServiceTimes
     celery: Celery
 
 
@@ -38,17 +39,20 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask("layerq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = connect(settings.redis_url)
     app.extensions["layerq"] = Services(
         settings=settings,
         store=open_object_store(settings),
         jobs=JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s),
+        stats=ServiceTimes(client, settings.key_prefix),
         celery=make_celery(settings),
     )
 
-    from api import files, jobs, openapi
+    from api import batches, files, jobs, openapi, uploads
 
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(batches.bp)
+    app.register_blueprint(uploads.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
     errors.register(app)

@@ -20,6 +20,7 @@ STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
     e.SignatureInvalid: 403,
     e.IllegalTransition: 409,
     e.QueueUnavailable: 503,
+    e.IdempotencyConflict: 409,
 }
 
 

@@ -26,3 +26,15 @@ def download(key: str):
         conditional=True,
         max_age=0,
     )
+
+
+@bp.put("/files/<path:key>")
+def upload(key: str):
+    """The local backend's equivalent of a presigned S3 PUT (only under uploads/)."""
+    store = services().store
+    if not isinstance(store, LocalDiskStore) or not key.startswith("uploads/"):
+        abort(404)
+    store.verify_url("PUT", key, request.args, content_type=request.headers.get("Content-Type"))
+    data = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH (413 above it)
+    store.put(key, data, request.mimetype or "application/octet-stream")
+    return "", 200

@@ -1,92 +1,147 @@
-"""Job endpoints: submit a decomposition, read a job."""
+"""Job endpoints: submit (multipart image, or JSON naming an uploaded input), read, list, cancel."""
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import Any
+import hashlib
 
 from flask import Blueprint, jsonify, request, url_for
 from pydantic import ValidationError
 
 from api.app import services
 from api.errors import validation_failed
-from api.images import normalise_image, png_bytes
+from api.idempotency import idempotent
+from api.submission import cache_key, cached_source, check_webhook, enqueue, parse_json_field, parse_params
+from api.tenancy import tenant
 from api.views import job_view
 from layerq import keys
-from layerq.errors import LayerqError, QueueUnavailable, ValidationFailed
-from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK, DecomposeMessage
-from layerq.params import DecomposeParams
-from storage.jobs import new_job_id
+from layerq.errors import JobNotFound, ValidationFailed
+from layerq.images import normalise_image, png_bytes
+from layerq.jobs import JobStatus
+from layerq.requests import JobRequest
+from layerq.webhooks import WebhookSpec, notify
+from storage.jobs import NewJob, new_job_id
 
-log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
-FORM_FIELDS = {"image", "params"}
+FORM_FIELDS = {"image", "params", "webhook", "cache"}
 
 
 @bp.post("/v1/jobs")
+@idempotent
 def submit_job():
-    """Multipart: `image` (file) and `params` (JSON object, optional). Everything is validated
-    before anything is stored or enqueued."""
+    """Multipart: `image` (file), `params` (JSON object), optional `webhook` (JSON) and `cache`
+    ("false" opts out of the result cache). Or JSON: `JobRequest` naming an uploaded input."""
     svc = services()
-    if not request.mimetype.startswith("multipart/form-data"):
-        raise ValidationFailed("send multipart/form-data with an `image` file and a `params` JSON field", field="image")
-    unknown = (set(request.files) | set(request.form)) - FORM_FIELDS
-    if unknown:
-        raise ValidationFailed(f"unknown form field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-    params = parse_params(request.form.get("params"))
-    upload = request.files.get("image")
-    if upload is None:
-        raise ValidationFailed("an `image` file is required", field="image")
-    image = normalise_image(
-        upload.read(), max_pixels=svc.settings.max_image_pixels, max_side_px=svc.settings.max_image_side_px
-    )
+    who = tenant()
+    if request.mimetype == "application/json":
+        body = _json_request()
+        params, input_key, digest = body.params.with_seed(), body.input_key, ""
+        webhook, use_cache = check_webhook(body.webhook, svc.settings), False  # bytes unread: no cache key
+        job_id = new_job_id()
+    elif request.mimetype.startswith("multipart/form-data"):
+        unknown = sorted((set(request.files) | set(request.form)) - FORM_FIELDS)
+        if unknown:
+            raise ValidationFailed(f"unknown form field {unknown[0]!r}", field=unknown[0])
+        params = parse_params(parse_json_field(request.form.get("params"), "params")).with_seed()
+        webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc.settings)
+        use_cache = request.form.get("cache", "true").lower() not in ("false", "0", "no")
+        upload = request.files.get("image")
+        if upload is None:
+            raise ValidationFailed("an `image` file is required", field="image")
+        data = upload.read()
+        image = normalise_image(data, max_pixels=svc.settings.max_image_pixels, max_side_px=svc.settings.max_image_side_px)
+        digest = hashlib.sha256(data).hexdigest()
+        job_id = new_job_id()
+        input_key = keys.input_key(job_id)
+    else:
+        raise ValidationFailed("send multipart/form-data with an `image` file, or JSON with an `input_key`",
+                               field="image")
+    use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
 
-    job_id = new_job_id()
-    params = params.with_seed()
-    svc.store.put(keys.input_key(job_id), png_bytes(image), "image/png")
-    svc.jobs.create(
-        job_id, kind="decompose", queue=DECOMPOSE_QUEUE, params=params.model_dump(), input_key=keys.input_key(job_id)
-    )
-    message = DecomposeMessage(job_id=job_id, input_key=keys.input_key(job_id), params=params)
-    try:
-        svc.celery.send_task(DECOMPOSE_TASK, args=[message.model_dump(mode="json")], queue=DECOMPOSE_QUEUE)
-    except Exception as exc:  # broker down: the job must not sit queued forever
-        log.exception("enqueue failed for job %s", job_id)
-        try:
-            svc.jobs.fail(job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
-        except LayerqError:
-            pass
-        raise QueueUnavailable("the job queue is unavailable; try again") from exc
-
-    rec = svc.jobs.get(job_id)
-    body = job_view(rec, svc.jobs, svc.store, svc.settings.url_ttl_s)
-    resp = jsonify(body)
-    resp.status_code = 202
+    ckey = cache_key(svc.settings.key_prefix, who, digest, params, svc.settings.model) if digest else ""
+    source = cached_source(svc, ckey, who) if ckey and use_cache else None
+    if source is not None:
+        svc.jobs.create_cached(job_id, params=params.model_dump(), source=source, tenant=who)
+    else:
+        if input_key == keys.input_key(job_id):
+            svc.store.put(input_key, png_bytes(image), "image/png")
+        job = NewJob(job_id=job_id, params=params.model_dump(), input_key=input_key, tenant=who,
+                     cache_key=ckey, webhook=webhook)
+        svc.jobs.create_many([job])
+        enqueue(svc, [job], {job_id: params})
+    resp = jsonify(_view(job_id))
+    resp.status_code = 202 if source is None else 200
     resp.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
     return resp
 
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
+    return jsonify(_view(job_id))
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Queued → canceled at once; running → canceling (stops at the next denoising step). Cancelling
+    a finished or already-canceled job changes nothing and says so."""
+    svc = services()
+    before = _owned(job_id)["status"]
+    outcome = svc.jobs.cancel([job_id])
+    if outcome["canceled"]:  # no worker will ever see this job: the API sends its webhook
+        notify(svc.celery, svc.settings, svc.jobs.get(job_id), redis_client=svc.jobs.r)
+    view = _view(job_id)
+    if outcome["already_finished"]:
+        message = f"job already {before}; nothing to cancel"
+    elif before == JobStatus.CANCELING.value:
+        message = "cancel already requested; the job stops at its next step"
+    elif outcome["canceling"]:
+        message = "the job is running and stops at its next denoising step"
+    else:
+        message = "the job was canceled before it started"
+    return jsonify({"job": view, "message": message, "changed": bool(outcome["canceled"] or
+                    (outcome["canceling"] and before != JobStatus.CANCELING.value))})
+
+
+@bp.get("/v1/jobs")
+def list_jobs():
+    """`?batch=<id>&status=<s>&cursor=<n>&limit=<n>`: a batch's jobs in submission order."""
+    from api.batches import page_of_jobs
+
+    batch_id = request.args.get("batch")
+    if not batch_id:
+        raise ValidationFailed("listing needs a batch (?batch=<id>)", field="batch")
+    return jsonify(page_of_jobs(batch_id))
+
+
+def _owned(job_id: str) -> dict:
     svc = services()
     if not job_id.isalnum() or len(job_id) > 64:
         raise ValidationFailed("malformed job id", field="id")
     rec = svc.jobs.get(job_id)
-    return jsonify(job_view(rec, svc.jobs, svc.store, svc.settings.url_ttl_s))
+    if rec.get("tenant", "") not in ("", tenant()):
+        raise JobNotFound(f"no job with id {job_id!r}", field="id")  # not yours: indistinguishable from absent
+    return rec
 
 
-def parse_params(raw: str | None) -> DecomposeParams:
-    if raw is None or raw.strip() == "":
-        return DecomposeParams()
+def _view(job_id: str) -> dict:
+    svc = services()
+    return job_view(_owned(job_id), svc.jobs, svc.store, svc.settings.url_ttl_s, svc.stats)
+
+
+def _json_request() -> JobRequest:
     try:
-        data: Any = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed(f"params is not valid JSON: {exc.msg}", field="params") from exc
-    if not isinstance(data, dict):
-        raise ValidationFailed("params must be a JSON object", field="params")
-    try:
-        return DecomposeParams.model_validate(data)
+        return JobRequest.model_validate(request.get_json(force=True, silent=False))
     except ValidationError as exc:
-        raise validation_failed(exc, prefix="params") from exc
+        raise validation_failed(exc) from exc
+    except Exception as exc:  # malformed JSON
+        raise ValidationFailed(f"body is not valid JSON: {exc}", field="body") from exc
+
+
+def _webhook_field(raw: str | None) -> WebhookSpec | None:
+    if raw is None:
+        return None
+    try:
+        return WebhookSpec.model_validate(parse_json_field(raw, "webhook"))
+    except ValidationError as exc:
+        raise validation_failed(exc, prefix="webhook") from exc
+

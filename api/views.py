@@ -13,6 +13,7 @@ from layerq import keys
 from layerq.jobs import JobStatus, JobView
 from storage.base import ObjectStore
 from storage.jobs import JobStore
+from storage.stats import ServiceTimes
 
 DOWNLOAD_NAMES = {"psd": "layers.psd", "pptx": "layers.pptx", "zip": "layers.zip", "ora": "layers.ora"}
 
@@ -23,7 +24,9 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_view(rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int) -> dict[str, Any]:
+def job_view(
+    rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int, stats: ServiceTimes | None = None
+) -> dict[str, Any]:
     status = JobStatus(rec["status"])
     view: dict[str, Any] = {
         "id": rec["id"],
@@ -39,11 +42,13 @@ def job_view(rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s:
         "attempts": rec.get("attempts", 0),
         "error": rec.get("error"),
         "result": None,
+        "batch_id": rec.get("batch_id") or None,
+        "cached_from": rec.get("cached_from") or None,
     }
     if status is JobStatus.QUEUED:
         view["queue_position"] = jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
-    if not status.is_terminal():
-        view["eta_s"] = _eta(rec, view["queue_position"], jobs)
+    if not status.is_terminal() and stats is not None:
+        view["eta_s"] = _eta(rec, view["queue_position"], jobs, stats)
     view["timings"] = rec.get("timings")
     if status is JobStatus.SUCCEEDED and rec.get("result"):
         view["result"] = _signed_result(rec["id"], rec["result"], store, url_ttl_s)
@@ -52,7 +57,7 @@ def job_view(rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s:
 
 def _signed_result(job_id: str, result: dict[str, Any], store: ObjectStore, ttl_s: int) -> dict[str, Any]:
     def url(key: str, filename: str | None = None) -> str:
-        return _absolute(store.presign_get(key, ttl_s, filename=filename))
+        return absolute(store.presign_get(key, ttl_s, filename=filename))
 
     return {
         "layers": [
@@ -66,7 +71,7 @@ def _signed_result(job_id: str, result: dict[str, Any], store: ObjectStore, ttl_
     }
 
 
-def _absolute(url: str) -> str:
+def absolute(url: str) -> str:
     # The local-disk backend signs paths when no public URL is configured: serve them from the host
     # the client used to reach us.
     if url.startswith("/"):
@@ -74,15 +79,18 @@ def _absolute(url: str) -> str:
     return url
 
 
-def _eta(rec: dict[str, Any], position: int | None, jobs: JobStore) -> float | None:
-    """Seconds until this job ends, from the mean measured job time, the queue ahead and live workers."""
-    mean = jobs.mean_service_time(rec["kind"])
-    if mean is None:
+def _eta(rec: dict[str, Any], position: int | None, jobs: JobStore, stats: ServiceTimes) -> float | None:
+    """Seconds until this job ends: its own estimated time (measured per step and per bucket), plus,
+    while queued, the estimated work ahead of it shared among the live workers."""
+    means = stats.snapshot()
+    own = stats.estimate_s(rec["params"], means)
+    if own is None:
         return None
     if rec["status"] == JobStatus.QUEUED.value:
-        workers = max(1, jobs.live_workers(rec.get("queue", rec["kind"])))
-        return round(mean * ((position or 0) // workers + 1), 1)
+        workers = max(1, jobs.live_workers(rec.get("queue") or rec["kind"]))
+        # Jobs ahead are assumed to be like this one; their exact parameters would cost a read each.
+        return round(own * ((position or 0) / workers + 1), 1)
     progress = rec.get("progress") or {}
     total, step = progress.get("total") or 0, progress.get("step") or 0
-    done = step / total if total else 0.0
-    return round(max(0.0, mean * (1.0 - done)), 1)
+    remaining = own * (1.0 - step / total) if total else own
+    return round(max(0.0, remaining), 1)

@@ -29,6 +29,10 @@ def celery_config(settings: Settings) -> dict:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
             "global_keyprefix": f"{settings.key_prefix}:",
+            # The visibility-timeout sweep is only the last line of defence (worker/liveness.py
+            # puts back a dead worker's job within seconds); sweep at a pace that fits the timeout.
+            "unacked_restore_interval": max(1, min(60, settings.visibility_timeout_s // 10)),
+            "unacked_restore_throttle": 1,
         },
         "task_time_limit": settings.job_time_limit_s,
         "task_soft_time_limit": settings.job_soft_time_limit_s,

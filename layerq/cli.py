@@ -76,10 +76,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)
-    app = make_worker_app(settings)
+    app = make_worker_app(settings, queues=args.queues)
     # Solo pool: the model lives in the process that runs the jobs, CUDA is never initialised before
     # a fork, and concurrency is 1 (one worker per GPU).
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", args.queues, "-n", args.name,
+    gpu = "decompose" in args.queues.split(",")
+    # GPU queues: solo pool, concurrency 1 (one worker per GPU). The CPU queue (webhooks) is I/O bound:
+    # a few threads, no model.
+    pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads", "--concurrency=8"]
+    app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0
 

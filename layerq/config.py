@@ -61,6 +61,18 @@ class Settings:
     """Largest request body the API accepts (413 above it)."""
     max_image_pixels: int = 40_000_000
     """Largest decoded input image (width × height); larger inputs are rejected before decoding."""
+    idempotency_ttl_s: int = 48 * 3600
+    """How long an Idempotency-Key is remembered (replays the first response, 409 on a different body)."""
+    webhook_secret: str = ""
+    """HMAC-SHA256 key that signs webhook deliveries; webhooks are refused while it is empty."""
+    webhook_allow_hosts: str = ""
+    """Comma-separated hosts, IPs or CIDRs that webhooks may target although private or loopback."""
+    webhook_max_attempts: int = 6
+    """Delivery attempts per webhook event before it is given up."""
+    webhook_backoff_base_s: float = 30.0
+    """First retry delay of a failed webhook delivery; later delays grow threefold."""
+    webhook_timeout_s: float = 10.0
+    """Timeout of one webhook delivery request."""
     max_image_side_px: int = 8192
     """Longest accepted side of an input image, checked from the header before decoding."""
 
@@ -82,6 +94,12 @@ class Settings:
     """Exports written with every job, comma-separated, from psd, pptx, zip, ora (OpenRaster)."""
     max_deliveries: int = 3
     """A job delivered this many times without finishing ends `failed` with code `worker_lost`."""
+    max_transient_retries: int = 3
+    """Retries of a job after a transient fault (storage or Redis unreachable), with backoff."""
+    retry_backoff_s: float = 5.0
+    """First retry delay after a transient fault; doubles with each retry."""
+    worker_heartbeat_s: float = 10.0
+    """Workers beat this often; a worker silent for 3 beats is dead and its job is put back at once."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

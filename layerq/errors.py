@@ -79,3 +79,9 @@ class QueueUnavailable(LayerqError):
     """Raised when a job could not be handed to the broker."""
 
     code = "queue_unavailable"
+
+
+class IdempotencyConflict(LayerqError):
+    """Raised when an Idempotency-Key is reused with another request, or while its first use runs."""
+
+    code = "idempotency_conflict"

@@ -87,3 +87,5 @@ class JobView(BaseModel):
     error: JobError | None = None
     result: JobResult | None = None
     timings: dict[str, float] | None = Field(None, description="Seconds per stage of the last attempt.")
+    batch_id: str | None = None
+    cached_from: str | None = Field(None, description="Set when answered from an identical finished job.")

@@ -99,39 +99,68 @@ class LocalStack:
     redis: RedisServer | None = None
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
+    cpu_workers: list[subprocess.Popen] = field(default_factory=list)
+    _spawned: int = 0
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, *, workers: int = 1, start_redis: bool | None = None, timeout_s: float = 300) -> "LocalStack":
+    def start(
+        self, *, workers: int = 1, cpu_workers: int = 1, start_redis: bool | None = None, persist_redis: bool = False,
+        timeout_s: float = 300,
+    ) -> "LocalStack":
         """Start everything and return once the API answers and the workers have loaded their model."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if start_redis:
-            self.redis = RedisServer(self.run_dir / "redis").start()
+            self.redis = RedisServer(self.run_dir / "redis", persist=persist_redis).start()
             self.settings = self.settings.replace(redis_url=self.redis.url)
         if self.settings.storage == "local" and not self.settings.signing_secret:
             self.settings = self.settings.replace(signing_secret=persistent_secret(self.run_dir / "signing-secret"))
         self.port = self.port or free_port()
         self.api = self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
                                        "--port", str(self.port), "--workers", str(self.api_workers)])
+        for _ in range(cpu_workers):
+            self.cpu_workers.append(self._spawn(f"cpu-{len(self.cpu_workers)}", [
+                sys.executable, "-m", "layerq.cli", "worker", "--queues", "cpu",
+                "--name", f"cpu{len(self.cpu_workers)}@%h"]))
         for _ in range(workers):
             self.add_worker()
         wait_until(self._healthy(workers), timeout_s, "layerq stack", interval_s=0.25)
         return self
 
     def add_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        n = len(self.workers)
+        n = self._spawned
+        self._spawned += 1
         proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--name", f"w{n}@%h"],
                            extra_env)
         self.workers.append(proc)
         return proc
 
+    def replace_worker(self, index: int, sig: int = signal.SIGKILL, wait: bool = True) -> subprocess.Popen:
+        """Kill worker `index` (SIGKILL by default: no chance to clean up) and start a fresh one in
+        its place, as a process supervisor would."""
+        old = self.workers[index]
+        stop_process(old, sig, timeout_s=30)
+        self.workers.pop(index)
+        name = f"w{self._spawned}@"
+        proc = self.add_worker()
+        if wait:
+            wait_until(lambda: self._worker_ready(name), 120, "replacement worker", interval_s=0.1)
+        return proc
+
+    def _worker_ready(self, name_prefix: str) -> bool:
+        import redis
+
+        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        members = r.zrange(f"{self.settings.key_prefix}:workers:decompose", 0, -1)
+        return any(m.startswith(name_prefix) for m in members)
+
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
         wait_until(self._healthy(count), timeout_s, f"{count} workers", interval_s=0.25)
 
     def stop(self) -> None:
-        for proc in self.workers:
+        for proc in self.workers + self.cpu_workers:
             stop_process(proc)
         stop_process(self.api)
         if self.redis:
@@ -139,7 +168,7 @@ class LocalStack:
 
     def _healthy(self, workers: int):
         def check() -> bool:
-            for proc in [self.api, *self.workers]:
+            for proc in [self.api, *self.workers, *self.cpu_workers]:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"a layerq process exited with {proc.returncode}; logs in {self.run_dir}")
             body = requests.get(self.url + "/healthz", timeout=2).json()

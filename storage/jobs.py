@@ -1,8 +1,8 @@
 """Job records in Redis with atomic, guarded status transitions.
 
-One hash per job (`<prefix>:job:<id>`), a sorted set per queue holding the queued jobs in enqueue
-order (for `queue_position`), and a sorted set of live workers (for ETAs). Every status change runs
-as one Lua script that checks the current status against `layerq.jobs.ALLOWED`, so two processes
+One hash per job (`<prefix>:job:<id>`) plus its transition log (`…:log`), a sorted set per queue of
+the queued jobs in enqueue order (`queue_position`), and per-batch status counters. Every status
+change is one Lua script (storage/lua.py) checked against `layerq.jobs.ALLOWED`, so two processes
 racing on one job (a redelivery, a cancel) can never both win, and a terminal status never changes.
 """
 
@@ -11,52 +11,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from layerq.errors import IllegalTransition, JobNotFound
 from layerq.jobs import ALLOWED, JobStatus
+from storage import lua
 
-# KEYS: job hash, queue zset. ARGV: allowed current statuses (",a,b,"), new status, then field/value pairs.
-# Returns {"ok"|"refused"|"missing", current status}.
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {'missing', ''} end
-if not string.find(ARGV[1], ',' .. cur .. ',', 1, true) then return {'refused', cur} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[2] ~= 'queued' then redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id')) end
-return {'ok', cur}
-"""
-
-# Claim a delivery of a job. KEYS: job hash, queue zset. ARGV: now, max deliveries, error json.
-# Returns {"run", attempts} | {"skip", status} | {"lost", attempts} | {"missing", ""}.
-_BEGIN_ATTEMPT = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {'missing', ''} end
-if cur == 'succeeded' or cur == 'failed' or cur == 'canceled' then return {'skip', cur} end
-redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-if cur == 'canceling' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-  return {'skip', 'canceled'}
-end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', ARGV[3])
-  return {'lost', tostring(attempts)}
-end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-return {'run', tostring(attempts)}
-"""
-
-# Progress is written only while the job runs; the answer tells the worker if it should stop.
-_PROGRESS = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if cur == 'running' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
-return cur or ''
-"""
+JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
+TIME_FIELDS = ("created_at", "started_at", "finished_at")
 
 
 @dataclass(frozen=True)
@@ -67,10 +35,38 @@ class Attempt:
     attempts: int = 0
     status: str = ""
     worker_lost: bool = False
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What it takes to create one queued job."""
+
+    job_id: str
+    params: dict[str, Any]
+    input_key: str
+    kind: str = "decompose"
+    queue: str = "decompose"
+    batch_id: str = ""
+    tenant: str = ""
+    cache_key: str = ""
+    webhook: dict[str, Any] | None = None
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that rides out a Redis restart: connection errors are retried with backoff for
+    about ten seconds before they reach the caller."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+    )
 
 
 class JobStore:
@@ -78,13 +74,14 @@ class JobStore:
         self.r = client
         self.prefix = key_prefix
         self.ttl_s = ttl_s
-        self._transition = client.register_script(_TRANSITION)
-        self._begin = client.register_script(_BEGIN_ATTEMPT)
-        self._progress = client.register_script(_PROGRESS)
+        self._transition = client.register_script(lua.TRANSITION)
+        self._begin = client.register_script(lua.BEGIN_ATTEMPT)
+        self._progress = client.register_script(lua.PROGRESS)
+        self._cancel = client.register_script(lua.CANCEL)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "JobStore":
-        return cls(redis.Redis.from_url(url, decode_responses=True), **kwargs)
+        return cls(connect(url), **kwargs)
 
     # --- keys ----------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -96,95 +93,155 @@ class JobStore:
     def workers_key(self, queue: str) -> str:
         return f"{self.prefix}:workers:{queue}"
 
-    def stats_key(self, kind: str) -> str:
-        return f"{self.prefix}:stats:{kind}"
+    @property
+    def batch_prefix(self) -> str:
+        return f"{self.prefix}:batch:"
+
+    def _common(self) -> list[Any]:
+        return [repr(time.time()), self.batch_prefix]
 
     # --- creation and reads --------------------------------------------------------------------
-    def create(self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], input_key: str) -> None:
-        """Write a queued job and its place in the queue in one round trip."""
+    def create(self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], input_key: str, **extra: Any) -> None:
+        self.create_many([NewJob(job_id=job_id, params=params, input_key=input_key, kind=kind, queue=queue, **extra)])
+
+    def create_many(self, jobs: Iterable[NewJob], *, pipe: redis.client.Pipeline | None = None) -> None:
+        """Write queued jobs and their places in the queue in one round trip (10,000 at a time is fine)."""
         now = time.time()
+        own = pipe is None
+        pipe = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        by_queue: dict[str, dict[str, float]] = {}
+        for n, job in enumerate(jobs):
+            key = self.job_key(job.job_id)
+            record: dict[str, Any] = {
+                "id": job.job_id, "kind": job.kind, "queue": job.queue, "status": JobStatus.QUEUED.value,
+                "params": json.dumps(job.params), "input_key": job.input_key, "created_at": repr(now),
+                "attempts": 0, "progress": '{"stage": "queued", "step": 0, "total": 0}',
+                "batch_id": job.batch_id, "tenant": job.tenant, "cache_key": job.cache_key,
+            }
+            if job.webhook:
+                record["webhook"] = json.dumps(job.webhook)
+            pipe.hset(key, mapping=record)
+            pipe.expire(key, self.ttl_s)
+            # Same-instant jobs keep their submission order in the queue.
+            by_queue.setdefault(job.queue, {})[job.job_id] = now + n * 1e-6
+        for queue, members in by_queue.items():
+            pipe.zadd(self.queue_key(queue), members)
+        if own:
+            pipe.execute()
+
+    def create_cached(
+        self, job_id: str, *, params: dict[str, Any], source: dict[str, Any], tenant: str, batch_id: str = "",
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
+        """A job answered at once by an identical finished job: succeeded on creation, pointing at the
+        source job's result objects, and marked with `cached_from`."""
+        now = repr(time.time())
         key = self.job_key(job_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={
-                "id": job_id,
-                "kind": kind,
-                "queue": queue,
-                "status": JobStatus.QUEUED.value,
-                "params": json.dumps(params),
-                "input_key": input_key,
-                "created_at": repr(now),
-                "attempts": 0,
-                "progress": json.dumps({"stage": "queued", "step": 0, "total": 0}),
-            },
-        )
-        pipe.expire(key, self.ttl_s)
-        pipe.zadd(self.queue_key(queue), {job_id: now})
-        pipe.execute()
+        p = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        p.hset(key, mapping={
+            "id": job_id, "kind": source["kind"], "queue": source.get("queue", "decompose"), "status": "succeeded",
+            "params": json.dumps(params), "input_key": source["input_key"], "created_at": now, "started_at": now,
+            "finished_at": now, "attempts": 0, "batch_id": batch_id, "tenant": tenant, "cached_from": source["id"],
+            "result": json.dumps(source["result"]), "timings": "{}",
+            "progress": json.dumps({"stage": "done", "step": source["progress"].get("total", 0),
+                                    "total": source["progress"].get("total", 0)}),
+        })
+        p.rpush(key + ":log", f"none>succeeded@{now}")
+        # A cached job lives no longer than the results it points to.
+        ttl = self.r.ttl(self.job_key(source["id"]))
+        for k in (key, key + ":log"):
+            p.expire(k, ttl if ttl and ttl > 0 else self.ttl_s)
+        if batch_id:
+            p.hincrby(self.batch_prefix + batch_id, "n_succeeded", 1)
+        if pipe is None:
+            p.execute()
 
     def get(self, job_id: str) -> dict[str, Any]:
-        """The raw record with JSON fields decoded; raise JobNotFound when unknown or expired."""
+        """The record with JSON fields decoded; raise JobNotFound when unknown or expired."""
         raw = self.r.hgetall(self.job_key(job_id))
         if not raw:
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
-        rec: dict[str, Any] = dict(raw)
-        for name in ("params", "progress", "error", "result", "timings"):
-            if name in rec:
-                rec[name] = json.loads(rec[name])
-        for name in ("created_at", "started_at", "finished_at"):
-            if name in rec:
-                rec[name] = float(rec[name])
-        rec["attempts"] = int(rec.get("attempts", 0))
-        return rec
+        return decode_record(raw)
+
+    def get_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.job_key(job_id))
+        return [decode_record(raw) if raw else None for raw in pipe.execute()]
+
+    def transition_log(self, job_id: str) -> list[str]:
+        return self.r.lrange(self.job_key(job_id) + ":log", 0, -1)
 
     def queue_position(self, queue: str, job_id: str) -> int | None:
         return self.r.zrank(self.queue_key(queue), job_id)
 
+    def queued_count(self, queue: str) -> int:
+        return int(self.r.zcard(self.queue_key(queue)))
+
     # --- transitions ---------------------------------------------------------------------------
-    def transition(self, job_id: str, new: JobStatus, **fields: Any) -> JobStatus:
+    def transition(self, job_id: str, new: JobStatus, *, queue: str = "decompose", **fields: Any) -> JobStatus:
         """Move a job to `new` if ALLOWED from its current status; return the previous status.
 
-        Raise IllegalTransition (with the current status) when refused, JobNotFound when missing."""
+        Raise IllegalTransition (naming the current status) when refused, JobNotFound when missing."""
         allowed_from = [s.value for s, targets in ALLOWED.items() if new in targets]
-        args: list[Any] = ["," + ",".join(allowed_from) + ",", new.value]
+        args: list[Any] = [*self._common(), "," + ",".join(allowed_from) + ",", new.value]
         for name, value in fields.items():
             args += [name, value if isinstance(value, str) else json.dumps(value)]
-        outcome, current = self._transition(keys=[self.job_key(job_id), self._queue_of(job_id)], args=args)
+        outcome, current = self._transition(keys=[self.job_key(job_id), self.queue_key(queue)], args=args)
         if outcome == "missing":
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         if outcome == "refused":
             raise IllegalTransition(f"job {job_id} is {current}; cannot move to {new.value}")
         return JobStatus(current)
 
-    def begin_attempt(self, job_id: str, *, max_deliveries: int) -> Attempt:
-        """Claim a delivery: queued/running → running (attempts + 1). A terminal job is skipped, so a
-        redelivered message does nothing; past `max_deliveries` the job fails with `worker_lost`."""
+    def begin_attempt(
+        self, job_id: str, *, max_deliveries: int, worker: str = "", alive_within_s: float = 45.0,
+        queue: str = "decompose",
+    ) -> Attempt:
+        """Claim a delivery: queued/running → running (attempts + 1). A terminal job is skipped (a
+        redelivered message does nothing), a job running on a live worker is a duplicate, and past
+        `max_deliveries` the job fails with `worker_lost`."""
         error = json.dumps(
             {"code": "worker_lost", "message": f"job was delivered {max_deliveries} times without finishing"}
         )
-        outcome, detail = self._begin(
-            keys=[self.job_key(job_id), self._queue_of(job_id)], args=[repr(time.time()), max_deliveries, error]
-        )
+        keys = [self.job_key(job_id), self.queue_key(queue), self.workers_key(queue)]
+        args = [*self._common(), max_deliveries, error, worker, time.time() - alive_within_s]
+        outcome, detail = self._begin(keys=keys, args=args)
         if outcome == "run":
             return Attempt(run=True, attempts=int(detail), status="running")
         if outcome == "lost":
             return Attempt(run=False, attempts=int(detail), status="failed", worker_lost=True)
+        if outcome == "duplicate":
+            return Attempt(run=False, status="running", duplicate=True)
         if outcome == "missing":
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         return Attempt(run=False, status=detail)
 
     def set_progress(self, job_id: str, stage: str, step: int = 0, total: int = 0) -> JobStatus | None:
         """Record progress while running; return the job's status (the worker stops on `canceling`)."""
-        cur = self._progress(
-            keys=[self.job_key(job_id)], args=[json.dumps({"stage": stage, "step": step, "total": total})]
-        )
+        prog = json.dumps({"stage": stage, "step": step, "total": total})
+        cur = self._progress(keys=[self.job_key(job_id)], args=[prog])
         return JobStatus(cur) if cur else None
 
+    def status(self, job_id: str) -> JobStatus | None:
+        cur = self.r.hget(self.job_key(job_id), "status")
+        return JobStatus(cur) if cur else None
+
+    def cancel(self, job_ids: list[str], *, queue: str = "decompose", chunk: int = 1000) -> dict[str, int]:
+        """Cancel jobs: queued ones end `canceled` now, running ones become `canceling`."""
+        totals = {"canceled": 0, "canceling": 0, "already_finished": 0, "missing": 0}
+        for i in range(0, len(job_ids), chunk):
+            keys = [self.job_key(j) for j in job_ids[i : i + chunk]]
+            counts = self._cancel(keys=[self.queue_key(queue)], args=[*self._common(), *keys])
+            for name, n in zip(totals, counts):
+                totals[name] += int(n)
+        return totals
+
     def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float]) -> JobStatus:
-        prog = {"stage": "done", "step": result.get("steps", 0), "total": result.get("steps", 0)}
+        steps = result.get("steps", 0)
         return self.transition(
-            job_id, JobStatus.SUCCEEDED, finished_at=repr(time.time()), result=result, timings=timings, progress=prog
+            job_id, JobStatus.SUCCEEDED, finished_at=repr(time.time()), result=result, timings=timings,
+            progress={"stage": "done", "step": steps, "total": steps},
         )
 
     def fail(self, job_id: str, code: str, message: str, timings: dict[str, float] | None = None) -> JobStatus:
@@ -193,17 +250,10 @@ class JobStore:
             fields["timings"] = timings
         return self.transition(job_id, JobStatus.FAILED, **fields)
 
-    # --- service-time statistics and workers (for ETAs) -----------------------------------------
-    def record_service_time(self, kind: str, seconds: float, keep: int = 50) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.lpush(self.stats_key(kind), f"{seconds:.3f}")
-        pipe.ltrim(self.stats_key(kind), 0, keep - 1)
-        pipe.execute()
+    def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None) -> JobStatus:
+        return self.transition(job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=timings or {})
 
-    def mean_service_time(self, kind: str) -> float | None:
-        values = [float(v) for v in self.r.lrange(self.stats_key(kind), 0, -1)]
-        return sum(values) / len(values) if values else None
-
+    # --- workers (liveness for ETAs, duplicate detection and reaping) ---------------------------
     def worker_heartbeat(self, queue: str, worker: str) -> None:
         self.r.zadd(self.workers_key(queue), {worker: time.time()})
 
@@ -213,7 +263,14 @@ class JobStore:
     def live_workers(self, queue: str, within_s: float = 45.0) -> int:
         return int(self.r.zcount(self.workers_key(queue), time.time() - within_s, "+inf"))
 
-    def _queue_of(self, job_id: str) -> str:
-        # Jobs of every kind live on one queue per kind; the queue name is stored on the record.
-        queue = self.r.hget(self.job_key(job_id), "queue") or "decompose"
-        return self.queue_key(queue)
+
+def decode_record(raw: dict[str, str]) -> dict[str, Any]:
+    rec: dict[str, Any] = dict(raw)
+    for name in JSON_FIELDS:
+        if rec.get(name):
+            rec[name] = json.loads(rec[name])
+    for name in TIME_FIELDS:
+        if rec.get(name):
+            rec[name] = float(rec[name])
+    rec["attempts"] = int(rec.get("attempts", 0))
+    return rec

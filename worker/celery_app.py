@@ -6,10 +6,12 @@ from celery import Celery
 
 from layerq.celery_app import make_celery
 from layerq.config import Settings
-from worker import tasks
+from worker import tasks, webhooks
 
 
-def make_worker_app(settings: Settings | None = None) -> Celery:
+def make_worker_app(settings: Settings | None = None, queues: str = "decompose") -> Celery:
     app = make_celery(settings)
+    app.conf.layerq_queues = [q.strip() for q in queues.split(",") if q.strip()]
     tasks.register(app)
+    webhooks.register(app)
     return app

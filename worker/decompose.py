@@ -15,20 +15,39 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import redis
 from PIL import Image
 
 from layerq import keys
-from layerq.errors import InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, ValidationFailed
+from layerq.errors import (
+    InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed, ValidationFailed,
+)
 from layerq.jobs import JobStatus
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
 from worker import exports
+from worker.liveness import dead_after_s
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 KIND = "decompose"
-_UPLOAD_THREADS = 8
+_THREADS = 8
+
+
+class TransientJobError(Exception):
+    """Raised when a job hit a fault worth retrying later: storage or Redis unreachable."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, ReadTimeoutError
+
+        return isinstance(exc, (BotoConnectionError, ReadTimeoutError))
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        return False
 
 
 class StageClock:
@@ -41,8 +60,14 @@ class StageClock:
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        self.timings[stage] = round(self.timings.get(stage, 0.0) + now - self._last, 4)
+        self.add(stage, now - self._last)
         self._last = now
+
+    def skip(self) -> None:
+        self._last = time.perf_counter()
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + max(0.0, seconds), 4)
 
     def total(self) -> dict[str, float]:
         return {**self.timings, "total": round(time.perf_counter() - self.t0, 4)}
@@ -56,19 +81,20 @@ def parse_message(raw: Any) -> DecomposeMessage:
         raise ValidationFailed(f"malformed decompose message: {exc}") from exc
 
 
-def load_input(data: bytes) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGBA")
-    except Exception as exc:
-        raise InvalidImage(f"stored input is not a readable image: {exc}", field="image") from exc
+def load_input(data: bytes, settings: Any) -> Image.Image:
+    # Uploaded inputs reach the worker unchecked (the API does not read them), so they get the very
+    # checks the API applies to multipart uploads.
+    from layerq.images import normalise_image
+
+    return normalise_image(data, max_pixels=settings.max_image_pixels, max_side_px=settings.max_image_side_px)
 
 
-def run_job(rt: WorkerRuntime, raw_message: Any) -> str:
+def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = None, retries: int = 0) -> str:
     """Run one delivery of a decompose job to its end; return the job's final status.
 
-    Never raises for a problem with the job itself: those end the job `failed` (or `canceled`) with
-    a code and a readable message, so the worker keeps serving."""
+    Never raises for a problem with the job itself: those end the job `failed` (or `canceled`) with a
+    code and a readable message, so the worker keeps serving. Transient faults raise
+    TransientJobError for the task to retry later."""
     job_id = raw_message.get("job_id") if isinstance(raw_message, dict) else None
     try:
         msg = parse_message(raw_message)
@@ -78,43 +104,57 @@ def run_job(rt: WorkerRuntime, raw_message: Any) -> str:
         return "failed"
 
     try:
-        attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries)
+        attempt = rt.jobs.begin_attempt(
+            msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
+            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
+        )
     except JobNotFound:  # expired record, or a message for another deployment: nothing to do
         log.warning("job %s has no record; message dropped", msg.job_id)
         return "missing"
     if not attempt.run:
-        log.info("job %s not run: %s", msg.job_id, attempt.status)
+        log.info("job %s not run: %s%s", msg.job_id, attempt.status, " (duplicate)" if attempt.duplicate else "")
+        if attempt.worker_lost:
+            _notify(rt, msg.job_id, "failed")
         return attempt.status
-    rt.jobs.worker_heartbeat(KIND, rt.name)
+    if rt.liveness:
+        rt.liveness.hold(msg.job_id, delivery_tag)
+    if attempt.attempts == 1:
+        _notify(rt, msg.job_id, "started")
+    try:
+        return _run_claimed(rt, msg)
+    finally:
+        if rt.liveness:
+            rt.liveness.release()
 
+
+def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
     clock = StageClock()
     try:
         result = decompose_job(rt, msg, clock)
     except JobCanceled:
-        _discard_outputs(rt, msg.job_id)
-        _end(rt, msg.job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=clock.total())
-        return "canceled"
-    except JobTimedOut as exc:
-        _discard_outputs(rt, msg.job_id)
-        _end_failed(rt, msg.job_id, exc.code, exc.message, clock.total())
-        return "failed"
-    except LayerqError as exc:
-        _end_failed(rt, msg.job_id, exc.code, exc.message, clock.total())
-        return "failed"
-    except Exception as exc:  # a bug or an unexpected fault: fail this job, keep the worker
+        return _cancel(rt, msg.job_id, clock.total())
+    except (JobTimedOut, LayerqError) as exc:
+        if isinstance(exc, JobTimedOut):
+            _discard_outputs(rt, msg.job_id)
+        code = exc.code
+        if isinstance(exc, PipelineFailed) and "OutOfMemoryError" in type(exc.__cause__).__name__:
+            code = "out_of_memory"  # permanent at this size: retrying on the same card fails again
+        return _end_failed(rt, msg.job_id, code, exc.message, clock.total())
+    except Exception as exc:
+        if _is_transient(exc):
+            raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("job %s failed unexpectedly", msg.job_id)
-        _end_failed(rt, msg.job_id, "internal", f"{type(exc).__name__}: {exc}", clock.total())
-        return "failed"
+        return _end_failed(rt, msg.job_id, "internal", f"{type(exc).__name__}: {exc}", clock.total())
 
     timings = clock.total()
     try:
         rt.jobs.succeed(msg.job_id, result, timings)
     except LayerqError:
         # Canceled while we were uploading: the cancel wins and the results go.
-        _discard_outputs(rt, msg.job_id)
-        _end(rt, msg.job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=timings)
-        return "canceled"
-    rt.jobs.record_service_time(KIND, timings["total"])
+        return _cancel(rt, msg.job_id, timings)
+    rt.stats.record(msg.params.model_dump(), timings)
+    _index_for_cache(rt, msg.job_id)
+    _notify(rt, msg.job_id, "completed")
     return "succeeded"
 
 
@@ -122,29 +162,61 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     """Fetch the input, run the pipeline, write layers, composite, exports and manifest (last)."""
     params = msg.params
     try:
-        image = load_input(rt.store.get(msg.input_key))
+        image = load_input(rt.store.get(msg.input_key), rt.settings)
     except ObjectNotFound as exc:
         raise ValidationFailed(f"input {msg.input_key} is missing from storage", field="input_key") from exc
+    except InvalidImage as exc:
+        raise InvalidImage(f"input {msg.input_key}: {exc.message}", field="input_key") from exc
     clock.lap("load_input")
 
-    rt.jobs.set_progress(msg.job_id, "captioning" if not params.prompt else "encoding", 0, params.num_inference_steps)
-    layers = rt.pipeline.run(
-        image, params, on_step=_progress_reporter(rt, msg.job_id), should_stop=_stop_check(rt, msg.job_id)
-    )
-    clock.lap("pipeline")
+    first_stage = "captioning" if not params.prompt.strip() else "encoding"
+    rt.jobs.set_progress(msg.job_id, first_stage, 0, params.num_inference_steps)
+    steps = _StepTimes(rt, msg.job_id)
+    started = time.perf_counter()
+    layers = rt.pipeline.run(image, params, on_step=steps.on_step, should_stop=_stop_check(rt, msg.job_id))
+    ended = time.perf_counter()
+    steps.split_into(clock, first_stage, started, ended)
+    clock.timings["pipeline"] = round(ended - started, 4)
+    clock.skip()  # the pipeline's time is in its parts above
 
     _set_stage(rt, msg.job_id, "exporting", params)
     formats = rt.settings.export_format_list
     manifest = _manifest(msg, params, layers, rt.settings.model, formats)
     blobs = _encode_outputs(msg.job_id, layers, manifest, formats)
-    clock.lap("export")
+    clock.lap("exporting")
 
     _set_stage(rt, msg.job_id, "uploading", params)
-    with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(_THREADS) as pool:
         list(pool.map(lambda kv: rt.store.put(kv[0], kv[1][0], kv[1][1]), blobs.items()))
     rt.store.put(keys.manifest_key(msg.job_id), json.dumps(manifest, indent=2).encode(), "application/json")
-    clock.lap("upload")
+    clock.lap("uploading")
     return {"layers": manifest["layers"], "exports": list(manifest["exports"]), "steps": params.num_inference_steps}
+
+
+class _StepTimes:
+    """Reports each denoising step and remembers when the first and last ended, to split the
+    pipeline call into captioning/encoding, denoising and decoding."""
+
+    def __init__(self, rt: WorkerRuntime, job_id: str) -> None:
+        self.rt, self.job_id = rt, job_id
+        self.first: float | None = None
+        self.last: float | None = None
+        self.count = 0
+
+    def on_step(self, step: int, total: int) -> None:
+        now = time.perf_counter()
+        self.first = self.first or now
+        self.last, self.count = now, step
+        self.rt.jobs.set_progress(self.job_id, "denoising" if step < total else "decoding", step, total)
+
+    def split_into(self, clock: StageClock, first_stage: str, started: float, ended: float) -> None:
+        if self.first is None or self.last is None or self.count < 2:
+            clock.add("denoising", ended - started)
+            return
+        step_s = (self.last - self.first) / (self.count - 1)
+        clock.add(first_stage, self.first - started - step_s)
+        clock.add("denoising", self.last - self.first + step_s)
+        clock.add("decoding", ended - self.last)
 
 
 def _encode_outputs(
@@ -153,7 +225,7 @@ def _encode_outputs(
     """Every result object but the manifest: key → (bytes, content type). Encodes run in threads
     (PIL, zlib and the PSD codec release the GIL); each layer's PNG is encoded once and reused."""
     png = exports.CONTENT_TYPES["png"]
-    with ThreadPoolExecutor(_UPLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(_THREADS) as pool:
         composite_png = pool.submit(lambda: exports.png_bytes(exports.composite(layers)))
         psd = pool.submit(exports.build_exports, layers, manifest, formats=("psd",)) if "psd" in formats else None
         pngs = list(pool.map(exports.png_bytes, layers))
@@ -188,13 +260,6 @@ def _manifest(
     }
 
 
-def _progress_reporter(rt: WorkerRuntime, job_id: str) -> Callable[[int, int], None]:
-    def on_step(step: int, total: int) -> None:
-        rt.jobs.set_progress(job_id, "denoising" if step < total else "decoding", step, total)
-
-    return on_step
-
-
 def _stop_check(rt: WorkerRuntime, job_id: str) -> Callable[[], str | None]:
     """Asked once per denoising step: stop on a cancel request or past the soft time limit (the solo
     pool enforces no time limits itself)."""
@@ -203,8 +268,7 @@ def _stop_check(rt: WorkerRuntime, job_id: str) -> Callable[[], str | None]:
     def should_stop() -> str | None:
         if time.monotonic() > deadline:
             return "time_limit"
-        status = rt.jobs.r.hget(rt.jobs.job_key(job_id), "status")
-        return "canceled" if status == JobStatus.CANCELING.value else None
+        return "canceled" if rt.jobs.status(job_id) is JobStatus.CANCELING else None
 
     return should_stop
 
@@ -215,22 +279,50 @@ def _set_stage(rt: WorkerRuntime, job_id: str, stage: str, params: DecomposePara
 
 
 def _discard_outputs(rt: WorkerRuntime, job_id: str) -> None:
-    prefix = keys.job_prefix(job_id)
+    """Remove every result object of a job (its input stays, for a retry or an audit)."""
     for sub in ("layers/", "exports/"):
-        rt.store.delete_prefix(prefix + sub)
+        rt.store.delete_prefix(keys.job_prefix(job_id) + sub)
     for key in (keys.composite_key(job_id), keys.manifest_key(job_id)):
         rt.store.delete_prefix(key)
 
 
-def _end(rt: WorkerRuntime, job_id: str, status: JobStatus, **fields: Any) -> None:
+def _cancel(rt: WorkerRuntime, job_id: str, timings: dict[str, float]) -> str:
+    _discard_outputs(rt, job_id)
     try:
-        rt.jobs.transition(job_id, status, **fields)
-    except LayerqError as exc:  # already terminal (e.g. canceled meanwhile): first terminal wins
+        rt.jobs.mark_canceled(job_id, timings)
+    except LayerqError as exc:  # already terminal: the first terminal transition wins
         log.info("job %s: %s", job_id, exc)
+        return "canceled"
+    _notify(rt, job_id, "canceled")
+    return "canceled"
 
 
-def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings: dict[str, float]) -> None:
+def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings: dict[str, float]) -> str:
     try:
         rt.jobs.fail(job_id, code, message, timings)
     except LayerqError as exc:
         log.info("job %s: %s", job_id, exc)
+        return "failed"
+    _notify(rt, job_id, "failed")
+    return "failed"
+
+
+def _index_for_cache(rt: WorkerRuntime, job_id: str) -> None:
+    """Let identical later requests (same tenant, input bytes and params) be answered by this job."""
+    rec = rt.jobs.r.hmget(rt.jobs.job_key(job_id), ["cache_key"])
+    if rec and rec[0]:
+        ttl = rt.jobs.r.ttl(rt.jobs.job_key(job_id))
+        rt.jobs.r.set(rec[0], job_id, ex=ttl if ttl and ttl > 0 else rt.settings.job_ttl_s)
+
+
+def _notify(rt: WorkerRuntime, job_id: str, event: str) -> None:
+    """Send the job's webhook for its current status, if it asked for one. `notify` sends each
+    (job, event) at most once and never raises: a webhook problem must not fail the job."""
+    from layerq.webhooks import notify
+
+    try:
+        rec = rt.jobs.get(job_id)
+    except JobNotFound:
+        return
+    if rec.get("webhook"):
+        notify(rt.app, rt.settings, rec, redis_client=rt.jobs.r)

@@ -1,7 +1,8 @@
-"""What one worker process holds for its whole life: settings, stores and the loaded pipeline.
+"""What one worker process holds for its whole life: settings, stores, liveness and (on GPU queues)
+the loaded pipeline.
 
-Loaded once at worker start (before the worker takes its first message), so the first job does not
-pay for the model load and a broken model fails the worker loudly instead of every job quietly."""
+The pipeline is loaded once at worker start, before the worker takes its first message, so the first
+job does not pay for the model load and a broken model fails the worker loudly instead of every job."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from celery import Celery
+
 from layerq.config import Settings
 from storage.base import ObjectStore
 from storage.factory import open_object_store
-from storage.jobs import JobStore
+from storage.jobs import JobStore, connect
+from storage.stats import ServiceTimes
+from worker.liveness import Liveness
 
 if TYPE_CHECKING:
     from worker.pipeline import DecomposePipeline
 
 log = logging.getLogger(__name__)
+
+GPU_QUEUES = {"decompose"}
 
 
 @dataclass
@@ -27,31 +34,40 @@ class WorkerRuntime:
     settings: Settings
     store: ObjectStore
     jobs: JobStore
-    pipeline: "DecomposePipeline"
+    stats: ServiceTimes
+    liveness: Liveness | None
+    pipeline: "DecomposePipeline | None"
     name: str
+    app: Celery
 
 
 _runtime: WorkerRuntime | None = None
 
 
-def start(settings: Settings, name: str | None = None) -> WorkerRuntime:
-    """Open the stores and load the pipeline; idempotent within a process."""
+def start(settings: Settings, app: Celery, queues: set[str], name: str | None = None) -> WorkerRuntime:
+    """Open the stores and, for GPU queues, load the pipeline; idempotent within a process."""
     global _runtime
     if _runtime is not None:
         return _runtime
-    from worker.pipeline import DecomposePipeline  # torch is imported only in worker processes
+    pipeline = None
+    if queues & GPU_QUEUES:
+        from worker.pipeline import DecomposePipeline  # torch is imported only by GPU workers
 
-    t0 = time.perf_counter()
-    pipeline = DecomposePipeline.load(
-        settings.model, device=settings.device, cache_dir=settings.model_cache_dir
-    )
-    log.info("pipeline %s loaded in %.1f s", settings.model, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pipeline = DecomposePipeline.load(settings.model, device=settings.device, cache_dir=settings.model_cache_dir)
+        log.info("pipeline %s loaded in %.1f s", settings.model, time.perf_counter() - t0)
+    client = connect(settings.redis_url)
+    jobs = JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
+    name = name or f"{socket.gethostname()}:{time.time_ns():x}"
     _runtime = WorkerRuntime(
         settings=settings,
         store=open_object_store(settings),
-        jobs=JobStore.from_url(settings.redis_url, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s),
+        jobs=jobs,
+        stats=ServiceTimes(client, settings.key_prefix),
+        liveness=Liveness(jobs, app, "decompose", name, settings.worker_heartbeat_s) if pipeline else None,
         pipeline=pipeline,
-        name=name or f"{socket.gethostname()}:{id(pipeline):x}",
+        name=name,
+        app=app,
     )
     return _runtime
 

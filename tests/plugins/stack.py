@@ -45,11 +45,14 @@ def make_stack(
 ) -> Iterator[Callable[..., LocalStack]]:
     stacks: list[LocalStack] = []
 
-    def start(workers: int = 1, **overrides) -> LocalStack:
+    def start(workers: int = 1, own_redis: bool = False, **overrides) -> LocalStack:
+        """`own_redis`: a private, persistent redis-server for this stack alone (tests that restart it)."""
         name = uuid.uuid4().hex[:8]
         run_dir = tmp_path_factory.mktemp(f"stack-{name}")
         base = dict(
             redis_url=redis_url,
+            webhook_secret="test-webhook-secret",
+            webhook_allow_hosts="127.0.0.1",
             key_prefix=f"t{name}",
             model=str(tiny_model_dir),
             device="cpu",
@@ -58,7 +61,7 @@ def make_stack(
         settings = Settings.from_env(environ={}, **{**base, **overrides})
         stack = LocalStack(settings, run_dir=run_dir, api_workers=2)
         stacks.append(stack)
-        stack.start(workers=workers, timeout_s=300)
+        stack.start(workers=workers, start_redis=own_redis, persist_redis=own_redis, timeout_s=300)
         return stack
 
     yield start

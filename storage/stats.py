@@ -1,0 +1,69 @@
+"""Measured service times, and the estimates built on them (job ETAs, batch dry runs).
+
+A job's time is modelled as `fixed + steps × step_s (+ caption_s when the prompt is empty)`, with
+`fixed` covering input, decoding, exports and uploads. Each term is an exponentially weighted mean
+per (resolution, layers) bucket, since the per-step cost grows with both. A bucket never measured is
+estimated from a measured one, scaled by the number of latent tokens the transformer sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+ALPHA = 0.3  # weight of the newest measurement
+
+
+def bucket(params: dict[str, Any]) -> str:
+    return f"{int(params.get('resolution', 640))}x{int(params.get('layers', 4))}"
+
+
+def _tokens(b: str) -> float:
+    res, layers = (int(v) for v in b.split("x"))
+    return (res / 16) ** 2 * (layers + 1)
+
+
+class ServiceTimes:
+    def __init__(self, client: redis.Redis, key_prefix: str, kind: str = "decompose") -> None:
+        self.r = client
+        self.key = f"{key_prefix}:stats:{kind}"
+
+    def record(self, params: dict[str, Any], timings: dict[str, float]) -> None:
+        """Fold one finished job's stage timings into the means."""
+        steps = max(1, int(params.get("num_inference_steps", 1)))
+        b = bucket(params)
+        denoise = timings.get("denoising", 0.0)
+        caption = timings.get("captioning", 0.0)
+        fixed = max(0.0, timings.get("total", 0.0) - denoise - caption)
+        current = self.r.hgetall(self.key)
+        update = {f"{b}:step_s": denoise / steps, f"{b}:fixed_s": fixed}
+        if not (params.get("prompt") or "").strip():
+            update[f"{b}:caption_s"] = caption
+        values = {}
+        for name, v in update.items():
+            old = current.get(name)
+            values[name] = repr(v if old is None else (1 - ALPHA) * float(old) + ALPHA * v)
+        self.r.hset(self.key, mapping=values)
+
+    def estimate_s(self, params: dict[str, Any], means: dict[str, str] | None = None) -> float | None:
+        """Estimated seconds of one job with these params, or None before any job was measured.
+        Pass `means` (from `snapshot()`) to estimate many jobs with one read."""
+        means = self.snapshot() if means is None else means
+        b = bucket(params)
+        known = sorted({k.split(":")[0] for k in means}, key=lambda k: abs(_tokens(k) - _tokens(b)))
+        if not known:
+            return None
+        source = b if f"{b}:step_s" in means else known[0]
+        scale = _tokens(b) / _tokens(source)
+        step_s = float(means[f"{source}:step_s"]) * scale
+        fixed_s = float(means[f"{source}:fixed_s"]) * (int(b.split("x")[1]) / int(source.split("x")[1]))
+        total = fixed_s + int(params.get("num_inference_steps", 50)) * step_s
+        if not (params.get("prompt") or "").strip():
+            caption = means.get(f"{source}:caption_s") or next(
+                (means[k] for k in means if k.endswith(":caption_s")), None
+            )
+            total += float(caption) if caption is not None else 0.0
+        return total
+
+    def snapshot(self) -> dict[str, str]:
+        return self.r.hgetall(self.key)

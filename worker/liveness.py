@@ -1,0 +1,91 @@
+"""Worker liveness: heartbeats, the job each worker holds, and reaping the jobs of dead workers.
+
+Redis only redelivers an unacknowledged message after the visibility timeout (hours, since it must
+exceed the longest job). A worker that is SIGKILLed or loses its node would leave its job stuck for
+that long. Instead every live worker beats every `worker_heartbeat_s`, records which message it
+holds, and also watches the others: the message of a worker silent for 3 beats is put back at the
+front of its queue at once. Putting it back cannot run the job twice: a job running on a live
+worker is refused as a duplicate by JobStore.begin_attempt, and a finished one is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+
+from storage.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+MISSED_BEATS = 3
+
+
+def dead_after_s(heartbeat_s: float) -> float:
+    return heartbeat_s * MISSED_BEATS
+
+
+class Liveness:
+    def __init__(self, jobs: JobStore, app: Celery, queue: str, name: str, heartbeat_s: float) -> None:
+        self.jobs, self.app, self.queue, self.name = jobs, app, queue, name
+        self.heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+
+    def holding_key(self, worker: str) -> str:
+        return f"{self.jobs.prefix}:holding:{self.queue}:{worker}"
+
+    def hold(self, job_id: str, delivery_tag: str | None) -> None:
+        """Record the message this worker is running (for reaping if the worker dies)."""
+        self.jobs.r.hset(self.holding_key(self.name), mapping={"job_id": job_id, "delivery_tag": delivery_tag or ""})
+
+    def release(self) -> None:
+        self.jobs.r.delete(self.holding_key(self.name))
+
+    def start(self) -> None:
+        self.beat()
+        threading.Thread(target=self._run, name="layerq-liveness", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.jobs.worker_gone(self.queue, self.name)
+        except Exception:  # shutting down; Redis may be gone already
+            pass
+
+    def beat(self) -> None:
+        self.jobs.worker_heartbeat(self.queue, self.name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.beat()
+                self.reap()
+            except Exception:  # Redis briefly away: the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
+
+    def reap(self) -> list[str]:
+        """Put back the messages of workers silent for MISSED_BEATS beats; return their names."""
+        r = self.jobs.r
+        cutoff = time.time() - dead_after_s(self.heartbeat_s)
+        reaped = []
+        for worker in r.zrangebyscore(self.jobs.workers_key(self.queue), 0, cutoff):
+            # One reaper per dead worker, even with many live workers watching.
+            if not r.set(f"{self.jobs.prefix}:reaping:{worker}", self.name, nx=True, ex=60):
+                continue
+            held = r.hgetall(self.holding_key(worker))
+            if held.get("delivery_tag"):
+                self._restore(held["delivery_tag"])
+                log.warning("worker %s is gone; job %s put back on the queue", worker, held.get("job_id"))
+            r.delete(self.holding_key(worker))
+            r.zrem(self.jobs.workers_key(self.queue), worker)
+            reaped.append(worker)
+        return reaped
+
+    def _restore(self, delivery_tag: str) -> None:
+        # kombu's Redis transport keeps unacked messages by delivery tag; restoring moves one back
+        # to its queue atomically (WATCH on the unacked hash), so the visibility-timeout sweep and
+        # this reaper can never both restore it. A tag already acked or restored is a no-op.
+        with self.app.connection_for_write() as conn:
+            conn.default_channel.qos.restore_by_tag(delivery_tag)
