@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.images import normalise_image
+from layerq.images import normalise_image
 from layerq.errors import InvalidImage
 
 LIMITS = dict(max_pixels=4_000_000, max_side_px=4096)
