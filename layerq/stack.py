@@ -156,6 +156,13 @@ class LocalStack:
         members = r.zrange(f"{self.settings.key_prefix}:workers:decompose", 0, -1)
         return any(m.startswith(name_prefix) for m in members)
 
+    def restart_api(self, timeout_s: float = 60) -> None:
+        """Stop the API process and start a new one on the same port (state lives in Redis and storage)."""
+        stop_process(self.api)
+        self.api = self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
+                                       "--port", str(self.port), "--workers", str(self.api_workers)])
+        wait_until(self._healthy(1), timeout_s, "restarted API", interval_s=0.2)
+
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
         wait_until(self._healthy(count), timeout_s, f"{count} workers", interval_s=0.25)
 

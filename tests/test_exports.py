@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -20,15 +22,19 @@ import pytest
 from PIL import Image
 from pptx import Presentation
 from psd_tools import PSDImage
+from psd_tools.compression import decode_rle, encode_rle
 
 from worker.exports import (
     CONTENT_TYPES,
     EXPORT_FORMATS,
     build_exports,
     composite,
+    encode_all,
     encode_layers,
     layer_filename,
+    merged_planes,
     png_bytes,
+    rle_plane,
     slide_size_emu,
     to_ora,
     to_pptx,
@@ -390,3 +396,252 @@ def test_empty_and_wrong_types_are_rejected() -> None:
 def test_module_does_not_import_torch() -> None:
     code = "import sys, worker.exports; sys.exit(1 if 'torch' in sys.modules else 0)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- fast paths
+# (the PNG writer, RAW/RLE PSD channels, the reused composite, stored PPTX media and
+# encode_all): every shortcut must reopen to exactly what the plain path gives.
+
+
+def noise_layers(count: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
+    """Uniform random RGBA, the tiny random-weight model's kind of output."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+            for _ in range(count)]
+
+
+def flat_layers(count: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
+    """Mostly transparent layers of flat shapes, zero colour under alpha 0 (poster-like)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        rgba = np.zeros((height, width, 4), np.uint8)
+        x0, y0 = rng.integers(0, width // 2), rng.integers(0, height // 2)
+        rgba[y0:y0 + height // 3, x0:x0 + width // 3] = (*rng.integers(0, 256, 3), 255)
+        out.append(Image.fromarray(rgba, "RGBA"))
+    return out
+
+
+def grain_layer(width: int, height: int, seed: int = 0) -> Image.Image:
+    """An opaque smooth gradient with a little noise (photo-like)."""
+    rng = np.random.default_rng(seed)
+    xx = np.linspace(0, 200, width)[None, :, None]
+    rgba = np.clip(xx + rng.normal(0, 3, (height, width, 4)), 0, 255).astype(np.uint8)
+    rgba[..., 3] = 255
+    return Image.fromarray(rgba, "RGBA")
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunk types of a PNG, checking each chunk's CRC and (independently of
+    Pillow, which stops reading once it has the pixels) the whole zlib stream."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    kinds, idat, offset = [], b"", 8
+    while offset < len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        kind, body = data[offset + 4:offset + 8], data[offset + 8:offset + 8 + length]
+        assert data[offset + 8 + length:offset + 12 + length] == zlib.crc32(kind + body).to_bytes(4, "big")
+        kinds.append(kind)
+        idat += body if kind == b"IDAT" else b""
+        offset += 12 + length
+    assert offset == len(data)
+    zlib.decompress(idat)  # raises on a bad stream or Adler-32
+    return kinds
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+# Stored IDATs are split in 65535-byte deflate blocks: 64x510 RGBA and 256x510 L
+# scanlines fill exactly two, 300x218 RGBA spills into a fourth.
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (64, 40), (300, 17), (300, 218), (64, 510), (256, 510)])
+@pytest.mark.parametrize("level", [None, 0, 1, 9])
+def test_png_writer_roundtrips_every_mode_and_level(mode: str, size: tuple[int, int], level) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(len(mode) * 1000 + size[0])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), "RGBA")
+    image = image.convert(mode)
+    data = png_bytes(image, level)
+    assert png_chunks(data) == [b"IHDR", b"IDAT", b"IEND"]  # no metadata chunks
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()  # checks every CRC and the zlib stream
+    assert decoded.mode == mode and decoded.size == size
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    assert png_bytes(image, level) == data
+
+
+@pytest.mark.parametrize(
+    "image",
+    [noise_layers(1, 640, 64)[0], flat_layers(1, 640, 64)[0], grain_layer(640, 64),
+     make_layers(1, 640, 64)[0]],
+    ids=["noise", "flat", "grain", "shapes-over-noise"],
+)
+def test_png_auto_compression_is_lossless_and_sensible(image: Image.Image) -> None:
+    data = png_bytes(image)
+    assert np.array_equal(pixels(Image.open(io.BytesIO(data))), pixels(image))
+    raw = 640 * 64 * 4
+    # Never much bigger than raw (noise is stored), and at least as good as Pillow's
+    # fastest level on compressible content, give or take.
+    assert len(data) <= raw * 1.01
+    pillow = io.BytesIO()
+    image.save(pillow, format="PNG", compress_level=1)
+    assert len(data) <= max(1.25 * len(pillow.getvalue()), 0.95 * raw)
+
+
+def test_png_with_pillow_metadata_or_other_modes_goes_through_pillow() -> None:
+    rgb = Image.new("RGB", (20, 10), (1, 2, 3))
+    rgb.info["icc_profile"] = b"not really a profile"
+    assert b"iCCP" in png_chunks(png_bytes(rgb))
+    palette = Image.new("P", (20, 10), 3)
+    assert Image.open(io.BytesIO(png_bytes(palette))).mode == "P"
+
+
+def channel_compressions(psd: PSDImage) -> list[dict[int, int]]:
+    """Per layer, bottom first: {channel id: compression} (-1 = transparency)."""
+    info = psd._record.layer_and_mask_information.layer_info
+    return [
+        {int(ci.id): int(data.compression) for ci, data in zip(record.channel_info, channels, strict=True)}
+        for record, channels in zip(info.layer_records, info.channel_image_data, strict=True)
+    ]
+
+
+RAW_ALL = {-1: 0, 0: 0, 1: 0, 2: 0}
+RLE_ALL = {-1: 1, 0: 1, 1: 1, 2: 1}
+
+
+@pytest.mark.parametrize("kind", ["noise", "flat", "mixed"])
+def test_psd_raw_and_rle_channels_decode_to_the_layers(kind: str) -> None:
+    if kind == "noise":
+        layers = noise_layers(3, 200, 120)
+    elif kind == "flat":
+        layers = flat_layers(3, 200, 120)
+    else:
+        layers = [grain_layer(200, 120), *flat_layers(1, 200, 120), *noise_layers(1, 200, 120)]
+    psd = PSDImage.open(io.BytesIO(to_psd(layers)))
+    if kind == "noise":
+        assert channel_compressions(psd) == [RAW_ALL] * 3  # RLE would only grow noise
+    elif kind == "flat":
+        assert channel_compressions(psd) == [RLE_ALL] * 3
+    else:
+        # Decided per channel: the opaque grainy layer's alpha is RLE, its colour RAW.
+        assert channel_compressions(psd) == [{-1: 1, 0: 0, 1: 0, 2: 0}, RLE_ALL, RAW_ALL]
+    assert [layer.name for layer in psd] == ["Layer 1", "Layer 2", "Layer 3"]
+    for stored, original in zip(psd, layers, strict=True):
+        assert stored.bbox == (0, 0, 200, 120)
+        assert np.array_equal(pixels(stored.topil()), pixels(original))
+    # The merged image decodes (RAW or RLE) to the matted composite.
+    header = psd._record.header
+    planes = psd._record.image_data.get_data(header)
+    raw = np.stack([np.frombuffer(p, np.uint8).reshape(120, 200) for p in planes])
+    assert np.array_equal(raw, merged_planes(composite(layers)))
+
+
+def test_psd_merged_image_equals_the_composite_we_store() -> None:
+    layers = make_layers(4, 97, 61, seed=9)
+    flat = composite(layers)
+    data = to_psd(layers)
+    assert to_psd(layers, merged=flat) == data  # reusing the composite changes nothing
+    psd = PSDImage.open(io.BytesIO(data))
+    header = psd._record.header
+    raw = np.stack([np.frombuffer(p, np.uint8).reshape(61, 97)
+                    for p in psd._record.image_data.get_data(header)], axis=-1)
+    rgba = pixels(flat).astype(int)
+    alpha = rgba[..., 3:]
+    # Exactly the composite's colour over white, rounded once, and its alpha.
+    expected = np.floor(rgba[..., :3] * alpha / 255 + 255 - alpha + 0.5)
+    assert np.array_equal(raw[..., :3], expected)
+    assert np.array_equal(raw[..., 3], rgba[..., 3])
+    merged = psd.topil()
+    opaque = rgba[..., 3] == 255
+    assert np.array_equal(pixels(merged)[opaque], pixels(flat)[opaque])
+
+
+def test_merged_planes_rounding_is_exact_for_every_colour_and_alpha() -> None:
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = np.stack([colour, colour, colour, alpha], axis=-1).astype(np.uint8)
+    planes = merged_planes(Image.fromarray(rgba, "RGBA"))
+    expected = np.floor(colour * alpha / 255 + 255 - alpha + 0.5)
+    assert np.array_equal(planes[0], expected) and np.array_equal(planes[3], alpha)
+
+
+def test_psd_rejects_a_merged_image_of_another_size() -> None:
+    layers = make_layers(2, 64, 40)
+    with pytest.raises(ValueError, match="merged image is 40x64"):
+        to_psd(layers, merged=Image.new("RGBA", (40, 64)))
+
+
+def test_pptx_stores_pictures_deflates_xml_and_is_deterministic() -> None:
+    layers = noise_layers(2, 160, 100) + flat_layers(1, 160, 100)
+    pngs = encode_layers(layers)
+    data = to_pptx(layers, layer_pngs=pngs)
+    archive = open_zip(data)
+    names = archive.namelist()
+    assert names[0] == "[Content_Types].xml"
+    media = [info for info in archive.infolist() if info.filename.startswith("ppt/media/")]
+    assert sorted(archive.read(info) for info in media if info.filename.endswith(".png")) == sorted(pngs)
+    for info in archive.infolist():
+        is_media = info.filename.startswith("ppt/media/") or info.filename.endswith(".jpeg")
+        assert info.compress_type == (zipfile.ZIP_STORED if is_media else zipfile.ZIP_DEFLATED)
+    prs = Presentation(io.BytesIO(data))
+    for shape, original in zip(prs.slides[0].shapes, layers, strict=True):
+        assert np.array_equal(pixels(Image.open(io.BytesIO(shape.image.blob))), pixels(original))
+    assert to_pptx(layers, layer_pngs=pngs) == data
+
+
+def test_ora_reuses_a_given_merged_png() -> None:
+    layers = make_layers(3, 80, 50, seed=4)
+    flat = composite(layers)
+    assert to_ora(layers, merged=flat, merged_png=png_bytes(flat)) == to_ora(layers)
+
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_encode_all_matches_the_single_format_builders(threads) -> None:  # type: ignore[no-untyped-def]
+    layers = make_layers(3, 90, 70, seed=2) + noise_layers(1, 90, 70)
+    if threads is None:
+        pngs, composite_png, files = encode_all(layers, MANIFEST)
+    else:
+        with ThreadPoolExecutor(threads) as pool:  # one thread must not deadlock
+            pngs, composite_png, files = encode_all(layers, MANIFEST, pool=pool)
+    assert pngs == encode_layers(layers)
+    assert composite_png == png_bytes(composite(layers))
+    assert list(files) == list(EXPORT_FORMATS)
+    assert files == build_exports(layers, MANIFEST)
+    assert files["psd"] == to_psd(layers)
+    assert files["zip"] == to_zip(layers, MANIFEST)
+    assert files["ora"] == to_ora(layers)
+    assert files["pptx"] == to_pptx(layers)
+
+
+def test_encode_all_subset_order_and_errors() -> None:
+    layers = make_layers(2)
+    pngs, composite_png, files = encode_all(layers, MANIFEST, ("ora", "psd"))
+    assert list(files) == ["psd", "ora"] and len(pngs) == 2 and composite_png[:4] == b"\x89PNG"
+    assert encode_all(layers, MANIFEST, ())[2] == {}
+    with pytest.raises(ValueError, match="unknown export format"):
+        encode_all(layers, MANIFEST, ("tiff",))
+    with pytest.raises(TypeError):
+        encode_all(layers, {"bad": object()})
+    with pytest.raises(ValueError, match="same size"):
+        encode_all(make_layers(1, 64, 40) + make_layers(1, 40, 64), MANIFEST)
+
+
+def test_encode_all_accepts_lazily_read_layers() -> None:
+    layers = make_layers(3, 70, 50, seed=6)
+    lazy = [Image.open(io.BytesIO(png_bytes(layer))) for layer in layers]  # not loaded yet
+    pngs, composite_png, files = encode_all(lazy, MANIFEST, ("psd", "zip"))
+    assert pngs == encode_layers(layers)
+    assert composite_png == png_bytes(composite(layers))
+    assert files == {"psd": to_psd(layers), "zip": to_zip(layers, MANIFEST)}
+
+
+@pytest.mark.parametrize("width", [1, 2, 127, 128, 129, 300])
+def test_rle_plane_is_psd_tools_packbits_byte_for_byte(width: int) -> None:
+    rng = np.random.default_rng(width)
+    rows = [
+        np.zeros(width), np.full(width, 255), np.full(width, 7), np.full(width, 7),  # uniform
+        rng.integers(0, 256, width), rng.integers(0, 3, width),  # literal-ish, short runs
+        np.repeat(rng.integers(0, 256, width // 3 + 1), 3)[:width],  # runs of 3
+        np.zeros(width), rng.integers(0, 256, width), np.full(width, 7),
+    ]
+    plane = np.stack(rows).astype(np.uint8)
+    expected = encode_rle(plane.tobytes(), width, plane.shape[0], 8, 1)
+    assert rle_plane(plane) == expected
+    assert decode_rle(expected, width, plane.shape[0], 8, 1) == plane.tobytes()
+    assert rle_plane(plane[:1]) == encode_rle(plane[:1].tobytes(), width, 1, 8, 1)
+    assert rle_plane(plane[4:5]) == encode_rle(plane[4:5].tobytes(), width, 1, 8, 1)

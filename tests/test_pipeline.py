@@ -91,6 +91,17 @@ def test_output_size() -> None:
     assert output_size(2000, 1, 640)[1] == 0  # beyond ~1600:1 a side rounds to 0
 
 
+def test_output_size_matches_the_pipelines_own_arithmetic() -> None:
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_layered import calculate_dimensions
+
+    rng = np.random.default_rng(0)
+    for w, h in rng.integers(1, 8193, (2000, 2)).tolist():
+        for resolution in (640, 1024):
+            cw, ch = calculate_dimensions(resolution * resolution, w / h)
+            for multiple in (16, 32):  # 2 × vae_scale_factor: real VAE, tiny VAE
+                assert output_size(w, h, resolution) == (cw // multiple * multiple, ch // multiple * multiple)
+
+
 @pytest.mark.parametrize(
     ("size", "layers"), [((640, 480), 2), ((300, 600), 3), ((1000, 250), 2)], ids=["4:3", "1:2", "4:1"]
 )

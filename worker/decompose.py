@@ -222,23 +222,14 @@ class _StepTimes:
 def _encode_outputs(
     job_id: str, layers: list[Image.Image], manifest: dict, formats: tuple[str, ...]
 ) -> dict[str, tuple[bytes, str]]:
-    """Every result object but the manifest: key → (bytes, content type). Encodes run in threads
-    (PIL, zlib and the PSD codec release the GIL); each layer's PNG is encoded once and reused."""
+    """Every result object but the manifest: key → (bytes, content type). `encode_all` does each
+    piece once (the composite feeds the PSD preview, layer PNGs feed PPTX/ZIP/ORA) across threads."""
     png = exports.CONTENT_TYPES["png"]
-    with ThreadPoolExecutor(_THREADS) as pool:
-        composite_png = pool.submit(lambda: exports.png_bytes(exports.composite(layers)))
-        psd = pool.submit(exports.build_exports, layers, manifest, formats=("psd",)) if "psd" in formats else None
-        pngs = list(pool.map(exports.png_bytes, layers))
-        others = [
-            pool.submit(exports.build_exports, layers, manifest, layer_pngs=pngs, formats=(fmt,))
-            for fmt in formats
-            if fmt != "psd"
-        ]
-        out = {keys.layer_key(job_id, i): (data, png) for i, data in enumerate(pngs)}
-        out[keys.composite_key(job_id)] = (composite_png.result(), png)
-        for future in ([psd] if psd else []) + others:
-            for fmt, data in future.result().items():
-                out[keys.export_key(job_id, fmt)] = (data, exports.CONTENT_TYPES[fmt])
+    layer_pngs, composite_png, files = exports.encode_all(layers, manifest, formats)
+    out = {keys.layer_key(job_id, i): (data, png) for i, data in enumerate(layer_pngs)}
+    out[keys.composite_key(job_id)] = (composite_png, png)
+    for fmt, data in files.items():
+        out[keys.export_key(job_id, fmt)] = (data, exports.CONTENT_TYPES[fmt])
     return out
 
 

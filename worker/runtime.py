@@ -7,6 +7,8 @@ job does not pay for the model load and a broken model fails the worker loudly i
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -58,7 +60,9 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         log.info("pipeline %s loaded in %.1f s", settings.model, time.perf_counter() - t0)
     client = connect(settings.redis_url)
     jobs = JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
-    name = name or f"{socket.gethostname()}:{time.time_ns():x}"
+    # Unique per process, even when a restarted pod reuses its hostname: a dead worker's heartbeat
+    # entry must never be refreshed by its successor, or its job would never be put back.
+    name = f"{name or socket.gethostname()}#{os.getpid()}-{secrets.token_hex(3)}"
     _runtime = WorkerRuntime(
         settings=settings,
         store=open_object_store(settings),

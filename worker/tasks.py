@@ -12,6 +12,9 @@ from worker import runtime
 
 log = logging.getLogger(__name__)
 
+# task id → broker delivery tag of the message being run (solo pool: at most a prefetched few).
+_delivery_tags: dict[str, str] = {}
+
 
 def register(app: Celery) -> None:
     @app.task(name=DECOMPOSE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -19,7 +22,7 @@ def register(app: Celery) -> None:
         from worker.decompose import TransientJobError, run_job
 
         rt = runtime.current()
-        tag = (self.request.delivery_info or {}).get("delivery_tag")
+        tag = _delivery_tags.pop(self.request.id, None)
         try:
             return run_job(rt, message, delivery_tag=tag, retries=self.request.retries)
         except TransientJobError as exc:
@@ -28,6 +31,14 @@ def register(app: Celery) -> None:
             countdown = rt.settings.retry_backoff_s * 2**self.request.retries
             log.warning("job %s: transient fault (%s); retry in %.0f s", message.get("job_id"), exc, countdown)
             raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
+
+    @signals.task_received.connect(weak=False)
+    def remember_delivery_tag(request=None, **_kwargs) -> None:
+        # Celery does not hand a task its broker delivery tag; the liveness reaper needs it to put
+        # the message of a dead worker back, so it is taken from the received message here.
+        message = getattr(request, "message", None)
+        if message is not None and getattr(request, "id", None):
+            _delivery_tags[request.id] = message.delivery_tag
 
     @signals.worker_init.connect(weak=False)
     def start_runtime(sender=None, **_kwargs) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -13,6 +12,7 @@ from PIL import Image
 
 from .photoshop import layer_name
 from .raster import composite, encode_layers, png_bytes, validate_layers
+from .sink import ByteSink
 
 # Fixed member timestamp (ZIP's epoch) so equal inputs give byte-identical archives:
 # exports can then be compared, cached and deduplicated by hash.
@@ -42,7 +42,8 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _member(name: str, compress_type: int) -> zipfile.ZipInfo:
+def zip_member(name: str, compress_type: int) -> zipfile.ZipInfo:
+    """A ZIP member header with fixed timestamp and attributes (shared with the PPTX)."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
     info.compress_type = compress_type
     # Pin what ZipInfo otherwise takes from the host (create_system) or leaves at 0
@@ -78,11 +79,11 @@ def to_zip(
     stack = validate_layers(layers)
     pngs = _checked_pngs(stack, layer_pngs)
     manifest_json = manifest_bytes(manifest)  # fail before building anything
-    buffer = io.BytesIO()
+    buffer = ByteSink()
     with zipfile.ZipFile(buffer, "w") as archive:
         for index, png in enumerate(pngs):
-            archive.writestr(_member(layer_filename(index, len(pngs)), zipfile.ZIP_STORED), png)
-        archive.writestr(_member("manifest.json", zipfile.ZIP_DEFLATED), manifest_json)
+            archive.writestr(zip_member(layer_filename(index, len(pngs)), zipfile.ZIP_STORED), png)
+        archive.writestr(zip_member("manifest.json", zipfile.ZIP_DEFLATED), manifest_json)
     return buffer.getvalue()
 
 
@@ -112,6 +113,7 @@ def to_ora(
     *,
     layer_pngs: Sequence[bytes] | None = None,
     merged: Image.Image | None = None,
+    merged_png: bytes | None = None,
 ) -> bytes:
     """Build an OpenRaster (.ora) file, which GIMP, Krita and MyPaint open as layers.
 
@@ -122,6 +124,8 @@ def to_ora(
 
     :param layer_pngs: the layers already PNG-encoded (bottom first); must match *layers*.
     :param merged: the stack's :func:`~worker.exports.composite`, if already computed.
+    :param merged_png: ``png_bytes(merged)``, if already encoded (the job's composite
+        PNG); stored as ``mergedimage.png`` instead of encoding the composite again.
     :raises TypeError, ValueError: as :func:`to_zip`.
     """
     stack = validate_layers(layers)
@@ -134,16 +138,19 @@ def to_ora(
     thumbnail.thumbnail((ORA_THUMBNAIL_MAX, ORA_THUMBNAIL_MAX))
     sources = [f"data/{layer_filename(i, len(pngs))}" for i in range(len(pngs))]
     width, height = stack[0].size
-    buffer = io.BytesIO()
+    buffer = ByteSink()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(_member("mimetype", zipfile.ZIP_STORED), ORA_MIMETYPE.encode("ascii"))
+        archive.writestr(zip_member("mimetype", zipfile.ZIP_STORED), ORA_MIMETYPE.encode("ascii"))
         archive.writestr(
-            _member("stack.xml", zipfile.ZIP_DEFLATED), _stack_xml(width, height, sources)
+            zip_member("stack.xml", zipfile.ZIP_DEFLATED), _stack_xml(width, height, sources)
         )
         for source, png in zip(sources, pngs, strict=True):
-            archive.writestr(_member(source, zipfile.ZIP_STORED), png)
-        archive.writestr(_member("mergedimage.png", zipfile.ZIP_STORED), png_bytes(flat))
+            archive.writestr(zip_member(source, zipfile.ZIP_STORED), png)
         archive.writestr(
-            _member("Thumbnails/thumbnail.png", zipfile.ZIP_STORED), png_bytes(thumbnail)
+            zip_member("mergedimage.png", zipfile.ZIP_STORED),
+            merged_png if merged_png is not None else png_bytes(flat),
+        )
+        archive.writestr(
+            zip_member("Thumbnails/thumbnail.png", zipfile.ZIP_STORED), png_bytes(thumbnail)
         )
     return buffer.getvalue()
