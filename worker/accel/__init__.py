@@ -1,0 +1,1 @@
+"""Speed-ups for a loaded `QwenImageLayeredPipeline`; the public names live in `worker.acceleration`."""

@@ -1,0 +1,168 @@
+"""Fast auto-captions with the pipeline's own text encoder, producing the captions it would produce.
+
+`QwenImageLayeredPipeline.get_image_caption` runs one `generate` per image with a dynamic KV cache.
+The `Captioner` runs the same prompt, image preprocessing and generation settings, with three changes
+that leave the result alone: a static KV cache with compiled decoding (fixed shapes, so one CUDA-graph
+replay per token), several images in one left-padded `generate` (decoding reads the weights once per
+token for the whole batch), and a cache keyed by the image's content hash and language.
+
+"Same" is exact in float32 (tests/test_acceleration.py: token for token on CPU). In bf16 on a GPU the
+static cache, the compiled kernels and the batch shape each round differently from the eager batch-1
+call, and greedy decoding turns a flipped near-tie into a different continuation: on the random-weight
+benchmark model the first differing token came at position 4-31 of 512 (bench/GPU_NOTES.md). With
+`caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,)` the captioner makes
+exactly the authors' call (bit-identical on the same GPU) and keeps only the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import torch
+
+from .options import CAPTION_MAX_NEW_TOKENS, SpeedOptions
+
+
+def prompt_image_for(pipe, image, resolution: int):
+    """The resized image the pipeline captions (same computation as its `__call__`)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_layered import calculate_dimensions
+
+    width, height = calculate_dimensions(resolution * resolution, image.size[0] / image.size[1])
+    return pipe.image_processor.resize(image, height, width)
+
+
+def image_key(prompt_image, use_en_prompt: bool) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{prompt_image.mode}:{prompt_image.size}:{bool(use_en_prompt)}:".encode())
+    digest.update(prompt_image.tobytes())
+    return digest.hexdigest()
+
+
+class Captioner:
+    """Batched, cached captioning for one loaded pipeline."""
+
+    def __init__(self, pipe, options: SpeedOptions):
+        self.pipe = pipe
+        self.options = options
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.generate_calls = 0
+
+    # --- public ----------------------------------------------------------------------------------
+    def caption(self, image, use_en_prompt: bool = False, resolution: int = 640) -> str:
+        return self.caption_batch([image], use_en_prompt, resolution)[0]
+
+    def caption_batch(
+        self,
+        images: list,
+        use_en_prompt: bool = False,
+        resolution: int = 640,
+        max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
+    ) -> list[str]:
+        """Captions for `images` (original images; resized here as the pipeline would)."""
+        prompt_images = [prompt_image_for(self.pipe, im, resolution) for im in images]
+        use_cache = self.options.caption_cache_entries > 0 and max_new_tokens == CAPTION_MAX_NEW_TOKENS
+        keys = [image_key(p, use_en_prompt) for p in prompt_images]
+        results: list[str | None] = [None] * len(images)
+        todo: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if use_cache and key in self._cache:
+                self._cache.move_to_end(key)
+                results[i] = self._cache[key]
+                self.hits += 1
+            else:
+                todo.setdefault(key if use_cache else f"{key}:{i}", []).append(i)
+        pending = list(todo.values())
+        self.misses += len(pending)
+        chunk = max(self.options.caption_batch_sizes) if self.options.caption_batch_sizes else 1
+        for start in range(0, len(pending), chunk):
+            group = pending[start : start + chunk]
+            ids = self.generate_ids([prompt_images[g[0]] for g in group], use_en_prompt, max_new_tokens)
+            texts = self._decode(ids)
+            for indices, text in zip(group, texts):
+                for i in indices:
+                    results[i] = text
+                if use_cache:
+                    self._remember(keys[indices[0]], text)
+        return results  # type: ignore[return-value]
+
+    def warmup(self, resolution: int = 640, batch_sizes: tuple[int, ...] | None = None) -> None:
+        """Compile and record decoding for each batch shape (a few tokens each; not cached)."""
+        from PIL import Image
+
+        dummy = Image.new("RGBA", (resolution, resolution), (120, 80, 40, 255))
+        prompt_image = prompt_image_for(self.pipe, dummy, resolution)
+        for size in batch_sizes or self.options.caption_batch_sizes:
+            self.generate_ids([prompt_image] * size, True, max_new_tokens=8)
+
+    # --- generation ------------------------------------------------------------------------------
+    def _bucket(self, n: int) -> int:
+        sizes = sorted(self.options.caption_batch_sizes) or [n]
+        return next((s for s in sizes if s >= n), n)
+
+    def generate_ids(self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int) -> list[list[int]]:
+        """New-token ids per image from one `generate` (batch padded up to a configured size)."""
+        pipe = self.pipe
+        n = len(prompt_images)
+        batch = list(prompt_images) + [prompt_images[-1]] * (self._bucket(n) - n)
+        prompt = pipe.image_caption_prompt_en if use_en_prompt else pipe.image_caption_prompt_cn
+        device = pipe._execution_device
+        inputs = pipe.vl_processor(
+            text=[prompt] * len(batch),
+            images=batch,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(device)
+        self._use_unused_pad_id(inputs)
+        kwargs = {"max_new_tokens": max_new_tokens}
+        if self.options.caption_static_cache:
+            kwargs["cache_implementation"] = "static"
+            kwargs["max_cache_len"] = self.options.caption_max_cache_len
+            kwargs["disable_compile"] = not self.options.caption_compile
+        out = pipe.text_encoder.generate(**inputs, **kwargs)
+        self.generate_calls += 1
+        new_tokens = out[:n, inputs["input_ids"].shape[1] :]
+        return new_tokens.tolist()
+
+    def _use_unused_pad_id(self, inputs) -> None:
+        """Left padding must not change a row's result. A repetition penalty (the real model's generation
+        config has one) would also penalise the pad token in padded rows only; where the embedding has
+        rows beyond the tokenizer's vocabulary, pad with one of those never-generated ids instead."""
+        mask = inputs["attention_mask"]
+        if bool(mask.all()):
+            return
+        vocab = self.pipe.text_encoder.config.get_text_config().vocab_size
+        if vocab > len(self.pipe.tokenizer):
+            inputs["input_ids"] = inputs["input_ids"].masked_fill(mask == 0, vocab - 1)
+
+    def _decode(self, ids: list[list[int]]) -> list[str]:
+        texts = self.pipe.vl_processor.batch_decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return [t.strip() for t in texts]
+
+    def _remember(self, key: str, text: str) -> None:
+        self._cache[key] = text
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.options.caption_cache_entries:
+            self._cache.popitem(last=False)
+
+    def cached(self, image, use_en_prompt: bool, resolution: int) -> str | None:
+        """The cached caption for `image`, if any (no generation)."""
+        if self.options.caption_cache_entries <= 0:
+            return None
+        return self._cache.get(image_key(prompt_image_for(self.pipe, image, resolution), use_en_prompt))
+
+
+@torch.no_grad()
+def reference_caption_ids(pipe, prompt_image, use_en_prompt: bool, max_new_tokens: int = 512) -> list[int]:
+    """The authors' `get_image_caption` up to the decode, returning token ids (for comparisons)."""
+    prompt = pipe.image_caption_prompt_en if use_en_prompt else pipe.image_caption_prompt_cn
+    inputs = pipe.vl_processor(text=prompt, images=prompt_image, padding=True, return_tensors="pt").to(
+        pipe._execution_device
+    )
+    out = pipe.text_encoder.generate(**inputs, max_new_tokens=max_new_tokens)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()

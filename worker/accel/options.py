@@ -1,0 +1,108 @@
+"""`SpeedOptions`: every speed switch of the fast decomposition path, in one frozen place.
+
+Lossless switches (same function, bf16 rounding aside) are on by default on CUDA; everything is off on
+CPU so that CPU tests run the authors' code path unchanged. Lossy switches are always off unless asked
+for; their measured quality cost is in bench/GPU_NOTES.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+# The Qwen-Image-Layered pipeline hard-codes 512 new tokens for its captions.
+CAPTION_MAX_NEW_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Switches for `prepare()`; build one with `SpeedOptions.for_device(...)` and `dataclasses.replace`."""
+
+    # --- lossless: transformer -------------------------------------------------------------------
+    compile_blocks: bool = False
+    """Regional torch.compile of the repeated `QwenImageTransformerBlock` (one compile for all 60)."""
+    compile_dynamic: bool = True
+    """Compile with symbolic sequence lengths, so new prompt lengths and aspect ratios never recompile."""
+    real_rope: bool = False
+    """Hand RoPE to the blocks as real (cos, sin) tables so compiled blocks fuse it (no complex ops)."""
+    cuda_graphs: bool = False
+    """Compile the blocks in "reduce-overhead" mode (CUDA graphs). Needs `compile_blocks`. Off and not
+    measured: the host issues a compiled call in ~70 ms against ~380 ms of GPU work, and the loop never
+    waits on the GPU, so launch cost is already hidden (bench/GPU_NOTES.md)."""
+    attention_backend: str | None = None
+    """A diffusers attention backend name, "auto" (fastest that matches SDPA on this GPU), or None (as is).
+    On H200 + torch 2.11 "auto" keeps "native": SDPA's own pick is already the fastest kernel."""
+    cache_negative_embeds: bool = False
+    """Encode each negative prompt once and pass `negative_prompt_embeds` afterwards."""
+
+    # --- captions: same function; bf16 rounding differs (see captioner.py) -----------------------
+    caption_static_cache: bool = False
+    """Generate captions with a static KV cache (fixed shapes; required for compiled decoding)."""
+    caption_compile: bool = False
+    """Compile the decoding step (transformers' auto-compile with the static cache; CUDA only)."""
+    caption_batch_sizes: tuple[int, ...] = (1, 8)
+    """Batch shapes the captioner uses; a smaller batch is padded up to the next one (no recompiles)."""
+    caption_max_cache_len: int = 2048
+    """Static-cache length in tokens (prompt + 512 new); fixed so every call reuses one compiled graph.
+    Real tokenizer: ~1.2 k at the 640 bucket, ~2.0 k at 1024. A longer input grows it and recompiles."""
+    caption_cache_entries: int = 0
+    """Size of the caption cache keyed by image content hash and language; 0 turns it off."""
+
+    # --- warm-up ---------------------------------------------------------------------------------
+    warmup_buckets: tuple[tuple[int, int], ...] = ()
+    """(resolution, layers) pairs to run once at `prepare()` so the first job runs at steady speed."""
+
+    # --- lossy (off unless asked for) ------------------------------------------------------------
+    num_inference_steps: int | None = None
+    """Override the number of denoising steps (fewer steps: faster, different output)."""
+    step_cache_interval: int = 1
+    """>1: inside `step_cache_window` run the transformer every k-th step and reuse its last output."""
+    step_cache_window: tuple[float, float] = (0.2, 0.8)
+    """Fraction of the schedule (start, end) where step caching may reuse outputs."""
+    fp8_weights: bool = False
+    """Quantize the transformer blocks' linear layers to FP8 (torchao, dynamic per-row activations)."""
+
+    @classmethod
+    def for_device(cls, device: str | torch.device) -> "SpeedOptions":
+        """Lossless switches on for CUDA, everything off elsewhere."""
+        if torch.device(device).type != "cuda":
+            return cls()
+        return cls(
+            compile_blocks=True,
+            real_rope=True,
+            attention_backend="auto",
+            cache_negative_embeds=True,
+            caption_static_cache=True,
+            caption_compile=True,
+            caption_cache_entries=1024,
+        )
+
+    @property
+    def lossy(self) -> bool:
+        return (
+            self.num_inference_steps is not None or self.step_cache_interval > 1 or self.fp8_weights
+        )
+
+    @property
+    def any_enabled(self) -> bool:
+        return self != SpeedOptions(
+            caption_batch_sizes=self.caption_batch_sizes,
+            caption_max_cache_len=self.caption_max_cache_len,
+            compile_dynamic=self.compile_dynamic,
+            step_cache_window=self.step_cache_window,
+        )
+
+    def replace(self, **changes) -> "SpeedOptions":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """A one-line summary of the switches that differ from all-off."""
+        base = SpeedOptions()
+        diffs = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        ]
+        return ", ".join(diffs) or "all off"
