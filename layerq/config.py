@@ -83,6 +83,12 @@ class Settings:
     """Where `tiny` is built and cached."""
     device: str = "auto"
     """`auto` (CUDA + bf16 when a GPU is present, else CPU + float32), `cuda`, `cpu`."""
+    gpu_speedups: bool = True
+    """Lossless speed-ups on CUDA (compiled transformer blocks, cached negative-prompt embeddings, ...)."""
+    fast_captions: bool = False
+    """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
+    warmup_buckets: str = "640x4"
+    """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
     job_soft_time_limit_s: int = 3000
     """A job still running after this long is stopped by its step callback and ends `failed`."""
     job_time_limit_s: int = 3600
@@ -123,6 +129,15 @@ class Settings:
     @property
     def export_format_list(self) -> tuple[str, ...]:
         return tuple(f.strip() for f in self.export_formats.split(",") if f.strip())
+
+    @property
+    def warmup_bucket_list(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for item in self.warmup_buckets.split(","):
+            if item.strip():
+                res, _, layers = item.strip().partition("x")
+                out.append((int(res), int(layers)))
+        return tuple(out)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""

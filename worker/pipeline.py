@@ -123,10 +123,13 @@ class DecomposePipeline:
     model_id: str
     path: str
     load_s: float = field(default=0.0)
+    runner: Any = None  # worker.acceleration.FastDecomposer on CUDA (same call, same output), else None
+    warmup_s: float = field(default=0.0)
 
     @classmethod
     def load(
-        cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models"
+        cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models",
+        speedups: bool = True, fast_captions: bool = False, warmup_buckets: tuple[tuple[int, int], ...] = (),
     ) -> DecomposePipeline:
         """Load once per worker process (tens of seconds and ~54 GB for the real model)."""
         from diffusers import QwenImageLayeredPipeline
@@ -142,7 +145,26 @@ class DecomposePipeline:
             _caption_without_cudnn_attention(pipe)
         load_s = time.monotonic() - started
         log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, load_s)
-        return cls(pipe=pipe, device=dev, dtype=dtype, model_id=model, path=path, load_s=load_s)
+        loaded = cls(pipe=pipe, device=dev, dtype=dtype, model_id=model, path=path, load_s=load_s)
+        if speedups and dev.type == "cuda":
+            loaded._accelerate(fast_captions, warmup_buckets)
+        return loaded
+
+    def _accelerate(self, fast_captions: bool, warmup_buckets: tuple[tuple[int, int], ...]) -> None:
+        """Lossless speed-ups (bench/GPU_NOTES.md), then a warm-up per configured bucket so the first
+        user job runs at steady-state speed. Fast captions are opt-in: on the GPU their bf16 rounding
+        picks different tokens than the authors' call on some images."""
+        from worker.acceleration import SpeedOptions, prepare
+
+        options = SpeedOptions.for_device(self.device)
+        if not fast_captions:
+            options = options.replace(caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,))
+        self.runner = prepare(self.pipe, options.replace(warmup_buckets=tuple(warmup_buckets)))
+        started = time.monotonic()
+        if warmup_buckets:
+            self.runner.warmup(list(warmup_buckets), captions=fast_captions)
+        self.warmup_s = time.monotonic() - started
+        log.info("speed-ups on (%s); warm-up %.1f s", options.describe(), self.warmup_s)
 
     def run(
         self,
@@ -190,7 +212,7 @@ class DecomposePipeline:
         started = time.monotonic()
         try:
             with torch.inference_mode():
-                output = self.pipe(
+                output = (self.runner or self.pipe)(
                     image=image,
                     prompt=prompt,
                     negative_prompt=params.negative_prompt,

@@ -56,7 +56,11 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         from worker.pipeline import DecomposePipeline  # torch is imported only by GPU workers
 
         t0 = time.perf_counter()
-        pipeline = DecomposePipeline.load(settings.model, device=settings.device, cache_dir=settings.model_cache_dir)
+        pipeline = DecomposePipeline.load(
+            settings.model, device=settings.device, cache_dir=settings.model_cache_dir,
+            speedups=settings.gpu_speedups, fast_captions=settings.fast_captions,
+            warmup_buckets=settings.warmup_bucket_list,
+        )
         log.info("pipeline %s loaded in %.1f s", settings.model, time.perf_counter() - t0)
     client = connect(settings.redis_url)
     jobs = JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
