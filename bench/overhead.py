@@ -66,7 +66,7 @@ def main() -> int:
             rows = []
             for i in range(args.warmup + args.jobs):
                 t0 = time.time()
-                job = client.submit(image, params)
+                job = client.submit(image, {**params, "seed": i}, cache=False)
                 final = client.wait(job["id"], poll_s=0.005, timeout_s=600)
                 t1 = time.time()
                 assert final["status"] == "succeeded", final
@@ -85,7 +85,7 @@ def main() -> int:
         return {"p50_ms": 1000 * statistics.median(over), "p95_ms": 1000 * pct(over, 0.95)}
 
     stages = {k: 1000 * statistics.median(r["timings"].get(k, 0.0) for r in rows)
-              for k in ("load_input", "export", "upload")}
+              for k in ("load_input", "encoding", "denoising", "decoding", "exporting", "uploading", "total", "pipeline")}
     out = {
         "jobs": len(rows), "storage": args.storage, "size": args.size, "layers": args.layers, "steps": args.steps,
         "pipeline_p50_s": statistics.median(r["pipeline_s"] for r in rows),

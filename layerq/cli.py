@@ -73,6 +73,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # OpenMP threads that spin after each parallel region steal the cores that the exports and
+    # uploads need on CPU workers (halving the tiny pipeline's speed on 2 cores); set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)

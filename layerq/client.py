@@ -27,15 +27,19 @@ class LayerqClient:
         self.timeout_s = timeout_s
         self.http = session or requests.Session()
 
-    def submit(self, image: bytes | str | Path, params: dict[str, Any] | None = None, filename: str = "image.png") -> dict:
-        """Submit one decomposition; return the job as accepted (status `queued`)."""
+    def submit(
+        self, image: bytes | str | Path, params: dict[str, Any] | None = None, filename: str = "image.png",
+        *, cache: bool = True,
+    ) -> dict:
+        """Submit one decomposition; return the job as accepted (`queued`), or at once `succeeded`
+        when an identical earlier job answers it (`cached_from`; `cache=False` opts out)."""
         if not isinstance(image, bytes):
             filename = Path(image).name
             image = Path(image).read_bytes()
         resp = self.http.post(
             f"{self.base_url}/v1/jobs",
             files={"image": (filename, image, "application/octet-stream")},
-            data={"params": json.dumps(params or {})},
+            data={"params": json.dumps(params or {}), **({} if cache else {"cache": "false"})},
             timeout=self.timeout_s,
         )
         return self._json(resp)

@@ -182,12 +182,20 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     _set_stage(rt, msg.job_id, "exporting", params)
     formats = rt.settings.export_format_list
     manifest = _manifest(msg, params, layers, rt.settings.model, formats)
-    blobs = _encode_outputs(msg.job_id, layers, manifest, formats)
-    clock.lap("exporting")
+    # Each object is stored as soon as it is encoded, so storage writes overlap the encoding of the
+    # rest; the manifest is written only after every other object is stored.
+    with ThreadPoolExecutor(_THREADS) as uploads:
+        pending = []
 
-    _set_stage(rt, msg.job_id, "uploading", params)
-    with ThreadPoolExecutor(_THREADS) as pool:
-        list(pool.map(lambda kv: rt.store.put(kv[0], kv[1][0], kv[1][1]), blobs.items()))
+        def store(name: str, data: bytes) -> None:
+            key, content_type = _object_for(msg.job_id, name)
+            pending.append(uploads.submit(rt.store.put, key, data, content_type))
+
+        exports.encode_all(layers, manifest, formats, on_ready=store)
+        clock.lap("exporting")
+        _set_stage(rt, msg.job_id, "uploading", params)
+        for future in pending:
+            future.result()
     rt.store.put(keys.manifest_key(msg.job_id), json.dumps(manifest, indent=2).encode(), "application/json")
     clock.lap("uploading")
     return {"layers": manifest["layers"], "exports": list(manifest["exports"]), "steps": params.num_inference_steps}
@@ -219,18 +227,14 @@ class _StepTimes:
         clock.add("decoding", ended - self.last)
 
 
-def _encode_outputs(
-    job_id: str, layers: list[Image.Image], manifest: dict, formats: tuple[str, ...]
-) -> dict[str, tuple[bytes, str]]:
-    """Every result object but the manifest: key → (bytes, content type). `encode_all` does each
-    piece once (the composite feeds the PSD preview, layer PNGs feed PPTX/ZIP/ORA) across threads."""
+def _object_for(job_id: str, name: str) -> tuple[str, str]:
+    """Object key and content type of a piece `exports.encode_all` hands over."""
     png = exports.CONTENT_TYPES["png"]
-    layer_pngs, composite_png, files = exports.encode_all(layers, manifest, formats)
-    out = {keys.layer_key(job_id, i): (data, png) for i, data in enumerate(layer_pngs)}
-    out[keys.composite_key(job_id)] = (composite_png, png)
-    for fmt, data in files.items():
-        out[keys.export_key(job_id, fmt)] = (data, exports.CONTENT_TYPES[fmt])
-    return out
+    if name.startswith("layer:"):
+        return keys.layer_key(job_id, int(name.split(":")[1])), png
+    if name == "composite":
+        return keys.composite_key(job_id), png
+    return keys.export_key(job_id, name), exports.CONTENT_TYPES[name]
 
 
 def _manifest(

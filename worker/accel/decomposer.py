@@ -63,7 +63,7 @@ class FastDecomposer:
         if o.real_rope:
             enable_real_rope(transformer)
         if o.compile_blocks:
-            compile_blocks(transformer, dynamic=o.compile_dynamic, cuda_graphs=o.cuda_graphs)
+            compile_blocks(transformer, dynamic=o.compile_dynamic, cuda_graphs=o.cuda_graphs, mode=o.compile_mode)
         return self
 
     def restore(self) -> None:

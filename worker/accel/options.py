@@ -31,6 +31,10 @@ class SpeedOptions:
     """Compile the blocks in "reduce-overhead" mode (CUDA graphs). Needs `compile_blocks`. Off and not
     measured: the host issues a compiled call in ~70 ms against ~380 ms of GPU work, and the loop never
     waits on the GPU, so launch cost is already hidden (bench/GPU_NOTES.md)."""
+    compile_mode: str | None = None
+    """torch.compile mode for the regional compile (e.g. "max-autotune-no-cudagraphs"); None: the default
+    mode, or "reduce-overhead" when `cuda_graphs` is on. Needs `compile_blocks`; set with `cuda_graphs`,
+    this mode wins. Off by default (measurement in bench/GPU_NOTES.md)."""
     attention_backend: str | None = None
     """A diffusers attention backend name, "auto" (fastest that matches SDPA on this GPU), or None (as is).
     On H200 + torch 2.11 "auto" keeps "native": SDPA's own pick is already the fastest kernel."""

@@ -20,9 +20,13 @@ def repeated_blocks(transformer) -> list[torch.nn.Module]:
     return [m for m in transformer.modules() if type(m).__name__ in names]
 
 
-def compile_blocks(transformer, dynamic: bool = True, cuda_graphs: bool = False) -> int:
-    """Compile each repeated block in place; returns how many blocks were compiled."""
-    mode = "reduce-overhead" if cuda_graphs else None
+def compile_blocks(transformer, dynamic: bool = True, cuda_graphs: bool = False, mode: str | None = None) -> int:
+    """Compile each repeated block in place; returns how many blocks were compiled.
+
+    `mode` is torch.compile's mode; None means "reduce-overhead" with `cuda_graphs`, else the default.
+    """
+    if mode is None and cuda_graphs:
+        mode = "reduce-overhead"
     blocks = repeated_blocks(transformer)
     for block in blocks:
         block.compile(dynamic=dynamic, mode=mode, fullgraph=False)

@@ -139,6 +139,7 @@ def encode_all(
     formats: Sequence[str] = EXPORT_FORMATS,
     *,
     pool: Executor | None = None,
+    on_ready: Callable[[str, bytes], None] | None = None,
 ) -> tuple[list[bytes], bytes, dict[str, bytes]]:
     """Everything a job stores for one stack, encoded in parallel:
     ``(layer_pngs, composite_png, exports)``.
@@ -154,6 +155,9 @@ def encode_all(
         a private one of :data:`ENCODE_THREADS` threads). Tasks block on tasks
         submitted before them, so any thread pool size works (FIFO dispatch), but a
         process pool does not.
+    :param on_ready: called as each piece is done, with ``"layer:<i>"``, ``"composite"`` or
+        the format name, so a caller can start storing it while the rest is encoded. It runs
+        on the pool's thread: keep it short (hand the bytes to another executor).
     :raises TypeError, ValueError: as :func:`build_exports`, before any work starts.
     """
     _check_formats(formats)
@@ -162,7 +166,7 @@ def encode_all(
         manifest_bytes(manifest)
     if pool is None:
         with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="exports") as own:
-            return encode_all(stack, manifest, formats, pool=own)
+            return encode_all(stack, manifest, formats, pool=own, on_ready=on_ready)
     for layer in stack:
         layer.load()  # a lazily read image must not be loaded by several threads at once
 
@@ -189,6 +193,13 @@ def encode_all(
         ),
     }
     others = {fmt: submit(builders[fmt]) for fmt in EXPORT_FORMATS if fmt in formats and fmt != "psd"}
+    if on_ready is not None:
+        named = [(f"layer:{i}", f) for i, f in enumerate(layer_futures)] + [("composite", composite_png)]
+        named += ([("psd", psd)] if psd is not None else []) + list(others.items())
+        for name, future in named:
+            future.add_done_callback(
+                lambda f, name=name: on_ready(name, f.result()) if f.exception() is None else None
+            )
     exports: dict[str, bytes] = {}
     for fmt in EXPORT_FORMATS:
         if fmt == "psd" and psd is not None:
