@@ -1,17 +1,20 @@
 """Measured service times, and the estimates built on them (job ETAs, batch dry runs).
 
 A job's time is modelled as `fixed + steps × step_s (+ caption_s when the prompt is empty)`, with
-`fixed` covering input, decoding, exports and uploads. Each term is an exponentially weighted mean
-per (resolution, layers) bucket, since the per-step cost grows with both. A bucket never measured is
+`fixed` covering input, decoding, exports and uploads. Each term is the median of the last
+`KEEP` measurements per (resolution, layers) bucket, since the per-step cost grows with both; a
+median shrugs off a worker's cold first job, which a running mean would carry for many jobs. A bucket never measured is
 estimated from a measured one, scaled by the number of latent tokens the transformer sees."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from typing import Any
 
 import redis
 
-ALPHA = 0.3  # weight of the newest measurement
+KEEP = 20  # measurements kept per term and bucket
 
 
 def bucket(params: dict[str, Any]) -> str:
@@ -35,15 +38,21 @@ class ServiceTimes:
         denoise = timings.get("denoising", 0.0)
         caption = timings.get("captioning", 0.0)
         fixed = max(0.0, timings.get("total", 0.0) - denoise - caption)
-        current = self.r.hgetall(self.key)
         update = {f"{b}:step_s": denoise / steps, f"{b}:fixed_s": fixed}
         if not (params.get("prompt") or "").strip():
             update[f"{b}:caption_s"] = caption
-        values = {}
-        for name, v in update.items():
-            old = current.get(name)
-            values[name] = repr(v if old is None else (1 - ALPHA) * float(old) + ALPHA * v)
-        self.r.hset(self.key, mapping=values)
+        # Read-modify-write without a lock: two workers finishing at once may drop one sample,
+        # which a statistic can afford.
+        current = self.r.hmget(self.key + ":samples", list(update))
+        samples, medians = {}, {}
+        for (name, v), old in zip(update.items(), current):
+            kept = (json.loads(old) if old else [])[-(KEEP - 1):] + [round(v, 5)]
+            samples[name] = json.dumps(kept)
+            medians[name] = repr(statistics.median(kept))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.key + ":samples", mapping=samples)
+        pipe.hset(self.key, mapping=medians)
+        pipe.execute()
 
     def estimate_s(self, params: dict[str, Any], means: dict[str, str] | None = None) -> float | None:
         """Estimated seconds of one job with these params, or None before any job was measured.
