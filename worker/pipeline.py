@@ -154,15 +154,21 @@ class DecomposePipeline:
         """Lossless speed-ups (bench/GPU_NOTES.md), then a warm-up per configured bucket so the first
         user job runs at steady-state speed. Fast captions are opt-in: on the GPU their bf16 rounding
         picks different tokens than the authors' call on some images."""
+        import torch
+
         from worker.acceleration import SpeedOptions, prepare
 
         options = SpeedOptions.for_device(self.device)
         if not fast_captions:
             options = options.replace(caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,))
-        self.runner = prepare(self.pipe, options.replace(warmup_buckets=tuple(warmup_buckets)))
+        self.runner = prepare(self.pipe, options)
         started = time.monotonic()
         if warmup_buckets:
-            self.runner.warmup(list(warmup_buckets), captions=fast_captions)
+            # Under inference_mode like `run`: a warm-up under no_grad leaves compiled guards that the
+            # first real job fails, and it would recompile then (seen on an H200: first job 1.14x).
+            with torch.inference_mode():
+                self.runner.warmup(list(warmup_buckets), captions=fast_captions)
+            torch.cuda.empty_cache()
         self.warmup_s = time.monotonic() - started
         log.info("speed-ups on (%s); warm-up %.1f s", options.describe(), self.warmup_s)
 

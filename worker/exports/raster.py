@@ -8,6 +8,11 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+try:  # ISA-L's deflate: same format as zlib, an order of magnitude faster
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib stays as the fallback
+    isal_zlib = None
 from PIL import Image
 
 #: ``compress_level`` value asking :func:`png_bytes` to pick the zlib settings from the
@@ -126,6 +131,17 @@ def _deflate(data: memoryview | bytes, level: int, strategy: int = zlib.Z_DEFAUL
 
 
 def _auto_deflate(scanlines: np.ndarray) -> list[bytes | memoryview]:
+    """With ISA-L (the `isal` package) every layer is deflated at its level 1: a standard zlib
+    stream, about as small as zlib's level 1, made ~10x faster than zlib's fastest (2 ms against
+    27 ms for a grainy 640x640 RGBA layer), so no sampling is needed. Without it:
+
+    """
+    if isal_zlib is not None:
+        return [isal_zlib.compress(scanlines.data, 1)]
+    return _zlib_auto_deflate(scanlines)
+
+
+def _zlib_auto_deflate(scanlines: np.ndarray) -> list[bytes | memoryview]:
     """Deflate *scanlines* the cheapest way that is not much bigger than the better of
     zlib level 1 and Huffman-only, judged on a sample of rows:
 
