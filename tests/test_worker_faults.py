@@ -79,3 +79,18 @@ def test_missing_input_fails_with_a_clear_code(local_stack):
     failed = client.wait(job_id, timeout_s=60)
     assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_request"
     assert "missing" in failed["error"]["message"]
+
+
+def test_soft_time_limit_stops_a_running_job(make_stack):
+    """The solo pool enforces no time limit; the step callback does, and the job ends `failed`."""
+    stack = make_stack(storage="local", job_soft_time_limit_s=2)
+    client = LayerqClient(stack.url)
+    job = client.submit(sample_png(256, 256), {"layers": 2, "num_inference_steps": 200, "prompt": "x"})
+    final = client.wait(job["id"], timeout_s=120)
+    assert final["status"] == "failed" and final["error"]["code"] == "time_limit"
+    assert 0 < final["progress"]["step"] < 200 and final["result"] is None
+    from tests.helpers import job_objects
+
+    assert job_objects(stack, job["id"]) == [f"jobs/{job['id']}/input.png"]
+    ok = client.submit(sample_png(128, 128), {"layers": 2, "num_inference_steps": 2, "prompt": "x"})
+    assert client.wait(ok["id"], timeout_s=60)["status"] == "succeeded"  # the worker goes on

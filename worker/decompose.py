@@ -40,14 +40,17 @@ class TransientJobError(Exception):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)):
-        return True
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError, ReadTimeoutError
+    """Storage or Redis unreachable after their own in-process retries: worth a later retry."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
 
-        return isinstance(exc, (BotoConnectionError, ReadTimeoutError))
-    except ImportError:  # pragma: no cover - botocore is a dependency
-        return False
+    from storage.base import StorageUnavailable
+
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError,
+                        StorageUnavailable, BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(exc, ClientError):  # throttling or a 5xx that outlasted botocore's retries
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return False
 
 
 class StageClock:
@@ -134,6 +137,8 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
     except JobCanceled:
         return _cancel(rt, msg.job_id, clock.total())
     except (JobTimedOut, LayerqError) as exc:
+        if _is_transient(exc):  # StorageUnavailable is a LayerqError but not the job's fault
+            raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         if isinstance(exc, JobTimedOut):
             _discard_outputs(rt, msg.job_id)
         code = exc.code
