@@ -15,6 +15,7 @@ step callback (it records a CUDA event per step and clones the latents at the la
 else is the worker's call unchanged).
 
   python bench/worker_path_gpu.py --size full --out $OUT
+  python bench/worker_path_gpu.py --size full --autotune-mode none --out $OUT   # parts 1-2 only
   python bench/worker_path_gpu.py --size small --steps 3      # CPU smoke test
 """
 
@@ -76,12 +77,21 @@ def _step_row(rec: gt.StepRecorder) -> dict:
     return out
 
 
+def _graphs() -> int:
+    """Graphs dynamo has compiled so far in this process (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def worker_job(dp: DecomposePipeline, image, params: DecomposeParams) -> tuple[dict, torch.Tensor | None]:
     counts = []
     gt.reset_peak()
+    g0 = _graphs()
     layers, seconds = gt.timed(dp.run, image, params, on_step=lambda done, total: counts.append((done, total)))
     rec = dp.runner.last
-    row = {"e2e_s": round(seconds, 2), **_step_row(rec), "on_step_calls": len(counts),
+    row = {"e2e_s": round(seconds, 2), **_step_row(rec), "graphs_compiled": _graphs() - g0,
+           "on_step_calls": len(counts),
            "last_on_step": counts[-1] if counts else None, "layers_out": len(layers),
            "layer_size": list(layers[0].size) if layers else None, **gt.peak_gib()}
     return row, rec.latents
@@ -137,10 +147,11 @@ def main(argv=None) -> int:
     dp = DecomposePipeline(pipe=pipe, device=torch.device(device), dtype=pipe.transformer.dtype,
                            model_id="synthetic", path="-")
     gt.reset_peak()
+    g0 = _graphs()
     _, acc_s = gt.timed(dp._accelerate, False, ((640, 4),))
     runner = dp.runner
     res["accelerate"] = {
-        "total_s": round(acc_s, 1), "dp_warmup_s": round(dp.warmup_s, 1),
+        "total_s": round(acc_s, 1), "dp_warmup_s": round(dp.warmup_s, 1), "graphs_compiled": _graphs() - g0,
         "runner_warmup_items_s": {k: round(v, 1) for k, v in runner.warmup_s.items()},
         "options": runner.options.describe(), "attention_backend": runner.attention_backend, **gt.peak_gib(),
     }
