@@ -37,7 +37,8 @@ def register(app: Celery) -> None:
         # Celery does not hand a task its broker delivery tag; the liveness reaper needs it to put
         # the message of a dead worker back, so it is taken from the received message here.
         message = getattr(request, "message", None)
-        if message is not None and getattr(request, "id", None):
+        # Only decompose jobs are reaped; recording others (webhooks) would grow the map forever.
+        if message is not None and getattr(request, "name", None) == DECOMPOSE_TASK:
             _delivery_tags[request.id] = message.delivery_tag
 
     @signals.worker_init.connect(weak=False)
