@@ -31,7 +31,8 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.RUNNING: frozenset(
         {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELING, JobStatus.CANCELED}
     ),
-    JobStatus.CANCELING: frozenset({JobStatus.CANCELED, JobStatus.FAILED, JobStatus.SUCCEEDED}),
+    # A cancel request wins even over a job that has just finished: its results are discarded.
+    JobStatus.CANCELING: frozenset({JobStatus.CANCELED, JobStatus.FAILED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELED: frozenset(),
