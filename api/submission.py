@@ -84,4 +84,13 @@ def enqueue(svc: Any, jobs: list[NewJob], params: dict[str, DecomposeParams]) ->
                 svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
             except LayerqError:
                 pass
+        _mark_sent(svc, jobs)
         raise QueueUnavailable("the job queue is unavailable; try again") from exc
+    _mark_sent(svc, jobs)
+
+
+def _mark_sent(svc: Any, jobs: list[NewJob]) -> None:
+    try:
+        svc.jobs.mark_sent([job.job_id for job in jobs])
+    except Exception:  # the sweeper re-sends them later; a duplicate message is harmless
+        log.warning("could not mark %d jobs as sent", len(jobs), exc_info=True)

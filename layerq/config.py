@@ -104,6 +104,9 @@ class Settings:
     """Retries of a job after a transient fault (storage or Redis unreachable), with backoff."""
     retry_backoff_s: float = 5.0
     """First retry delay after a transient fault; doubles with each retry."""
+    enqueue_grace_s: float = 60.0
+    """A job created but not on the broker this long later (its API process died mid-request) is
+    sent by a worker; a duplicate message is harmless."""
     worker_heartbeat_s: float = 10.0
     """Workers beat this often; a worker silent for 3 beats is dead and its job is put back at once."""
 

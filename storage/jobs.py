@@ -90,6 +90,9 @@ class JobStore:
     def queue_key(self, queue: str) -> str:
         return f"{self.prefix}:queued:{queue}"
 
+    def unsent_key(self, queue: str) -> str:
+        return f"{self.prefix}:unsent:{queue}"
+
     def workers_key(self, queue: str) -> str:
         return f"{self.prefix}:workers:{queue}"
 
@@ -126,6 +129,9 @@ class JobStore:
             by_queue.setdefault(job.queue, {})[job.job_id] = now + n * 1e-6
         for queue, members in by_queue.items():
             pipe.zadd(self.queue_key(queue), members)
+            # Until its message is on the broker a job is also "unsent": if the API process dies
+            # between this write and the send, a worker finds it here and sends it (mark_sent).
+            pipe.zadd(self.unsent_key(queue), members)
         if own:
             pipe.execute()
 
@@ -155,6 +161,16 @@ class JobStore:
             p.hincrby(self.batch_prefix + batch_id, "n_succeeded", 1)
         if pipe is None:
             p.execute()
+
+    def mark_sent(self, job_ids: list[str], queue: str = "decompose", chunk: int = 5000) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(0, len(job_ids), chunk):
+            pipe.zrem(self.unsent_key(queue), *job_ids[i : i + chunk])
+        pipe.execute()
+
+    def unsent_since(self, older_than_s: float, queue: str = "decompose", limit: int = 1000) -> list[str]:
+        """Jobs created over `older_than_s` ago whose message was never confirmed sent."""
+        return self.r.zrangebyscore(self.unsent_key(queue), 0, time.time() - older_than_s, start=0, num=limit)
 
     def get(self, job_id: str) -> dict[str, Any]:
         """The record with JSON fields decoded; raise JobNotFound when unknown or expired."""

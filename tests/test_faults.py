@@ -76,3 +76,27 @@ def test_poison_job_fails_after_three_deliveries_while_others_complete(stack, cl
     final = client.get(poison["id"])
     assert final["status"] == "failed" and final["error"]["code"] == "worker_lost" and kills == 3
     assert [client.wait(o["id"], timeout_s=180)["status"] for o in others] == ["succeeded"] * 3
+
+
+def test_jobs_recorded_by_an_api_that_died_before_sending_are_sent(stack, client):
+    """As if the API process died between writing a batch's records and sending its messages."""
+    from layerq import keys
+    from layerq.params import DecomposeParams
+    from storage.factory import open_object_store
+    from storage.jobs import JobStore, NewJob, new_job_id
+
+    settings = stack.settings
+    jobs = JobStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
+    store = open_object_store(settings)
+    orphans = []
+    for i in range(3):
+        job_id = new_job_id()
+        store.put(keys.input_key(job_id), sample_png(128, 128), "image/png")
+        params = DecomposeParams(layers=2, num_inference_steps=2, prompt="x", seed=i).model_dump()
+        orphans.append(NewJob(job_id, params, keys.input_key(job_id)))
+    jobs.create_many(orphans)  # recorded, never sent
+    # Backdate them past the grace period instead of waiting a minute.
+    jobs.r.zadd(jobs.unsent_key("decompose"), {j.job_id: 1.0 for j in orphans})
+    finals = [client.wait(j.job_id, timeout_s=120) for j in orphans]
+    assert [f["status"] for f in finals] == ["succeeded"] * 3
+    assert jobs.unsent_since(0) == []

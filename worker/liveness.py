@@ -28,9 +28,12 @@ def dead_after_s(heartbeat_s: float) -> float:
 
 
 class Liveness:
-    def __init__(self, jobs: JobStore, app: Celery, queue: str, name: str, heartbeat_s: float) -> None:
+    def __init__(
+        self, jobs: JobStore, app: Celery, queue: str, name: str, heartbeat_s: float, enqueue_grace_s: float = 60.0
+    ) -> None:
         self.jobs, self.app, self.queue, self.name = jobs, app, queue, name
         self.heartbeat_s = heartbeat_s
+        self.enqueue_grace_s = enqueue_grace_s
         self._stop = threading.Event()
 
     def holding_key(self, worker: str) -> str:
@@ -62,6 +65,7 @@ class Liveness:
             try:
                 self.beat()
                 self.reap()
+                self.send_unsent()
             except Exception:  # Redis briefly away: the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -82,6 +86,28 @@ class Liveness:
             r.zrem(self.jobs.workers_key(self.queue), worker)
             reaped.append(worker)
         return reaped
+
+    def send_unsent(self) -> int:
+        """Send the message of every job the API recorded but never confirmed sending (it died in
+        between). Sending twice is harmless: JobStore.begin_attempt skips finished jobs and refuses
+        duplicates of running ones."""
+        from layerq.messages import DECOMPOSE_TASK, DecomposeMessage
+
+        r = self.jobs.r
+        if not r.set(f"{self.jobs.prefix}:sending-unsent", self.name, nx=True, ex=max(5, int(self.heartbeat_s))):
+            return 0
+        job_ids = self.jobs.unsent_since(self.enqueue_grace_s, self.queue)
+        sent = 0
+        for rec in self.jobs.get_many(job_ids):
+            if rec and rec["status"] == "queued":
+                msg = DecomposeMessage(job_id=rec["id"], input_key=rec["input_key"], params=rec["params"])
+                self.app.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=self.queue,
+                                   task_id=rec["id"])
+                sent += 1
+        if job_ids:
+            self.jobs.mark_sent(job_ids, self.queue)
+            log.warning("sent %d jobs whose API process never confirmed sending them", sent)
+        return sent
 
     def _restore(self, delivery_tag: str) -> None:
         # kombu's Redis transport keeps unacked messages by delivery tag; restoring moves one back

@@ -72,7 +72,8 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         store=open_object_store(settings),
         jobs=jobs,
         stats=ServiceTimes(client, settings.key_prefix),
-        liveness=Liveness(jobs, app, "decompose", name, settings.worker_heartbeat_s) if pipeline else None,
+        liveness=Liveness(jobs, app, "decompose", name, settings.worker_heartbeat_s, settings.enqueue_grace_s)
+        if pipeline else None,
         pipeline=pipeline,
         name=name,
         app=app,
