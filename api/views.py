@@ -3,26 +3,15 @@ every read (so a URL never outlives `url_ttl_s` from the moment it was handed ou
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import request
 
-from layerq import keys
 from layerq.jobs import JobStatus, JobView
+from layerq.results import iso, signed_result
 from storage.base import ObjectStore
 from storage.jobs import JobStore
 from storage.stats import ServiceTimes
-
-DOWNLOAD_NAMES = {"psd": "layers.psd", "pptx": "layers.pptx", "zip": "layers.zip", "ora": "layers.ora"}
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 def job_view(
     rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int, stats: ServiceTimes | None = None
@@ -51,24 +40,8 @@ def job_view(
         view["eta_s"] = _eta(rec, view["queue_position"], jobs, stats)
     view["timings"] = rec.get("timings")
     if status is JobStatus.SUCCEEDED and rec.get("result"):
-        view["result"] = _signed_result(rec["id"], rec["result"], store, url_ttl_s)
+        view["result"] = signed_result(rec["id"], rec["result"], store, url_ttl_s, absolute=absolute)
     return JobView.model_validate(view).model_dump(mode="json")
-
-
-def _signed_result(job_id: str, result: dict[str, Any], store: ObjectStore, ttl_s: int) -> dict[str, Any]:
-    def url(key: str, filename: str | None = None) -> str:
-        return absolute(store.presign_get(key, ttl_s, filename=filename))
-
-    return {
-        "layers": [
-            {"index": layer["index"], "url": url(layer["key"]), "width": layer["width"], "height": layer["height"]}
-            for layer in result["layers"]
-        ],
-        "composite": url(keys.composite_key(job_id)),
-        "exports": {fmt: url(keys.export_key(job_id, fmt), DOWNLOAD_NAMES[fmt]) for fmt in result.get("exports", [])},
-        "manifest": url(keys.manifest_key(job_id)),
-        "expires_at": iso(time.time() + ttl_s),
-    }
 
 
 def absolute(url: str) -> str:

@@ -17,13 +17,13 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from layerq import __version__
 from layerq.errors import ValidationFailed
+from layerq.results import iso
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +234,6 @@ def plan_retries(attempts: int = 6, base_s: float = 30.0, factor: float = 3.0, c
     """Delay before each attempt: 0, then base·factor^k capped. Defaults: 0, 30, 90, 270, 810, 1200 s
     (6 attempts over 40 min, so a receiver down for a deploy or a short outage still gets the event)."""
     return [0.0] + [min(cap_s, base_s * factor**k) for k in range(max(0, attempts - 1))]
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(float(ts), tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event_payload(

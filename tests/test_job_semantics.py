@@ -11,7 +11,7 @@ import requests
 
 from layerq.client import LayerqClient
 from layerq.sample import sample_png
-from tests.helpers import drain, job_objects, terminal_transitions, transition_log, wait_for, wait_running
+from tests.helpers import drain, job_objects, terminal_transitions, transition_log, wait_running
 
 pytestmark = pytest.mark.e2e
 

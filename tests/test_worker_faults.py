@@ -6,7 +6,6 @@ malformed-message cases put a job on the queue the way a stale or hand-made mess
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 

@@ -8,7 +8,6 @@ it ran.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time

@@ -26,12 +26,12 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
-from layerq import keys
 from layerq.errors import JobNotFound
 from layerq.webhooks import (
     WEBHOOK_QUEUE, WEBHOOK_TASK, Event, Resolver, Target, WebhookTargetRefused, WebhookUnresolvable,
     delivery_headers, delivery_key, enqueue_event, event_payload, iso, plan_retries, resolve_target,
 )
+from layerq.results import signed_result
 from storage.jobs import JobStore
 
 __all__ = ["WebhookMessage", "Outcome", "deliver", "post", "register", "enqueue_event", "delivery_status"]
@@ -42,7 +42,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 """We read at most this much of a receiver's answer: its body is ignored, and a huge one must not
 hold the worker."""
 FINAL_STATES = frozenset({"delivered", "gone", "failed", "refused"})
-DOWNLOAD_NAMES = {"psd": "layers.psd", "pptx": "layers.pptx", "zip": "layers.zip", "ora": "layers.ora"}
 
 
 class WebhookMessage(BaseModel):
@@ -194,25 +193,6 @@ def retry_plan(settings: Any) -> list[float]:
 
 
 # --- the job as a receiver sees it -----------------------------------------------------------------
-def signed_result(job_id: str, result: dict[str, Any], store: Any, ttl_s: int) -> dict[str, Any]:
-    """Result URLs signed now, without a Flask request. With the local backend and no
-    LAYERQ_PUBLIC_URL they are root-relative (`/files/...`): set LAYERQ_PUBLIC_URL for absolute ones."""
-
-    def url(key: str, filename: str | None = None) -> str:
-        return store.presign_get(key, ttl_s, filename=filename)
-
-    return {
-        "layers": [
-            {"index": la["index"], "url": url(la["key"]), "width": la["width"], "height": la["height"]}
-            for la in result.get("layers", [])
-        ],
-        "composite": url(keys.composite_key(job_id)),
-        "exports": {f: url(keys.export_key(job_id, f), DOWNLOAD_NAMES.get(f)) for f in result.get("exports", [])},
-        "manifest": url(keys.manifest_key(job_id)),
-        "expires_at": iso(time.time() + ttl_s),
-    }
-
-
 def job_snapshot(rec: dict[str, Any], store: Any, url_ttl_s: int) -> dict[str, Any]:
     """A job-view-shaped dict from a raw JobStore record (what a worker has instead of api.views)."""
     view = {k: rec.get(k) for k in ("id", "kind", "status", "batch_id", "error", "progress")}
