@@ -54,7 +54,6 @@ def submit_batch():
     ordered_ids: list[str] = []
     runnable: list[NewJob] = []
     cached: list[tuple[str, DecomposeParams, dict]] = []
-    to_send: dict[str, DecomposeParams] = {}
     for i, (item, p) in enumerate(zip(body.items, params)):
         job_id = new_job_id()
         ordered_ids.append(job_id)
@@ -71,14 +70,13 @@ def submit_batch():
         else:
             job = NewJob(job_id, p.model_dump(), item.input_key or "", batch_id=batch_id, tenant=who, webhook=webhook)
         runnable.append(job)
-        to_send[job_id] = p
     meta = {"webhook": webhook, "params": params[0].model_dump()}
     batches().create(batch_id, runnable, tenant=who, meta=meta, all_ids=ordered_ids)
     pipe = svc.jobs.r.pipeline(transaction=False)
     for job_id, p, source in cached:
         svc.jobs.create_cached(job_id, params=p.model_dump(), source=source, tenant=who, batch_id=batch_id, pipe=pipe)
     pipe.execute()
-    enqueue(svc, runnable, to_send)
+    enqueue(svc, runnable)
     resp = jsonify({"id": batch_id, "count": len(ordered_ids), "job_ids": ordered_ids, "cached": len(cached)})
     resp.status_code = 202
     resp.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
@@ -91,14 +89,12 @@ def get_batch(batch_id: str):
     batch = _owned(batch_id)
     counts = batch["counts"]
     done = counts["succeeded"] + counts["failed"] + counts["canceled"]
-    running_ids = []  # progress of running jobs counts by their steps
-    partial = 0.0
+    partial = 0.0  # running jobs count by the share of their steps done
     if counts["running"]:
         for rec in svc.jobs.get_many(batches().job_ids(batch_id)[: PAGE_MAX * 20]):
             if rec and rec["status"] == "running":
                 prog = rec.get("progress") or {}
                 partial += (prog.get("step") or 0) / (prog.get("total") or 1)
-                running_ids.append(rec["id"])
     remaining = batch["count"] - done
     means = svc.stats.snapshot()
     per_job = svc.stats.estimate_s(batch["meta"].get("params") or DecomposeParams().model_dump(), means)
@@ -107,7 +103,7 @@ def get_batch(batch_id: str):
     return jsonify({
         "id": batch_id, "count": batch["count"], "counts": counts, "created_at": iso(batch["created_at"]),
         "progress": round((done + partial) / batch["count"], 4), "eta_s": eta if remaining else 0.0,
-        "jobs": page_of_jobs(batch_id),
+        "jobs": _page(batch_id),
     })
 
 
@@ -127,8 +123,12 @@ def cancel_batch(batch_id: str):
 
 def page_of_jobs(batch_id: str) -> dict:
     """`?status=&cursor=&limit=` over a batch's jobs in submission order; `next_cursor` is null at the end."""
-    svc = services()
     _owned(batch_id)
+    return _page(batch_id)
+
+
+def _page(batch_id: str) -> dict:
+    svc = services()
     try:
         cursor = int(request.args.get("cursor", 0))
         limit = min(PAGE_MAX, max(1, int(request.args.get("limit", 100))))

@@ -35,7 +35,7 @@ def submit_job():
     who = tenant()
     if request.mimetype == "application/json":
         body = _json_request()
-        params, input_key, digest = body.params.with_seed(), body.input_key, ""
+        params, input_key, digest, image = body.params.with_seed(), body.input_key, "", None
         webhook, use_cache = check_webhook(body.webhook, svc.settings), False  # bytes unread: no cache key
         job_id = new_job_id()
     elif request.mimetype.startswith("multipart/form-data"):
@@ -63,13 +63,13 @@ def submit_job():
     if source is not None:
         svc.jobs.create_cached(job_id, params=params.model_dump(), source=source, tenant=who)
     else:
-        if input_key == keys.input_key(job_id):
+        if image is not None:  # multipart: store the normalised input (uploads are already stored)
             svc.store.put(input_key, png_bytes(image), "image/png")
         job = NewJob(job_id=job_id, params=params.model_dump(), input_key=input_key, tenant=who,
                      cache_key=ckey, webhook=webhook)
         svc.jobs.create_many([job])
-        enqueue(svc, [job], {job_id: params})
-    resp = jsonify(_view(job_id))
+        enqueue(svc, [job])
+    resp = jsonify(_view(svc.jobs.get(job_id)))
     resp.status_code = 202 if source is None else 200
     resp.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
     return resp
@@ -77,7 +77,7 @@ def submit_job():
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(_view(job_id))
+    return jsonify(_view(_owned(job_id)))
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")
@@ -87,9 +87,10 @@ def cancel_job(job_id: str):
     svc = services()
     before = _owned(job_id)["status"]
     outcome = svc.jobs.cancel([job_id])
+    rec = svc.jobs.get(job_id)
     if outcome["canceled"]:  # no worker will ever see this job: the API sends its webhook
-        notify(svc.celery, svc.settings, svc.jobs.get(job_id), redis_client=svc.jobs.r)
-    view = _view(job_id)
+        notify(svc.celery, svc.settings, rec, redis_client=svc.jobs.r)
+    view = _view(rec)
     if outcome["already_finished"]:
         message = f"job already {before}; nothing to cancel"
     elif before == JobStatus.CANCELING.value:
@@ -123,9 +124,9 @@ def _owned(job_id: str) -> dict:
     return rec
 
 
-def _view(job_id: str) -> dict:
+def _view(rec: dict) -> dict:
     svc = services()
-    return job_view(_owned(job_id), svc.jobs, svc.store, svc.settings.url_ttl_s, svc.stats)
+    return job_view(rec, svc.jobs, svc.store, svc.settings.url_ttl_s, svc.stats)
 
 
 def _json_request() -> JobRequest:

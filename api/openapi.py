@@ -113,6 +113,18 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "sc
                "maxLength": 255}, "description": "Same key and body: the first response again; other body: 409."}
 
 
+def _query(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+
+
+# The local backend's signed URLs: the key in the path, expiry and signature in the query.
+SIGNED_URL = [
+    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
+    {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
+]
+
+
 def _ref_status() -> dict[str, str]:
     return {"$ref": "#/components/schemas/JobStatus"}
 
@@ -219,23 +231,13 @@ def build_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Download an object of the local-disk backend through a signed URL",
                     "operationId": "downloadFile",
-                    "parameters": [
-                        {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                        {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
-                        {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
-                        {"name": "download", "in": "query", "required": False, "schema": {"type": "string"}},
-                    ],
+                    "parameters": [*SIGNED_URL, _query("download")],
                     "responses": {"200": {"description": "The object's bytes"}, **_errors(403, 404)},
                 },
                 "put": {
                     "summary": "Upload an input through a URL from POST /v1/uploads (local-disk backend)",
                     "operationId": "uploadFile",
-                    "parameters": [
-                        {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                        {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
-                        {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
-                        {"name": "content_type", "in": "query", "required": False, "schema": {"type": "string"}},
-                    ],
+                    "parameters": [*SIGNED_URL, _query("content_type")],
                     "requestBody": {"required": True,
                                     "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                          "format": "binary"}}}},

@@ -66,14 +66,14 @@ def cached_source(svc: Any, key: str, tenant: str) -> dict[str, Any] | None:
     return rec
 
 
-def enqueue(svc: Any, jobs: list[NewJob], params: dict[str, DecomposeParams]) -> None:
+def enqueue(svc: Any, jobs: list[NewJob]) -> None:
     """Send one message per job (one producer connection for all). If the broker is unreachable the
     jobs not yet sent are failed with `enqueue_failed` so none sits queued forever."""
     sent = 0
     try:
         with svc.celery.producer_or_acquire() as producer:
             for job in jobs:
-                msg = DecomposeMessage(job_id=job.job_id, input_key=job.input_key, params=params[job.job_id])
+                msg = DecomposeMessage(job_id=job.job_id, input_key=job.input_key, params=job.params)
                 svc.celery.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=DECOMPOSE_QUEUE,
                                      task_id=job.job_id, producer=producer)
                 sent += 1
@@ -84,13 +84,10 @@ def enqueue(svc: Any, jobs: list[NewJob], params: dict[str, DecomposeParams]) ->
                 svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
             except LayerqError:
                 pass
-        _mark_sent(svc, jobs)
         raise QueueUnavailable("the job queue is unavailable; try again") from exc
-    _mark_sent(svc, jobs)
-
-
-def _mark_sent(svc: Any, jobs: list[NewJob]) -> None:
-    try:
-        svc.jobs.mark_sent([job.job_id for job in jobs])
-    except Exception:  # the sweeper re-sends them later; a duplicate message is harmless
-        log.warning("could not mark %d jobs as sent", len(jobs), exc_info=True)
+    finally:
+        # Sent or failed, none of them is waiting for the unsent-jobs sweeper any more.
+        try:
+            svc.jobs.mark_sent([job.job_id for job in jobs])
+        except Exception:  # the sweeper re-sends them later; a duplicate message is harmless
+            log.warning("could not mark %d jobs as sent", len(jobs), exc_info=True)

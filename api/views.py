@@ -13,6 +13,7 @@ from storage.base import ObjectStore
 from storage.jobs import JobStore
 from storage.stats import ServiceTimes
 
+
 def job_view(
     rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int, stats: ServiceTimes | None = None
 ) -> dict[str, Any]:
@@ -55,8 +56,7 @@ def absolute(url: str) -> str:
 def _eta(rec: dict[str, Any], position: int | None, jobs: JobStore, stats: ServiceTimes) -> float | None:
     """Seconds until this job ends: its own estimated time (measured per step and per bucket), plus,
     while queued, the estimated work ahead of it shared among the live workers."""
-    means = stats.snapshot()
-    own = stats.estimate_s(rec["params"], means)
+    own = stats.estimate_s(rec["params"])
     if own is None:
         return None
     if rec["status"] == JobStatus.QUEUED.value:

@@ -92,10 +92,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from layerq.stack import LocalStack, RedisServer
+    from layerq.stack import LocalStack
 
     settings = Settings.from_env(model=args.model)
-    private_redis = "LAYERQ_REDIS_URL" not in os.environ and RedisServer.available()
+    private_redis = _wants_private_redis()
     stack = LocalStack(settings, run_dir=Path(".layerq/run"), host=args.host, port=args.port)
     print(f"starting layerq (model {settings.model}, storage {settings.storage}"
           f"{', private redis' if private_redis else ', redis ' + settings.redis_url}) ...", flush=True)
@@ -147,12 +147,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from layerq.client import LayerqClient
     from layerq.progress import follow_jobs
     from layerq.sample import sample_png
-    from layerq.stack import LocalStack, RedisServer
+    from layerq.stack import LocalStack
 
     run_dir = Path(".layerq/demo")
     settings = Settings.from_env(model=args.model, storage_dir=str(run_dir / "data"),
                                  model_cache_dir=os.environ.get("LAYERQ_MODEL_CACHE_DIR", ".layerq/models"))
-    private_redis = "LAYERQ_REDIS_URL" not in os.environ and RedisServer.available()
+    private_redis = _wants_private_redis()
     print(f"starting layerq with model {settings.model!r} (first run builds the tiny model) ...", flush=True)
     with LocalStack(settings, run_dir=run_dir) as stack:
         stack.start(workers=1, start_redis=private_redis, timeout_s=900)
@@ -173,6 +173,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"  {p}")
     return 0
+
+
+def _wants_private_redis() -> bool:
+    """`up` and `demo` start their own redis-server unless a Redis is configured (or none is installed)."""
+    from layerq.stack import RedisServer
+
+    return "LAYERQ_REDIS_URL" not in os.environ and RedisServer.available()
 
 
 if __name__ == "__main__":

@@ -118,8 +118,7 @@ class LocalStack:
         if self.settings.storage == "local" and not self.settings.signing_secret:
             self.settings = self.settings.replace(signing_secret=persistent_secret(self.run_dir / "signing-secret"))
         self.port = self.port or free_port()
-        self.api = self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
-                                       "--port", str(self.port), "--workers", str(self.api_workers)])
+        self.api = self._spawn_api()
         for _ in range(cpu_workers):
             self.cpu_workers.append(self._spawn(f"cpu-{len(self.cpu_workers)}", [
                 sys.executable, "-m", "layerq.cli", "worker", "--queues", "cpu",
@@ -159,8 +158,7 @@ class LocalStack:
     def restart_api(self, timeout_s: float = 60) -> None:
         """Stop the API process and start a new one on the same port (state lives in Redis and storage)."""
         stop_process(self.api)
-        self.api = self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
-                                       "--port", str(self.port), "--workers", str(self.api_workers)])
+        self.api = self._spawn_api()
         wait_until(self._healthy(1), timeout_s, "restarted API", interval_s=0.2)
 
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
@@ -182,6 +180,10 @@ class LocalStack:
             return body["status"] == "ok" and body["workers"] >= workers
 
         return check
+
+    def _spawn_api(self) -> subprocess.Popen:
+        return self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
+                                   "--port", str(self.port), "--workers", str(self.api_workers)])
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}

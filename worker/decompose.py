@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from PIL import Image
@@ -116,12 +116,12 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
     if not attempt.run:
         log.info("job %s not run: %s%s", msg.job_id, attempt.status, " (duplicate)" if attempt.duplicate else "")
         if attempt.worker_lost:
-            _notify(rt, msg.job_id, "failed")
+            _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
         rt.liveness.hold(msg.job_id, delivery_tag)
     if attempt.attempts == 1:
-        _notify(rt, msg.job_id, "started")
+        _notify(rt, msg.job_id)
     try:
         return _run_claimed(rt, msg)
     finally:
@@ -158,7 +158,7 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
         return _cancel(rt, msg.job_id, timings)
     rt.stats.record(msg.params.model_dump(), timings)
     _index_for_cache(rt, msg.job_id)
-    _notify(rt, msg.job_id, "completed")
+    _notify(rt, msg.job_id)
     return "succeeded"
 
 
@@ -177,7 +177,7 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     rt.jobs.set_progress(msg.job_id, first_stage, 0, params.num_inference_steps)
     steps = _StepTimes(rt, msg.job_id)
     started = time.perf_counter()
-    layers = rt.pipeline.run(image, params, on_step=steps.on_step, should_stop=_stop_check(rt, msg.job_id))
+    layers = rt.pipeline.run(image, params, on_step=steps.on_step, should_stop=steps.should_stop)
     ended = time.perf_counter()
     steps.split_into(clock, first_stage, started, ended)
     clock.timings["pipeline"] = round(ended - started, 4)
@@ -206,20 +206,31 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
 
 
 class _StepTimes:
-    """Reports each denoising step and remembers when the first and last ended, to split the
-    pipeline call into captioning/encoding, denoising and decoding."""
+    """Reports each denoising step, answers the pipeline's stop question after it, and remembers when
+    the first and last step ended, to split the pipeline call into captioning/encoding, denoising and
+    decoding."""
 
     def __init__(self, rt: WorkerRuntime, job_id: str) -> None:
         self.rt, self.job_id = rt, job_id
         self.first: float | None = None
         self.last: float | None = None
         self.count = 0
+        self.status: JobStatus | None = None
+        # The solo pool enforces no time limit; the step callback does.
+        self.deadline = time.monotonic() + rt.settings.job_soft_time_limit_s
 
     def on_step(self, step: int, total: int) -> None:
         now = time.perf_counter()
         self.first = self.first or now
         self.last, self.count = now, step
-        self.rt.jobs.set_progress(self.job_id, "denoising" if step < total else "decoding", step, total)
+        # The progress write answers with the job's status: that is the cancel check, at no extra call.
+        self.status = self.rt.jobs.set_progress(self.job_id, "denoising" if step < total else "decoding", step, total)
+
+    def should_stop(self) -> str | None:
+        """Asked after each step's report: stop on a cancel request or past the soft time limit."""
+        if time.monotonic() > self.deadline:
+            return "time_limit"
+        return "canceled" if self.status is JobStatus.CANCELING else None
 
     def split_into(self, clock: StageClock, first_stage: str, started: float, ended: float) -> None:
         if self.first is None or self.last is None or self.count < 2:
@@ -259,19 +270,6 @@ def _manifest(
     }
 
 
-def _stop_check(rt: WorkerRuntime, job_id: str) -> Callable[[], str | None]:
-    """Asked once per denoising step: stop on a cancel request or past the soft time limit (the solo
-    pool enforces no time limits itself)."""
-    deadline = time.monotonic() + rt.settings.job_soft_time_limit_s
-
-    def should_stop() -> str | None:
-        if time.monotonic() > deadline:
-            return "time_limit"
-        return "canceled" if rt.jobs.status(job_id) is JobStatus.CANCELING else None
-
-    return should_stop
-
-
 def _set_stage(rt: WorkerRuntime, job_id: str, stage: str, params: DecomposeParams) -> None:
     steps = params.num_inference_steps
     rt.jobs.set_progress(job_id, stage, steps, steps)
@@ -292,7 +290,7 @@ def _cancel(rt: WorkerRuntime, job_id: str, timings: dict[str, float]) -> str:
     except LayerqError as exc:  # already terminal: the first terminal transition wins
         log.info("job %s: %s", job_id, exc)
         return "canceled"
-    _notify(rt, job_id, "canceled")
+    _notify(rt, job_id)
     return "canceled"
 
 
@@ -302,7 +300,7 @@ def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings
     except LayerqError as exc:
         log.info("job %s: %s", job_id, exc)
         return "failed"
-    _notify(rt, job_id, "failed")
+    _notify(rt, job_id)
     return "failed"
 
 
@@ -314,9 +312,9 @@ def _index_for_cache(rt: WorkerRuntime, job_id: str) -> None:
         rt.jobs.r.set(rec[0], job_id, ex=ttl if ttl and ttl > 0 else rt.settings.job_ttl_s)
 
 
-def _notify(rt: WorkerRuntime, job_id: str, event: str) -> None:
-    """Send the job's webhook for its current status, if it asked for one. `notify` sends each
-    (job, event) at most once and never raises: a webhook problem must not fail the job."""
+def _notify(rt: WorkerRuntime, job_id: str) -> None:
+    """Send the webhook event the job's current status stands for, if the job asked for one. `notify`
+    sends each (job, event) at most once and never raises: a webhook problem must not fail the job."""
     from layerq.webhooks import notify
 
     try:
