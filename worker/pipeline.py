@@ -81,20 +81,14 @@ def resolve_device(device: str) -> tuple[torch.device, torch.dtype]:
 
 
 def _caption_without_cudnn_attention(pipe: Any) -> None:
-    """Keep PyTorch's cuDNN attention out of the auto-caption's token-by-token decoding.
-
-    Each decoding step attends over one more cached token, and the cuDNN SDPA backend builds a new
-    plan for every new length: on an H200 (torch 2.11) the tiny model's first 512-token caption took
-    36 s instead of 2.7 s, and each new image size paid again for its new lengths. Flash and
-    memory-efficient attention have no such cost; the denoising loop keeps every backend.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """The authors' auto-caption (the path without speed-ups) decodes without cuDNN attention too:
+    see worker.accel.captioner.no_cudnn_sdpa. The fast path applies it inside its own captioner."""
+    from worker.accel.captioner import no_cudnn_sdpa
 
     caption = pipe.get_image_caption
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
     def get_image_caption(*args: Any, **kwargs: Any) -> str:
-        with sdpa_kernel(backends):
+        with no_cudnn_sdpa():
             return caption(*args, **kwargs)
 
     pipe.get_image_caption = get_image_caption  # the pipeline calls it through self
