@@ -282,8 +282,10 @@ def enqueue_event(
     try:
         if not r.hsetnx(key, "state", "queued"):  # the dedupe: one delivery per (job, event), ever
             return None
-        r.hset(key, mapping={"job_id": job_id, "event": event, "url": spec.url, "attempts": 0})
-        r.expire(key, int(getattr(settings, "job_ttl_s", 7 * 24 * 3600)))
+        pipe = r.pipeline(transaction=False)  # one round trip; the hsetnx above already claimed the key
+        pipe.hset(key, mapping={"job_id": job_id, "event": event, "url": spec.url, "attempts": 0})
+        pipe.expire(key, int(getattr(settings, "job_ttl_s", 7 * 24 * 3600)))
+        pipe.execute()
         message = {"job_id": job_id, "event": event, "delivery_id": delivery_id, "url": spec.url, "attempt": 1,
                    "created_at": time.time() if created_at is None else created_at}
         # The queue is named here, not only in task_routes: the API's app may not route this task.

@@ -9,7 +9,6 @@ break the signature.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -153,17 +152,9 @@ class S3Store(ObjectStore):
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":
             raise InvalidKey("refusing to delete with an empty prefix (that would wipe the whole bucket)")
-        deleted = 0
-        batch: builtins.list[str] = []
         # Collect first, then delete: deleting while paginating could shift the listing's pages.
-        for key in self.list(prefix):
-            batch.append(key)
-            if len(batch) == _DELETE_BATCH:
-                deleted += self._delete_batch(batch)
-                batch = []
-        if batch:
-            deleted += self._delete_batch(batch)
-        return deleted
+        keys = self.list(prefix)
+        return sum(self._delete_batch(keys[i : i + _DELETE_BATCH]) for i in range(0, len(keys), _DELETE_BATCH))
 
     def _delete_batch(self, keys: Sequence[str]) -> int:
         response = self._client.delete_objects(

@@ -76,9 +76,16 @@ def _secret_bytes(secret: str) -> bytes:
     return secret.encode("utf-8")
 
 
+def _checked_method(method: str, key: str) -> str:
+    """The normalised method; raises ValueError for an unsupported method, InvalidKey for a bad key."""
+    m = _normalize_method(method)
+    validate_key(key)
+    return m
+
+
 def _mac(method: str, key: str, expires_at: int, secret: str, filename: str | None, content_type: str | None) -> bytes:
     message = json.dumps(
-        [_PURPOSE, method, key, expires_at, filename, content_type],
+        [_PURPOSE, method, key, expires_at, filename, normalize_content_type(content_type)],
         ensure_ascii=True,
         separators=(",", ":"),
     ).encode("ascii")
@@ -99,13 +106,12 @@ def sign(
     `filename` (the `download` query parameter) and `content_type` (uploads) are bound too when
     given. Raises `InvalidKey` for a bad key, `ValueError` for an unsupported method, a negative
     expiry or an empty secret."""
-    m = _normalize_method(method)
-    validate_key(key)
+    m = _checked_method(method, key)
     if isinstance(expires_at_unix, bool) or not isinstance(expires_at_unix, int) or expires_at_unix < 0:
         raise ValueError(f"expiry must be a non-negative int of unix seconds, got {expires_at_unix!r}")
     if filename is not None:
         validate_filename(filename)
-    mac = _mac(m, key, expires_at_unix, secret, filename, normalize_content_type(content_type))
+    mac = _mac(m, key, expires_at_unix, secret, filename, content_type)
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
@@ -127,15 +133,13 @@ def verify(
     signature is checked before the expiry, so a tampered expiry reads as a bad signature. The
     comparison takes constant time."""
     try:
-        m = _normalize_method(method)
+        m = _checked_method(method, key)
+    except InvalidKey as exc:  # an InvalidKey is a ValueError too: this clause first
+        raise UrlSignatureInvalid("malformed", f"signed URL names an invalid key: {exc.message}") from None
     except ValueError as exc:
         raise UrlSignatureInvalid("malformed", str(exc)) from None
-    try:
-        validate_key(key)
-    except InvalidKey as exc:
-        raise UrlSignatureInvalid("malformed", f"signed URL names an invalid key: {exc.message}") from None
     given = _decode_sig(signature)
-    expected = _mac(m, key, expires_at_unix, secret, filename, normalize_content_type(content_type))
+    expected = _mac(m, key, expires_at_unix, secret, filename, content_type)
     if not hmac.compare_digest(given, expected):
         raise UrlSignatureInvalid("bad_signature", "signed URL signature does not match")
     current = time.time() if now is None else now

@@ -130,17 +130,20 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout_s: float,
     """POST to the checked addresses only (first that connects), with the URL's Host header and TLS
     name, no redirects and no retries of urllib3's own; return the status code."""
     last: Exception | None = None
+    # Everything but the address is the same for each address tried.
+    tls: dict[str, Any] = {}
+    cls: type[urllib3.HTTPConnectionPool] = urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        tls = {"server_hostname": target.host, "assert_hostname": target.host, "cert_reqs": "CERT_REQUIRED",
+               "ca_certs": ca_certs or certifi.where()}
+        cls = urllib3.HTTPSConnectionPool
+    timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+    headers = {**headers, "Host": target.host_header}
     for address in target.addresses:
-        tls: dict[str, Any] = {}
-        if target.scheme == "https":
-            tls = {"server_hostname": target.host, "assert_hostname": target.host, "cert_reqs": "CERT_REQUIRED",
-                   "ca_certs": ca_certs or certifi.where()}
-        cls = urllib3.HTTPSConnectionPool if target.scheme == "https" else urllib3.HTTPConnectionPool
-        pool = cls(address, target.port, maxsize=1, retries=False,
-                   timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), **tls)
+        pool = cls(address, target.port, maxsize=1, retries=False, timeout=timeout, **tls)
         try:
             resp = pool.urlopen("POST", target.request_target, body=body,
-                                headers={**headers, "Host": target.host_header}, redirect=False, retries=False,
+                                headers=headers, redirect=False, retries=False,
                                 preload_content=False, assert_same_host=False)
         except (NewConnectionError, ConnectTimeoutError) as exc:  # this address is down: try the next one
             last = exc

@@ -18,15 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+from worker.tiny_model import SPECIAL_TOKENS as QWEN_SPECIAL_TOKENS  # one list for both models
 
 _CORPUS = [
     "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships",

@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 from PIL import Image
 
 from .photoshop import layer_name
-from .raster import composite, encode_layers, png_bytes, validate_layers
+from .raster import checked_merged, checked_pngs, png_bytes, validate_layers
 from .sink import ByteSink
 
 # Fixed member timestamp (ZIP's epoch) so equal inputs give byte-identical archives:
@@ -53,13 +53,6 @@ def zip_member(name: str, compress_type: int) -> zipfile.ZipInfo:
     return info
 
 
-def _checked_pngs(stack: list[Image.Image], layer_pngs: Sequence[bytes] | None) -> list[bytes]:
-    pngs = list(layer_pngs) if layer_pngs is not None else encode_layers(stack)
-    if len(pngs) != len(stack):
-        raise ValueError(f"got {len(pngs)} encoded PNGs for {len(stack)} layers")
-    return pngs
-
-
 def to_zip(
     layers: Sequence[Image.Image],
     manifest: Mapping[str, Any],
@@ -77,7 +70,7 @@ def to_zip(
         when *layer_pngs* has the wrong length; TypeError for a non-JSON manifest.
     """
     stack = validate_layers(layers)
-    pngs = _checked_pngs(stack, layer_pngs)
+    pngs = checked_pngs(stack, layer_pngs)
     manifest_json = manifest_bytes(manifest)  # fail before building anything
     buffer = ByteSink()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -129,11 +122,8 @@ def to_ora(
     :raises TypeError, ValueError: as :func:`to_zip`.
     """
     stack = validate_layers(layers)
-    pngs = _checked_pngs(stack, layer_pngs)
-    flat = merged if merged is not None else composite(stack)
-    if flat.size != stack[0].size:
-        raise ValueError(f"merged image is {flat.size[0]}x{flat.size[1]}, layers are "
-                         f"{stack[0].size[0]}x{stack[0].size[1]}")
+    pngs = checked_pngs(stack, layer_pngs)
+    flat = checked_merged(stack, merged)
     thumbnail = flat.copy()
     thumbnail.thumbnail((ORA_THUMBNAIL_MAX, ORA_THUMBNAIL_MAX))
     sources = [f"data/{layer_filename(i, len(pngs))}" for i in range(len(pngs))]

@@ -12,7 +12,7 @@ from psd_tools.constants import Compression
 from psd_tools.psd import PSD
 from psd_tools.psd.image_data import ImageData
 
-from .raster import composite, validate_layers
+from .raster import checked_merged, sample_rows, validate_layers
 from .sink import ByteSink
 
 # Compression is chosen per layer channel (and for the merged image) from a sample of
@@ -21,8 +21,6 @@ from .sink import ByteSink
 # readers do not decode it). RLE (psd-tools' Cython codec) shrinks a mostly transparent
 # 640x640 layer 10-50x for ~1.5 ms; on noise it is ~1 % *bigger* than RAW and costs
 # ~3 ms a layer, with the GIL held.
-_SAMPLE_BANDS = 4
-_SAMPLE_ROWS = 4
 _RLE_RATIO = 0.9
 
 
@@ -33,18 +31,10 @@ def layer_name(index: int) -> str:
     return f"Layer {index + 1}"
 
 
-def _sample_rows(height: int) -> np.ndarray | slice:
-    """The rows :func:`_rle_pays` looks at: a few bands spread over the plane."""
-    if height <= _SAMPLE_BANDS * _SAMPLE_ROWS:
-        return slice(None)
-    starts = np.linspace(0, height - _SAMPLE_ROWS, _SAMPLE_BANDS).astype(int)
-    return (starts[:, None] + np.arange(_SAMPLE_ROWS)).ravel()
-
-
 def _rle_pays(planes: np.ndarray) -> bool:
     """Whether PackBits RLE stores *planes* ((channels, height, width) uint8, as a PSD
     lays them out) in at most _RLE_RATIO of their raw size, judged on sample rows."""
-    sample = np.ascontiguousarray(planes[:, _sample_rows(planes.shape[1])])
+    sample = np.ascontiguousarray(planes[:, sample_rows(planes.shape[1])])
     rows = sample.shape[0] * sample.shape[1]
     encoded = encode_rle(sample.tobytes(), sample.shape[2], rows, 8, 1)
     return len(encoded) <= _RLE_RATIO * sample.nbytes
@@ -141,10 +131,7 @@ def to_psd(layers: Sequence[Image.Image], *, merged: Image.Image | None = None) 
         when *merged* is not the layers' size.
     """
     stack = validate_layers(layers)
-    flat = merged if merged is not None else composite(stack)
-    if flat.size != stack[0].size:
-        raise ValueError(f"merged image is {flat.size[0]}x{flat.size[1]}, layers are "
-                         f"{stack[0].size[0]}x{stack[0].size[1]}")
+    flat = checked_merged(stack, merged)
     document = PSDImage.new("RGBA", stack[0].size, color=0)
     # A layered PSD only declares that the merged image's extra channel is its
     # transparency by storing a *negative* layer count (Photoshop's own convention,

@@ -133,8 +133,8 @@ def _deflate(data: memoryview | bytes, level: int, strategy: int = zlib.Z_DEFAUL
 def _auto_deflate(scanlines: np.ndarray) -> list[bytes | memoryview]:
     """With ISA-L (the `isal` package) every layer is deflated at its level 1: a standard zlib
     stream, about as small as zlib's level 1, made ~10x faster than zlib's fastest (2 ms against
-    27 ms for a grainy 640x640 RGBA layer), so no sampling is needed. Without it:
-
+    27 ms for a grainy 640x640 RGBA layer), so no sampling is needed. Without it,
+    :func:`_zlib_auto_deflate` picks the zlib mode from a sample.
     """
     if isal_zlib is not None:
         return [isal_zlib.compress(scanlines.data, 1)]
@@ -154,18 +154,22 @@ def _zlib_auto_deflate(scanlines: np.ndarray) -> list[bytes | memoryview]:
       an order-0 coder by LZ alone needs exact repeats that are not row-aligned (the
       "Up" filter already zeroes row-aligned ones), which generated layers lack.
     """
-    height = scanlines.shape[0]
-    if height <= _SAMPLE_BANDS * _SAMPLE_ROWS:
-        sample = scanlines
-    else:
-        starts = np.linspace(0, height - _SAMPLE_ROWS, _SAMPLE_BANDS).astype(int)
-        sample = np.concatenate([scanlines[s:s + _SAMPLE_ROWS] for s in starts])
+    sample = scanlines[sample_rows(scanlines.shape[0])]
     huffman = len(_deflate(sample.data, 1, zlib.Z_HUFFMAN_ONLY))
     if huffman > _STORE_RATIO * sample.nbytes:
         return _stored_zlib(scanlines.data.cast("B"))
     if huffman < len(_deflate(sample.data, 1)):
         return [_deflate(scanlines.data, 1, zlib.Z_HUFFMAN_ONLY)]
     return [_deflate(scanlines.data, 1)]
+
+
+def sample_rows(height: int) -> np.ndarray | slice:
+    """The rows compression choices look at (PNG deflate mode, PSD RLE or RAW): _SAMPLE_BANDS
+    bands of _SAMPLE_ROWS rows spread over the image, or every row of a short one."""
+    if height <= _SAMPLE_BANDS * _SAMPLE_ROWS:
+        return slice(None)
+    starts = np.linspace(0, height - _SAMPLE_ROWS, _SAMPLE_BANDS).astype(int)
+    return (starts[:, None] + np.arange(_SAMPLE_ROWS)).ravel()
 
 
 def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO) -> bytes:
@@ -205,3 +209,20 @@ def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO) -> byte
 def encode_layers(layers: Sequence[Image.Image]) -> list[bytes]:
     """PNG-encode every layer of a validated stack, bottom first."""
     return [png_bytes(layer) for layer in validate_layers(layers)]
+
+
+def checked_pngs(stack: list[Image.Image], layer_pngs: Sequence[bytes] | None) -> list[bytes]:
+    """The stack's PNGs: *layer_pngs* when given (one per layer), else encoded now."""
+    pngs = list(layer_pngs) if layer_pngs is not None else encode_layers(stack)
+    if len(pngs) != len(stack):
+        raise ValueError(f"got {len(pngs)} encoded PNGs for {len(stack)} layers")
+    return pngs
+
+
+def checked_merged(stack: list[Image.Image], merged: Image.Image | None) -> Image.Image:
+    """The stack's composite: *merged* when given (it must be the layers' size), else composited now."""
+    flat = merged if merged is not None else composite(stack)
+    if flat.size != stack[0].size:
+        raise ValueError(f"merged image is {flat.size[0]}x{flat.size[1]}, layers are "
+                         f"{stack[0].size[0]}x{stack[0].size[1]}")
+    return flat

@@ -16,7 +16,7 @@ from pptx.util import Emu
 
 from .archives import zip_member
 from .photoshop import layer_name
-from .raster import encode_layers, validate_layers
+from .raster import checked_pngs, validate_layers
 from .sink import ByteSink
 
 EMU_PER_INCH = 914_400
@@ -137,9 +137,7 @@ def to_pptx(layers: Sequence[Image.Image], *, layer_pngs: Sequence[bytes] | None
         ValueError when *layer_pngs* has the wrong length.
     """
     stack = validate_layers(layers)
-    pngs = list(layer_pngs) if layer_pngs is not None else encode_layers(stack)
-    if len(pngs) != len(stack):
-        raise ValueError(f"got {len(pngs)} encoded PNGs for {len(stack)} layers")
+    pngs = checked_pngs(stack, layer_pngs)
     cx, cy = slide_size_emu(*stack[0].size)
     presentation = Presentation()
     presentation.slide_width = Emu(cx)
