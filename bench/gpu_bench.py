@@ -53,13 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     args = ap.parse_args(argv)
 
-    os.makedirs(args.out, exist_ok=True)
-    t_start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"env": gt.env_info(), "args": vars(args)}
-    print(json.dumps(results["env"]), flush=True)
-    results["ceilings"] = gt.ceilings()
-    print("ceilings", results["ceilings"], flush=True)
+    t_start, device, results = gt.start(args)
 
     pipe, build_s = gt.timed(build_pipeline, args.size, device)
     results["build"] = {"seconds": round(build_s, 1), **_weights_gib(pipe)}

@@ -159,3 +159,18 @@ def ceilings() -> dict:
     del a, b, x, y
     torch.cuda.empty_cache()
     return {"bf16_matmul_tflops": round(tflops, 1), "copy_tb_per_s": round(tbps, 2)}
+
+
+def start(args) -> tuple[float, str, dict]:
+    """The benchmarks' common opening: output folder made, start time, device, and a results dict
+    holding (and printing) the environment and the measured ceilings."""
+    import json
+    import os
+
+    os.makedirs(args.out, exist_ok=True)
+    t_start = time.perf_counter()
+    results: dict = {"env": env_info(), "args": vars(args)}
+    print(json.dumps(results["env"]), flush=True)
+    results["ceilings"] = ceilings()
+    print("ceilings", results["ceilings"], flush=True)
+    return t_start, ("cuda" if cuda() else "cpu"), results

@@ -107,13 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=300, help="start part 3 only before this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    t_start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    res: dict = {"env": gt.env_info(), "args": vars(args)}
-    print(json.dumps(res["env"]), flush=True)
-    res["ceilings"] = gt.ceilings()
-    print("ceilings", res["ceilings"], flush=True)
+    t_start, device, res = gt.start(args)
 
     def save():
         res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
