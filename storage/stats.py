@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-KEEP = 20  # measurements kept per term and bucket
+KEEP = 10  # measurements kept per term and bucket: recent ones, since a machine's pace drifts
 
 
 def bucket(params: dict[str, Any]) -> str:
