@@ -174,3 +174,184 @@ def start(args) -> tuple[float, str, dict]:
     results["ceilings"] = ceilings()
     print("ceilings", results["ceilings"], flush=True)
     return t_start, ("cuda" if cuda() else "cpu"), results
+
+
+class MemoryPhases:
+    """Peak CUDA memory per named phase of code we do not own: wrap its functions with `wrap`.
+
+    Phases nest ("accelerate/prepare/attention_probe"). The peak counters are reset at every phase
+    boundary and each stretch's peak is folded into every phase open during it, so each phase's peak
+    is its own (a parent's includes its children's). Syncs at every boundary: timings are not clean.
+    """
+
+    def __init__(self):
+        self.rows: dict[str, dict] = {}
+        self.stack: list[str] = []
+        self.intervals: list[tuple[float, float, str]] = []  # (start µs, end µs since the epoch, path)
+
+    def _fold(self) -> None:
+        if not cuda():
+            return
+        with contextlib.suppress(Exception):  # a failed phase must not hide its own error
+            torch.cuda.synchronize()
+        a, r = torch.cuda.max_memory_allocated() / 2**30, torch.cuda.max_memory_reserved() / 2**30
+        for path in self.stack:
+            row = self.rows[path]
+            row["peak_allocated_gib"] = round(max(row.get("peak_allocated_gib", 0.0), a), 2)
+            row["peak_reserved_gib"] = round(max(row.get("peak_reserved_gib", 0.0), r), 2)
+        torch.cuda.reset_peak_memory_stats()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self._fold()
+        path = f"{self.stack[-1]}/{name}" if self.stack else name
+        row = self.rows.setdefault(path, {"calls": 0, "seconds": 0.0})
+        row["calls"] += 1
+        if cuda():
+            row.setdefault("allocated_before_gib", round(torch.cuda.memory_allocated() / 2**30, 2))
+        self.stack.append(path)
+        t0 = time.time()
+        try:
+            yield
+        except BaseException as exc:
+            row.setdefault("error", f"{type(exc).__name__}: {exc}"[:400])
+            raise
+        finally:
+            self._fold()
+            self.stack.pop()
+            t1 = time.time()
+            row["seconds"] = round(row["seconds"] + t1 - t0, 2)
+            self.intervals.append((t0 * 1e6, t1 * 1e6, path))
+            if cuda():
+                row["allocated_after_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+
+    def wrap(self, fn, name):
+        """`fn` run inside a phase; `name` is a string or a function of fn's arguments."""
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.phase(name(*args, **kwargs) if callable(name) else name):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    def at(self, t_us: float | None) -> str | None:
+        """The innermost phase open at wall-clock time `t_us` (µs since the epoch)."""
+        inside = [(end - start, path) for start, end, path in self.intervals if t_us and start <= t_us <= end]
+        return min(inside)[1] if inside else None
+
+
+_KEEP_FRAMES = ("torch", "diffusers", "transformers", "worker", "bench")
+_SKIP_FRAMES = ("torch/nn/modules/module.py", "torch/utils/_contextlib.py", "bench/gpu_timing.py", "bench/gpu_probe.py")
+
+
+def _frame_text(frame: dict, root: str) -> str:
+    name = str(frame.get("filename", "?"))
+    name = name.split("site-packages/", 1)[-1] if "site-packages/" in name else name.replace(root, "")
+    return f"{name}:{frame.get('line')} {frame.get('name')}"
+
+
+def _stack_key(frames, depth: int, root: str) -> tuple:
+    """Innermost 3 relevant frames (the op) + the next `depth`-3 outside torch (the model code)."""
+    files = [(f, str(f.get("filename", ""))) for f in frames or () if isinstance(f, dict)]
+    rel = [f for f, name in files if any(k in name for k in _KEEP_FRAMES) and not any(s in name for s in _SKIP_FRAMES)]
+    outer = [f for f in rel[3:] if "/torch/" not in str(f.get("filename", ""))]
+    return tuple(_frame_text(f, root) for f in rel[:3] + outer[: depth - 3]) or ("<no python frames>",)
+
+
+def memory_peak_report(snapshot: dict, device: int = 0, top: int = 15, depth: int = 8, phases=None) -> dict:
+    """From `torch.cuda.memory._snapshot()` taken with history on: the moment the trace's live
+    allocations peaked, and those live then grouped by identical stack (largest groups first).
+
+    Only allocations made while history was on are seen: the peak is relative to the recording's start.
+    """
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    traces = snapshot.get("device_traces") or []
+    trace = traces[device] if device < len(traces) and traces[device] else max(traces, key=len, default=[])
+    actions: dict[str, int] = {}
+    for e in trace:
+        actions[str(e.get("action"))] = actions.get(str(e.get("action")), 0) + 1
+    free = "free_completed" if actions.get("free_completed") else "free_requested"
+
+    def replay(stop: int):
+        live, cur, peak, peak_i = {}, 0, 0, -1
+        for i, e in enumerate(trace[:stop]):
+            act, addr = e.get("action"), e.get("addr")
+            if act == "alloc":
+                live[addr] = e
+                cur += int(e.get("size") or 0)
+            elif act == free and addr in live:
+                cur -= int(live.pop(addr).get("size") or 0)
+            if cur > peak:
+                peak, peak_i = cur, i
+        return live, peak, peak_i
+
+    _, peak, peak_i = replay(len(trace))
+    live, _, _ = replay(peak_i + 1)
+    groups: dict[tuple, list] = {}
+    for e in live.values():
+        g = groups.setdefault(_stack_key(e.get("frames"), depth, root), [0, 0, 0])
+        size = int(e.get("size") or 0)
+        g[0], g[1], g[2] = g[0] + size, g[1] + 1, max(g[2], size)
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+    peak_time = trace[peak_i].get("time_us") if 0 <= peak_i < len(trace) else None
+    segs = snapshot.get("segments") or []
+    return {
+        "trace_entries": len(trace), "actions": actions, "free_action_used": free,
+        "peak_over_recording_start_gib": round(peak / 2**30, 3), "peak_index": peak_i, "peak_time_us": peak_time,
+        "phase_at_peak": phases.at(peak_time) if phases is not None else None,
+        "live_at_peak": len(live),
+        "groups": [{"gib": round(b / 2**30, 3), "count": n, "largest_mib": round(m / 2**20, 1), "stack": list(k)}
+                   for k, (b, n, m) in ranked],
+        "ooms": [{**{k: v for k, v in e.items() if k != "frames"},
+                  "stack": list(_stack_key(e.get("frames"), depth, root)),
+                  "phase": phases.at(e.get("time_us")) if phases is not None else None}
+                 for e in trace if e.get("action") == "oom"],
+        "segments_now_gib": {k: round(sum(int(s.get(k) or 0) for s in segs) / 2**30, 2)
+                             for k in ("total_size", "allocated_size", "active_size")},
+    }
+
+
+_KERNEL_CATEGORIES = (
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("gemm", ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas", "addmm", "::mm", "::bmm")),
+    ("triton_fused", ("triton_",)),
+    ("copy_cat", ("memcpy", "memset", "copy", "catarray", "::cat")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in _KERNEL_CATEGORIES if any(k in low for k in keys)), "elementwise_other")
+
+
+def kernel_table(prof, n_blocks: int = 1, top: int = 40) -> dict:
+    """Device time per kernel and per category from a finished `torch.profiler.profile`.
+
+    Without CUDA kernels in the trace (CPU run), CPU ops' self time stands in for kernel time.
+    """
+    from torch.autograd import DeviceType
+
+    events = list(prof.events())
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    source = "cuda kernels" if kernels else "cpu ops (self time)"
+    rows: dict[str, list] = {}
+    for e in kernels or [e for e in events if getattr(e, "device_type", None) == DeviceType.CPU]:
+        us = e.time_range.elapsed_us() if kernels else e.self_cpu_time_total
+        r = rows.setdefault(e.name, [0, 0.0])
+        r[0], r[1] = r[0] + 1, r[1] + us
+    total_us = sum(us for _, us in rows.values())
+    cats: dict[str, float] = {}
+    for name, (_, us) in rows.items():
+        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + us
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]
+    return {
+        "source": source, "total_ms": round(total_us / 1e3, 2), "distinct": len(rows), "n_blocks": n_blocks,
+        "categories_ms": {c: round(us / 1e3, 2) for c, us in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "categories_per_block_ms": {c: round(us / 1e3 / max(n_blocks, 1), 3) for c, us in cats.items()},
+        "top": [{"name": name[:120], "category": kernel_category(name), "count": n, "total_ms": round(us / 1e3, 3),
+                 "avg_us": round(us / n, 1)} for name, (n, us) in ranked],
+    }

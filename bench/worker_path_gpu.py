@@ -97,6 +97,21 @@ def worker_job(dp: DecomposePipeline, image, params: DecomposeParams) -> tuple[d
     return row, rec.latents
 
 
+def reference_job(pipe, image, params: DecomposeParams, device: str) -> tuple[dict, torch.Tensor | None]:
+    """The authors' call with the kwargs `DecomposePipeline.run` passes: (row, final latents)."""
+    rec = gt.StepRecorder()
+    gt.reset_peak()
+    with torch.inference_mode():
+        _, ref_s = gt.timed(
+            pipe, image=image, prompt=params.prompt, negative_prompt=params.negative_prompt,
+            true_cfg_scale=params.true_cfg_scale, layers=params.layers, num_inference_steps=params.num_inference_steps,
+            resolution=params.resolution, cfg_normalize=params.cfg_normalize, use_en_prompt=params.use_en_prompt,
+            generator=torch.Generator(device=device).manual_seed(params.seed), num_images_per_prompt=1,
+            output_type="pil", callback_on_step_end=rec,
+        )
+    return {"e2e_s": round(ref_s, 2), **_step_row(rec), **gt.peak_gib()}, rec.latents
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["full", "small"], default="full")
@@ -122,18 +137,7 @@ def main(argv=None) -> int:
     params = DecomposeParams(prompt=PROMPT, seed=SEED, num_inference_steps=args.steps)
 
     # 1. the authors' call, same kwargs as DecomposePipeline.run passes
-    rec = gt.StepRecorder()
-    gt.reset_peak()
-    with torch.inference_mode():
-        _, ref_s = gt.timed(
-            pipe, image=image, prompt=PROMPT, negative_prompt=params.negative_prompt,
-            true_cfg_scale=params.true_cfg_scale, layers=params.layers, num_inference_steps=params.num_inference_steps,
-            resolution=params.resolution, cfg_normalize=params.cfg_normalize, use_en_prompt=params.use_en_prompt,
-            generator=torch.Generator(device=device).manual_seed(SEED), num_images_per_prompt=1, output_type="pil",
-            callback_on_step_end=rec,
-        )
-    ref_latents = rec.latents
-    res["ref"] = {"e2e_s": round(ref_s, 2), **_step_row(rec), **gt.peak_gib()}
+    res["ref"], ref_latents = reference_job(pipe, image, params, device)
     print("ref", res["ref"], flush=True)
     save()
 
