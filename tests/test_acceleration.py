@@ -143,3 +143,21 @@ def test_step_cache_schedule_reuses_only_inside_the_window():
     reused = [s for s in range(50) if cache.reuse_step(s, 50)]
     assert reused == list(range(11, 40, 2))
     assert not any(cache.reuse_step(s, 50) for s in range(10)) and not cache.reuse_step(45, 50)
+
+
+def test_attention_probe_checks_backends_against_a_head_chunked_reference():
+    # The float32 reference is computed a few heads at a time (its full score matrix was the
+    # worker's memory peak at start); chunked, it must still be the whole-tensor math result,
+    # and SDPA's own choice must pass against it, with and without the padding mask.
+    from worker.accel import attention
+
+    q, k, v = (torch.randn(1, 200, 5, 16) for _ in range(3))
+    mask = torch.ones(1, 1, 1, 200, dtype=torch.bool)
+    mask[..., 10:20] = False
+    for attn_mask in (None, mask):
+        whole = attention.math_reference(q, k, v, attn_mask, heads_per_chunk=5)
+        assert torch.allclose(attention.math_reference(q, k, v, attn_mask), whole, rtol=0, atol=1e-6)
+    probes = attention.probe_backends(200, heads=5, head_dim=16, txt_len=20, device="cpu", candidates=("native",))
+    assert [(p.name, p.ok, p.masked_ok) for p in probes] == [("native", True, True)]
+    assert probes[0].rel_err < 1e-2  # bf16 rounding of the candidate's output
+    assert attention.choose_backend(probes) == "native"
