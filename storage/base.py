@@ -37,6 +37,29 @@ class StorageUnavailable(LayerqError):
     code = "storage_unavailable"
 
 
+class Pieces(tuple):
+    """An object's bytes as pieces (bytes or byte memoryviews) to be written back to back.
+
+    The exports (PSD, PPTX, ZIP) are mostly the layer PNGs and channel planes they hold, so their
+    writer hands over the pieces instead of joining them: joining copies ~20 MB per 4-layer
+    640x640 job into fresh memory, which on the 2-core benchmark machine cost ~10 ms per job. The
+    local backend writes the pieces as they are; S3 joins them (boto3 wants one body)."""
+
+    __slots__ = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(piece).nbytes for piece in self)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self)
+
+
+def payload_bytes(data: bytes | Pieces) -> bytes:
+    """`data` as one bytes object (joined when it is `Pieces`)."""
+    return data.tobytes() if isinstance(data, Pieces) else data
+
+
 class PresignedRequest(TypedDict):
     """A request a client can make without credentials: send `method` to `url` with `headers`."""
 
@@ -130,7 +153,7 @@ class ObjectStore(abc.ABC):
     Every method validates its key or prefix and raises `InvalidKey` before touching storage."""
 
     @abc.abstractmethod
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """Write (or overwrite) one object; the object is visible whole or not at all."""
 
     @abc.abstractmethod

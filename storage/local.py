@@ -28,6 +28,7 @@ from . import signing
 from .base import (
     InvalidKey,
     ObjectStore,
+    Pieces,
     PresignedRequest,
     StorageUnavailable,
     validate_key,
@@ -107,7 +108,7 @@ class LocalDiskStore(ObjectStore):
 
     # --- ObjectStore ---------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """Write `data` at `key` atomically (temp file, fsync, rename, fsync of the directory).
 
         `content_type` is accepted for interface parity and not stored (see `content_type_for`)."""
@@ -116,7 +117,10 @@ class LocalDiskStore(ObjectStore):
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, Pieces):  # as they are: big ones straight through, small ones buffered
+                    f.writelines(data)
+                else:
+                    f.write(data)
                 f.flush()
                 # Data must be on disk before the rename makes it visible, or a crash could leave
                 # a complete-looking but empty file.

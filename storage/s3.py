@@ -21,9 +21,11 @@ from layerq.errors import ObjectNotFound
 from .base import (
     InvalidKey,
     ObjectStore,
+    Pieces,
     PresignedRequest,
     StorageUnavailable,
     content_disposition,
+    payload_bytes,
     validate_key,
     validate_prefix,
     validate_ttl,
@@ -111,10 +113,11 @@ class S3Store(ObjectStore):
 
     # --- ObjectStore ---------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """PutObject with `ContentType`; S3 makes the object visible whole or not at all."""
         validate_key(key)
-        self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        body = payload_bytes(data)
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 
     def get(self, key: str) -> bytes:
         validate_key(key)
