@@ -584,6 +584,33 @@ def test_pptx_stores_pictures_deflates_xml_and_is_deterministic() -> None:
     assert to_pptx(layers, layer_pngs=pngs) == data
 
 
+def test_composite_of_one_layer_is_pillows_over_a_transparent_canvas() -> None:
+    # composite() skips Pillow's first "over" (transparent canvas, bottom layer) as a no-op up
+    # to zeroing fully transparent pixels; that must hold for every colour and alpha value.
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = np.stack([colour, 255 - colour, colour // 2, alpha], -1).astype(np.uint8)
+    layer = Image.fromarray(rgba, "RGBA")
+    pillow = Image.alpha_composite(Image.new("RGBA", layer.size, (0, 0, 0, 0)), layer)
+    assert np.array_equal(pixels(composite([layer])), pixels(pillow))
+    layers = make_layers(3, 64, 48, seed=9)
+    chained = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    for one in layers:
+        chained = Image.alpha_composite(chained, one)
+    assert np.array_equal(pixels(composite(layers)), pixels(chained))
+
+
+def test_pptx_from_the_cached_skeleton_is_python_pptxs_own_deck() -> None:
+    # to_pptx fills a per-(size, count) skeleton instead of building the deck each time; it
+    # must be the very file python-pptx builds for these pictures, for every size and count.
+    from worker.exports import slides
+
+    for layers in (noise_layers(2, 160, 100) + flat_layers(1, 160, 100), make_layers(4, 90, 200, seed=8)):
+        pngs = encode_layers(layers)
+        direct = slides._zip(slides._members(slides._build(layers[0].size, pngs))).getvalue()
+        assert to_pptx(layers, layer_pngs=pngs) == direct
+    assert slides._skeleton.cache_info().currsize >= 2
+
+
 def test_ora_reuses_a_given_merged_png() -> None:
     layers = make_layers(3, 80, 50, seed=4)
     flat = composite(layers)
@@ -606,6 +633,22 @@ def test_encode_all_matches_the_single_format_builders(threads) -> None:  # type
     assert files["zip"] == to_zip(layers, MANIFEST)
     assert files["ora"] == to_ora(layers)
     assert files["pptx"] == to_pptx(layers)
+
+
+def test_encode_all_hands_over_pieces_of_the_same_bytes() -> None:
+    # pieces=True (what the worker asks for) must change how the exports are handed over, never
+    # what they hold; the big pieces are the layer PNGs themselves, not copies of them.
+    from storage.base import Pieces
+
+    layers = make_layers(3, 90, 70, seed=2) + noise_layers(1, 90, 70)
+    seen: dict[str, object] = {}
+    pngs, _, files = encode_all(layers, MANIFEST, ("psd", "pptx", "zip"), pieces=True,
+                                on_ready=lambda name, data: seen.setdefault(name, data))
+    for fmt in ("psd", "pptx", "zip"):
+        assert isinstance(files[fmt], Pieces) and seen[fmt] is files[fmt]
+        assert files[fmt].tobytes() == build_exports(layers, MANIFEST, formats=(fmt,))[fmt]
+        assert files[fmt].nbytes == len(files[fmt].tobytes())
+    assert any(piece is png for png in pngs for piece in files["zip"])
 
 
 def test_encode_all_subset_order_and_errors() -> None:

@@ -24,6 +24,7 @@ from layerq.errors import (
 from layerq.jobs import JobStatus
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
+from storage.base import Pieces
 from worker import exports
 from worker.liveness import dead_after_s
 from worker.runtime import WorkerRuntime
@@ -191,11 +192,11 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     with ThreadPoolExecutor(_THREADS) as uploads:
         pending = []
 
-        def store(name: str, data: bytes) -> None:
+        def store(name: str, data: bytes | Pieces) -> None:
             key, content_type = _object_for(msg.job_id, name)
             pending.append(uploads.submit(rt.store.put, key, data, content_type))
 
-        exports.encode_all(layers, manifest, formats, on_ready=store)
+        exports.encode_all(layers, manifest, formats, on_ready=store, pieces=True)
         clock.lap("exporting")
         _set_stage(rt, msg.job_id, "uploading", params)
         for future in pending:

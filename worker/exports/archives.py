@@ -59,6 +59,16 @@ def to_zip(
     *,
     layer_pngs: Sequence[bytes] | None = None,
 ) -> bytes:
+    """:func:`zip_sink`'s bytes."""
+    return zip_sink(layers, manifest, layer_pngs=layer_pngs).getvalue()
+
+
+def zip_sink(
+    layers: Sequence[Image.Image],
+    manifest: Mapping[str, Any],
+    *,
+    layer_pngs: Sequence[bytes] | None = None,
+) -> ByteSink:
     """Build a ZIP of the layers as :func:`layer_filename` PNGs plus ``manifest.json``.
 
     PNGs are stored (they are already deflated; recompressing wastes time for ~0 gain),
@@ -77,7 +87,7 @@ def to_zip(
         for index, png in enumerate(pngs):
             archive.writestr(zip_member(layer_filename(index, len(pngs)), zipfile.ZIP_STORED), png)
         archive.writestr(zip_member("manifest.json", zipfile.ZIP_DEFLATED), manifest_json)
-    return buffer.getvalue()
+    return buffer
 
 
 def _stack_xml(width: int, height: int, sources: list[str]) -> bytes:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import bisect
 import io
 
+from storage.base import Pieces
+
 
 class ByteSink(io.RawIOBase):
     """Write-only, seekable file object; :meth:`getvalue` returns the bytes written.
@@ -64,6 +66,10 @@ class ByteSink(io.RawIOBase):
 
     def getvalue(self) -> bytes:
         return b"".join(self._pieces)
+
+    def pieces(self) -> Pieces:
+        """What was written, as the pieces it is held in (no copy): for `ObjectStore.put`."""
+        return Pieces(self._pieces)
 
     # -- internals
     def _append(self, piece: bytes | memoryview) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from collections.abc import Sequence
@@ -66,63 +67,100 @@ def _blank_layout(presentation: PptxDocument) -> SlideLayout:
 _STORED_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "image/gif"})
 
 
-class _ZipWriter:
-    """The physical writer python-pptx's :class:`PackageWriter` drives, with per-member
-    compression (stored for :data:`_STORED_CONTENT_TYPES`, deflated otherwise) and
-    fixed member timestamps, so equal inputs give equal files."""
+class _Capture:
+    """The physical writer python-pptx's :class:`PackageWriter` drives, keeping each member
+    as ``(name, blob, compression)`` in write order: stored for
+    :data:`_STORED_CONTENT_TYPES`, deflated otherwise."""
 
-    def __init__(self, file: ByteSink, stored: frozenset[str]):
-        self._zip = zipfile.ZipFile(file, "w")
+    def __init__(self, stored: frozenset[str]):
+        self.members: list[tuple[str, bytes, int]] = []
         self._stored = stored
-
-    def __enter__(self) -> _ZipWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._zip.close()
 
     def write(self, pack_uri: PackURI, blob: bytes) -> None:
         method = zipfile.ZIP_STORED if pack_uri in self._stored else zipfile.ZIP_DEFLATED
-        self._zip.writestr(zip_member(pack_uri.membername, method), blob)
+        self.members.append((pack_uri.membername, blob, method))
 
 
 _PRIVATE_API_OK = all(
-    hasattr(PackageWriter, name)
-    for name in ("_write", "_write_content_types_stream", "_write_pkg_rels", "_write_parts")
+    hasattr(PackageWriter, name) for name in ("_write_content_types_stream", "_write_pkg_rels", "_write_parts")
 )
 
 
-class _PackageWriter(PackageWriter):
-    """python-pptx's package writer (content types, package rels, then each part and its
-    rels: the same members in the same order) over :class:`_ZipWriter`."""
-
-    def _write(self) -> None:
-        stored = frozenset(
-            part.partname for part in self._parts if part.content_type in _STORED_CONTENT_TYPES
-        )
-        with _ZipWriter(self._pkg_file, stored) as phys_writer:  # type: ignore[arg-type]
-            self._write_content_types_stream(phys_writer)  # type: ignore[arg-type]
-            self._write_pkg_rels(phys_writer)  # type: ignore[arg-type]
-            self._write_parts(phys_writer)  # type: ignore[arg-type]
-
-
-def _save(presentation: PptxDocument) -> bytes:
-    """``presentation.save()`` to bytes, through :class:`_PackageWriter`.
-
-    Relies on python-pptx 1.0 internals (``Package._rels``, ``PackageWriter._write_*``);
-    where they are missing it falls back to ``presentation.save()`` (same content, media
-    deflated). The PPTX tests reopen the result and check the member compression."""
+def _members(presentation: PptxDocument) -> list[tuple[str, bytes, int]] | None:
+    """What ``presentation.save()`` writes (content types, package rels, then each part and
+    its rels: the same members in the same order), as :class:`_Capture` members; None where
+    python-pptx 1.0's internals (``Package._rels``, ``PackageWriter._write_*``) are missing."""
     package = presentation.part.package
-    buffer: ByteSink | io.BytesIO = ByteSink()
-    if _PRIVATE_API_OK and hasattr(package, "_rels"):
-        _PackageWriter.write(buffer, package._rels, tuple(package.iter_parts()))  # type: ignore[arg-type]
-    else:  # pragma: no cover - another python-pptx
-        buffer = io.BytesIO()
-        presentation.save(buffer)
+    if not _PRIVATE_API_OK or not hasattr(package, "_rels"):  # pragma: no cover - another python-pptx
+        return None
+    parts = tuple(package.iter_parts())
+    capture = _Capture(frozenset(part.partname for part in parts if part.content_type in _STORED_CONTENT_TYPES))
+    writer = PackageWriter(io.BytesIO(), package._rels, parts)
+    for write in (writer._write_content_types_stream, writer._write_pkg_rels, writer._write_parts):
+        write(capture)  # type: ignore[arg-type]
+    return capture.members
+
+
+def _zip(members: Sequence[tuple[str, bytes, int]]) -> ByteSink:
+    """The package file: fixed member timestamps, so equal inputs give equal files."""
+    sink = ByteSink()
+    with zipfile.ZipFile(sink, "w") as archive:
+        for name, blob, method in members:
+            archive.writestr(zip_member(name, method), blob)
+    return sink
+
+
+def _build(size: tuple[int, int], pngs: Sequence[bytes]) -> PptxDocument:
+    """The deck through python-pptx: a blank slide of :func:`slide_size_emu`, one full-slide
+    picture per PNG, bottom first, each named like its PSD layer."""
+    cx, cy = slide_size_emu(*size)
+    presentation = Presentation()
+    presentation.slide_width = Emu(cx)
+    presentation.slide_height = Emu(cy)
+    slide = presentation.slides.add_slide(_blank_layout(presentation))
+    for index, png in enumerate(pngs):
+        picture = slide.shapes.add_picture(io.BytesIO(png), Emu(0), Emu(0), Emu(cx), Emu(cy))
+        picture.name = layer_name(index)
+    return presentation
+
+
+def _placeholder_png(index: int) -> bytes:
+    """A 1x1 PNG per picture slot, distinct so that python-pptx's de-duplication (by SHA-1)
+    keeps one image part per picture."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (1, 1), (index % 256, index // 256, 0, 255)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
+#: Package members with the layer index in place of each picture's bytes.
+Skeleton = tuple[tuple[str, "bytes | int", int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(size: tuple[int, int], count: int) -> Skeleton | None:
+    """The deck for *count* layers of *size*, built once with placeholder pictures.
+
+    Nothing of a picture's image reaches the XML (its size is given, its name is
+    "image.png" for any stream), so every deck of one size and layer count differs only in
+    the media members' bytes. python-pptx takes ~15 ms to build a 4-picture deck (XML parts,
+    lazy properties, SHA-1 of each image); filling a cached skeleton takes ~3."""
+    placeholders = [_placeholder_png(index) for index in range(count)]
+    members = _members(_build(size, placeholders))
+    if members is None:  # pragma: no cover - another python-pptx
+        return None
+    slots = {png: index for index, png in enumerate(placeholders)}
+    skeleton = tuple((name, slots.get(blob, blob), method) for name, blob, method in members)
+    if sorted(blob for _, blob, _ in skeleton if isinstance(blob, int)) != list(range(count)):
+        return None  # pragma: no cover - a picture not written as its own part
+    return skeleton
+
+
 def to_pptx(layers: Sequence[Image.Image], *, layer_pngs: Sequence[bytes] | None = None) -> bytes:
+    """:func:`pptx_sink`'s bytes."""
+    return pptx_sink(layers, layer_pngs=layer_pngs).getvalue()
+
+
+def pptx_sink(layers: Sequence[Image.Image], *, layer_pngs: Sequence[bytes] | None = None) -> ByteSink:
     """Build a one-slide PPTX where each layer is a full-slide PNG picture (alpha kept).
 
     Slide size is :func:`slide_size_emu` of the layer size. Pictures are added bottom
@@ -138,12 +176,13 @@ def to_pptx(layers: Sequence[Image.Image], *, layer_pngs: Sequence[bytes] | None
     """
     stack = validate_layers(layers)
     pngs = checked_pngs(stack, layer_pngs)
-    cx, cy = slide_size_emu(*stack[0].size)
-    presentation = Presentation()
-    presentation.slide_width = Emu(cx)
-    presentation.slide_height = Emu(cy)
-    slide = presentation.slides.add_slide(_blank_layout(presentation))
-    for index, png in enumerate(pngs):
-        picture = slide.shapes.add_picture(io.BytesIO(png), Emu(0), Emu(0), Emu(cx), Emu(cy))
-        picture.name = layer_name(index)
-    return _save(presentation)
+    skeleton = _skeleton(stack[0].size, len(pngs))
+    if skeleton is not None:
+        return _zip([(name, pngs[blob] if isinstance(blob, int) else blob, method) for name, blob, method in skeleton])
+    presentation = _build(stack[0].size, pngs)  # pragma: no cover - another python-pptx
+    members = _members(presentation)
+    if members is not None:
+        return _zip(members)
+    sink = ByteSink()  # pragma: no cover - another python-pptx: same content, media deflated
+    presentation.save(sink)
+    return sink
