@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 from PIL import Image
 
 from storage.base import Pieces
 
 from .archives import layer_filename, manifest_bytes, to_ora, to_zip, zip_sink
-from .photoshop import layer_name, merged_planes, psd_sink, rle_plane, to_psd
+from .photoshop import layer_info, layer_name, merged_planes, psd_sink, rle_plane, to_psd
 from .raster import PNG_AUTO, PNG_COMPRESS_LEVEL, composite, encode_layers, png_bytes, validate_layers
 from .sink import ByteSink
 from .slides import pptx_sink, slide_size_emu, to_pptx
@@ -136,6 +137,21 @@ ENCODE_THREADS = max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sche
 _T = TypeVar("_T")
 
 
+def _first(future: Future[tuple[_T, Any]]) -> Future[_T]:
+    """A future of the first item of *future*'s result (or of its exception)."""
+    out: Future[_T] = Future()
+
+    def settle(done: Future[tuple[_T, Any]]) -> None:
+        error = done.exception()
+        if error is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(done.result()[0])
+
+    future.add_done_callback(settle)
+    return out
+
+
 def encode_all(
     layers: Sequence[Image.Image],
     manifest: Mapping[str, Any],
@@ -185,12 +201,29 @@ def encode_all(
 
     # Submission order is the schedule (the pool runs tasks first come, first served,
     # and a task only ever waits on earlier ones). The composite comes first since the
-    # composite PNG, the PSD and the ORA hang off it; the PSD next, as the biggest
-    # single task, GIL-bound in part, so it overlaps the GIL-free PNG deflates.
-    flat = submit(lambda: composite(stack))
-    psd = submit(lambda: finish(psd_sink(stack, merged=flat.result()))) if "psd" in formats else None
-    layer_futures = [submit(lambda layer=layer: png_bytes(layer)) for layer in stack]
-    composite_png = submit(lambda: png_bytes(flat.result()))
+    # composite PNG, the PSD and the ORA hang off it; then the layer PNGs, whose arrays
+    # the PSD reuses; then the PSD's layer section, which needs no composite, so it is built
+    # while the composite is; then the rest of the PSD.
+    # Each image is turned into an array once (a copy, GIL held) and shared by its PNG and
+    # the PSD: 6 conversions a 4-layer job instead of 11.
+    def flatten() -> tuple[Image.Image, np.ndarray]:
+        image = composite(stack)
+        return image, np.asarray(image)
+
+    def layer_png(layer: Image.Image) -> tuple[bytes, np.ndarray]:
+        pixels = np.asarray(layer)
+        return png_bytes(layer, pixels=pixels), pixels
+
+    flat = submit(flatten)
+    encoded = [submit(lambda layer=layer: layer_png(layer)) for layer in stack]
+    layer_futures = [_first(future) for future in encoded]
+    psd = None
+    if "psd" in formats:
+        psd_layers = submit(lambda: layer_info(stack, [future.result()[1] for future in encoded]))
+        psd = submit(lambda: finish(psd_sink(
+            stack, merged=flat.result()[0], merged_pixels=flat.result()[1], layers_section=psd_layers.result(),
+        )))
+    composite_png = submit(lambda: png_bytes(flat.result()[0], pixels=flat.result()[1]))
 
     def pngs() -> list[bytes]:
         return [future.result() for future in layer_futures]
@@ -199,7 +232,7 @@ def encode_all(
         "pptx": lambda: finish(pptx_sink(stack, layer_pngs=pngs())),
         "zip": lambda: finish(zip_sink(stack, manifest, layer_pngs=pngs())),
         "ora": lambda: to_ora(
-            stack, layer_pngs=pngs(), merged=flat.result(), merged_png=composite_png.result()
+            stack, layer_pngs=pngs(), merged=flat.result()[0], merged_png=composite_png.result()
         ),
     }
     others = {fmt: submit(builders[fmt]) for fmt in EXPORT_FORMATS if fmt in formats and fmt != "psd"}

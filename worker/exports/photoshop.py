@@ -96,7 +96,7 @@ def _channel(plane: np.ndarray) -> ChannelData:
     return ChannelData(Compression.RAW, plane.tobytes())
 
 
-def _layer_info(stack: Sequence[Image.Image]) -> LayerInfo:
+def layer_info(stack: Sequence[Image.Image], pixels: Sequence[np.ndarray] | None = None) -> LayerInfo:
     """The layer records and channel data of *stack*, bottom first, as psd-tools'
     ``create_pixel_layer`` builds them (full-canvas pixel layers named :func:`layer_name`,
     default flags, opacity and blending), built from the planes directly: through
@@ -109,7 +109,7 @@ def _layer_info(stack: Sequence[Image.Image]) -> LayerInfo:
     records, channels = LayerRecords(), ChannelImageData()
     for index, layer in enumerate(stack):
         width, height = layer.size
-        rgba = np.asarray(layer)
+        rgba = np.asarray(layer) if pixels is None else pixels[index]
         record = LayerRecord(top=0, left=0, bottom=height, right=width, name=layer_name(index))
         data = ChannelDataList()
         for channel_id, band in _LAYER_CHANNELS:
@@ -121,16 +121,17 @@ def _layer_info(stack: Sequence[Image.Image]) -> LayerInfo:
     return LayerInfo(layer_count=-len(records), layer_records=records, channel_image_data=channels)
 
 
-def merged_planes(flat: Image.Image) -> np.ndarray:
+def merged_planes(flat: Image.Image, pixels: np.ndarray | None = None) -> np.ndarray:
     """The PSD merged-image planes (R, G, B, A as a (4, height, width) uint8 array) of
     the RGBA composite *flat*: colour matted over white in 8 bits, as Photoshop stores a
     transparent document (so a reader that ignores the alpha plane shows the picture on
     white), then the alpha itself.
 
     Integer arithmetic: ``round(C * a + 255 * (1 - a))`` with a = A / 255, i.e.
-    ``round((65025 - A * (255 - C)) / 255)``, exact for every (C, A).
+    ``round((65025 - A * (255 - C)) / 255)``, exact for every (C, A). *pixels* is
+    ``np.asarray(flat)`` when the caller has it already.
     """
-    rgba = np.asarray(flat)
+    rgba = np.asarray(flat) if pixels is None else pixels
     alpha = rgba[..., 3].astype(np.uint16)
     planes = np.empty((4, *alpha.shape), np.uint8)
     for index in range(3):
@@ -145,7 +146,14 @@ def to_psd(layers: Sequence[Image.Image], *, merged: Image.Image | None = None) 
     return psd_sink(layers, merged=merged).getvalue()
 
 
-def psd_sink(layers: Sequence[Image.Image], *, merged: Image.Image | None = None) -> ByteSink:
+def psd_sink(
+    layers: Sequence[Image.Image],
+    *,
+    merged: Image.Image | None = None,
+    pixels: Sequence[np.ndarray] | None = None,
+    merged_pixels: np.ndarray | None = None,
+    layers_section: LayerInfo | None = None,
+) -> ByteSink:
     """Build an 8-bit RGBA PSD with one full-canvas pixel layer per input layer.
 
     Layers are named :func:`layer_name` bottom to top and keep their alpha as the
@@ -163,17 +171,21 @@ def psd_sink(layers: Sequence[Image.Image], *, merged: Image.Image | None = None
 
     :param merged: the stack's :func:`~worker.exports.composite`, if already computed
         (it must be exactly that: it is stored as the PSD's preview as given).
+    :param pixels, merged_pixels: ``np.asarray`` of each layer and of *merged*, where the
+        caller has them already (:func:`~worker.exports.encode_all` shares them with the PNGs).
+    :param layers_section: :func:`layer_info` of the stack, if already built (it needs no
+        composite, so :func:`~worker.exports.encode_all` builds it while the composite is).
     :raises TypeError, ValueError: as :func:`~worker.exports.validate_layers`; ValueError
         when *merged* is not the layers' size.
     """
     stack = validate_layers(layers)
     flat = checked_merged(stack, merged)
     # The document's header, colour mode and image resources as psd-tools makes them for a
-    # new RGBA document; its layer section is then ours (see _layer_info).
+    # new RGBA document; its layer section is then ours (see layer_info).
     record = PSDImage.new("RGBA", stack[0].size, color=0)._record
     assert record.header.depth == 8 and record.header.version == 1  # what rle_plane writes
     sections = record.layer_and_mask_information
-    sections.layer_info = _layer_info(stack)
+    sections.layer_info = layers_section if layers_section is not None else layer_info(stack, pixels)
     if sections.global_layer_mask_info is None:
         sections.global_layer_mask_info = GlobalLayerMaskInfo()
     if sections.tagged_blocks is None:
@@ -183,7 +195,7 @@ def psd_sink(layers: Sequence[Image.Image], *, merged: Image.Image | None = None
     # compositor (~60 ms of the ~75 ms a 4-layer 640x640 PSD took) to get the same
     # picture. Writing the low-level record directly is exactly what save() does
     # after that step.
-    planes = merged_planes(flat)
+    planes = merged_planes(flat, merged_pixels if merged is not None else None)
     if _rle_pays(planes):  # one compression for all the merged planes
         # One RLE stream over the planes stacked: all row counts first, then all rows.
         stacked = planes.reshape(-1, planes.shape[2])

@@ -184,7 +184,7 @@ def sample_rows(height: int) -> np.ndarray | slice:
     return (starts[:, None] + np.arange(_SAMPLE_ROWS)).ravel()
 
 
-def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO) -> bytes:
+def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO, *, pixels: np.ndarray | None = None) -> bytes:
     """Encode *image* as a lossless PNG, keeping its mode (RGBA stays RGBA, colour under
     alpha 0 included). No timestamp or other metadata, so equal images give equal bytes.
 
@@ -199,6 +199,9 @@ def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO) -> byte
     the same size on noise. Other modes, and images whose ``info`` carries something
     Pillow would write (ICC profile, transparency key), go through Pillow
     (``compress_level`` 4 unless given).
+
+    :param pixels: ``np.asarray(image)``, if the caller already has it (each conversion is
+        a copy of the image, ~0.7 ms at 640x640 with the GIL held).
     """
     color_type = _PNG_COLOR_TYPES.get(image.mode)
     if color_type is None or any(key in image.info for key in _PILLOW_INFO_KEYS):
@@ -207,7 +210,7 @@ def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO) -> byte
         image.save(buffer, format="PNG", compress_level=level)
         return buffer.getvalue()
     width, height = image.size
-    scanlines = _up_filtered(np.asarray(image))
+    scanlines = _up_filtered(np.asarray(image) if pixels is None else pixels)
     if compress_level is None:
         idat = _auto_deflate(scanlines)
     else:
