@@ -118,7 +118,7 @@ def part_warmup_memory(ctx, out):
     g0 = _graphs()
     try:
         with patched(*wraps), phases.phase("accelerate"):
-            dp._accelerate(False, ((640, 4),))
+            dp._accelerate(ctx.fast_captions, ((640, 4),))
     finally:
         out["phases"] = phases.rows
         out["graphs_compiled"] = _graphs() - g0
@@ -231,6 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--ref", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--budget-s", type=float, default=520, help="skip a part that would end after this")
+    ap.add_argument("--fast-captions", action="store_true",
+                    help="warm up and caption as a worker with LAYERQ_FAST_CAPTIONS=1 (static cache, compiled, batched)")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to leave out, e.g. kernel_profile")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -238,7 +241,8 @@ def main(argv=None) -> int:
     full = args.size == "full"
     ctx = SimpleNamespace(device="cuda" if gt.cuda() else "cpu", pipe=None, dp=None, fast=None, ref_latents=None,
                           call={}, image=sample_image(640, 640, seed=0), steps=args.steps or (50 if full else 3),
-                          est=lambda k: EST[k] if full else SMALL_EST)
+                          est=lambda k: EST[k] if full else SMALL_EST,
+                          fast_captions=args.fast_captions)
     res: dict = {"env": gt.env_info(), "args": vars(args)}
     print(json.dumps(res["env"]), flush=True)
 
@@ -247,7 +251,9 @@ def main(argv=None) -> int:
 
     def part(name, est, fn, needs_pipe=True):
         out = res[name] = {}
-        if needs_pipe and ctx.pipe is None:
+        if name in args.skip:
+            out["skipped"] = "--skip"
+        elif needs_pipe and ctx.pipe is None:
             out["skipped"] = "no pipeline"
         elif left() < est:
             out["skipped"] = f"budget: {left():.0f}s left, needs ~{est}s"
