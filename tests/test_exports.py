@@ -584,6 +584,29 @@ def test_pptx_stores_pictures_deflates_xml_and_is_deterministic() -> None:
     assert to_pptx(layers, layer_pngs=pngs) == data
 
 
+def test_psd_layer_records_are_the_ones_psd_tools_builds() -> None:
+    # to_psd builds the layer section from the planes with psd-tools' record classes instead of
+    # PSDImage.create_pixel_layer; on layers whose channels all stay RAW (noise) the file must be
+    # byte for byte what create_pixel_layer gives, with the same merged image.
+    from psd_tools.constants import Compression
+    from psd_tools.psd.image_data import ImageData
+
+    from worker.exports import sink as sinks
+    from worker.exports.photoshop import merged_planes
+
+    layers = noise_layers(3, 96, 64)
+    flat = composite(layers)
+    document = PSDImage.new("RGBA", (96, 64), color=0)
+    document._merged_alpha = True
+    for index, layer in enumerate(layers):
+        document.create_pixel_layer(layer, name=f"Layer {index + 1}", top=0, left=0, compression=Compression.RAW)
+    record = document._record
+    record.image_data = ImageData(compression=Compression.RAW, data=merged_planes(flat).tobytes())
+    reference = sinks.ByteSink()
+    record.write(reference)
+    assert to_psd(layers, merged=flat) == reference.getvalue()
+
+
 def test_composite_of_one_layer_is_pillows_over_a_transparent_canvas() -> None:
     # composite() skips Pillow's first "over" (transparent canvas, bottom layer) as a no-op up
     # to zeroing fully transparent pixels; that must hold for every colour and alpha value.

@@ -113,7 +113,7 @@ def build_exports(
     if merged is None and any(fmt in formats for fmt in ("psd", "ora")):
         merged = composite(stack)
 
-    exports: dict[str, bytes | Pieces] = {}
+    exports: dict[str, bytes] = {}
     for fmt in EXPORT_FORMATS:  # fixed order, whatever order *formats* came in
         if fmt not in formats:
             continue
@@ -243,7 +243,7 @@ def encode_all(
             future.add_done_callback(
                 lambda f, name=name: on_ready(name, f.result()) if f.exception() is None else None
             )
-    exports: dict[str, bytes] = {}
+    exports: dict[str, bytes | Pieces] = {}
     for fmt in EXPORT_FORMATS:
         if fmt == "psd" and psd is not None:
             exports[fmt] = psd.result()

@@ -184,7 +184,9 @@ def sample_rows(height: int) -> np.ndarray | slice:
     return (starts[:, None] + np.arange(_SAMPLE_ROWS)).ravel()
 
 
-def png_bytes(image: Image.Image, compress_level: int | None = PNG_AUTO, *, pixels: np.ndarray | None = None) -> bytes:
+def png_bytes(
+    image: Image.Image, compress_level: int | None = PNG_AUTO, *, pixels: np.ndarray | None = None
+) -> bytes:
     """Encode *image* as a lossless PNG, keeping its mode (RGBA stays RGBA, colour under
     alpha 0 included). No timestamp or other metadata, so equal images give equal bytes.
 
