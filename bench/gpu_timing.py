@@ -355,3 +355,53 @@ def kernel_table(prof, n_blocks: int = 1, top: int = 40) -> dict:
         "top": [{"name": name[:120], "category": kernel_category(name), "count": n, "total_ms": round(us / 1e3, 3),
                  "avg_us": round(us / n, 1)} for name, (n, us) in ranked],
     }
+
+
+class ClockSampler:
+    """Samples the GPU's SM clock, power draw and clock-throttle reasons through NVML every
+    `period_s` while in use, to tell a slower kernel from a slower clock (power or thermal
+    limits). Inert where NVML is missing (no GPU, no nvidia-ml-py)."""
+
+    def __init__(self, period_s: float = 0.005):
+        import threading
+
+        self.period_s, self.samples, self._stop = period_s, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if cuda() else 0)
+        except Exception:  # noqa: BLE001 - no NVML here: record nothing
+            self._nvml = None
+
+    def _run(self) -> None:
+        n, h = self._nvml, self._handle
+        while not self._stop.is_set():
+            self.samples.append((n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+                                 n.nvmlDeviceGetPowerUsage(h) / 1000,
+                                 n.nvmlDeviceGetCurrentClocksThrottleReasons(h)))
+            time.sleep(self.period_s)
+
+    def __enter__(self) -> "ClockSampler":
+        if self._nvml is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"samples": 0}
+        clocks = [s[0] for s in self.samples]
+        power = [s[1] for s in self.samples]
+        reasons = 0
+        for s in self.samples:
+            reasons |= s[2]
+        return {"samples": len(self.samples), "sm_mhz_median": statistics.median(clocks), "sm_mhz_min": min(clocks),
+                "sm_mhz_max": max(clocks), "power_w_median": round(statistics.median(power), 1),
+                "power_w_max": round(max(power), 1), "throttle_reasons_or": hex(reasons)}
