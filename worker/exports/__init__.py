@@ -137,21 +137,6 @@ ENCODE_THREADS = max(2, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sche
 _T = TypeVar("_T")
 
 
-def _first(future: Future[tuple[_T, Any]]) -> Future[_T]:
-    """A future of the first item of *future*'s result (or of its exception)."""
-    out: Future[_T] = Future()
-
-    def settle(done: Future[tuple[_T, Any]]) -> None:
-        error = done.exception()
-        if error is not None:
-            out.set_exception(error)
-        else:
-            out.set_result(done.result()[0])
-
-    future.add_done_callback(settle)
-    return out
-
-
 def encode_all(
     layers: Sequence[Image.Image],
     manifest: Mapping[str, Any],
@@ -201,25 +186,24 @@ def encode_all(
 
     # Submission order is the schedule (the pool runs tasks first come, first served,
     # and a task only ever waits on earlier ones). The composite comes first since the
-    # composite PNG, the PSD and the ORA hang off it; then the layer PNGs, whose arrays
-    # the PSD reuses; then the PSD's layer section, which needs no composite, so it is built
-    # while the composite is; then the rest of the PSD.
+    # composite PNG, the PSD and the ORA hang off it; then each layer's array and PNG (the
+    # PSD reuses the arrays); then the PSD's layer section, which needs no composite, so it
+    # is built while the composite is; then the rest of the PSD.
     # Each image is turned into an array once (a copy, GIL held) and shared by its PNG and
     # the PSD: 6 conversions a 4-layer job instead of 11.
     def flatten() -> tuple[Image.Image, np.ndarray]:
         image = composite(stack)
         return image, np.asarray(image)
 
-    def layer_png(layer: Image.Image) -> tuple[bytes, np.ndarray]:
-        pixels = np.asarray(layer)
-        return png_bytes(layer, pixels=pixels), pixels
-
     flat = submit(flatten)
-    encoded = [submit(lambda layer=layer: layer_png(layer)) for layer in stack]
-    layer_futures = [_first(future) for future in encoded]
+    layer_pixels = [submit(lambda layer=layer: np.asarray(layer)) for layer in stack]
+    layer_futures = [
+        submit(lambda layer=layer, pixels=pixels: png_bytes(layer, pixels=pixels.result()))
+        for layer, pixels in zip(stack, layer_pixels, strict=True)
+    ]
     psd = None
     if "psd" in formats:
-        psd_layers = submit(lambda: layer_info(stack, [future.result()[1] for future in encoded]))
+        psd_layers = submit(lambda: layer_info(stack, [pixels.result() for pixels in layer_pixels]))
         psd = submit(lambda: finish(psd_sink(
             stack, merged=flat.result()[0], merged_pixels=flat.result()[1], layers_section=psd_layers.result(),
         )))
