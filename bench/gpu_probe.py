@@ -59,15 +59,11 @@ CAPTION_REF_S = 36.06  # the authors' get_image_caption, run 2 (bench/GPU_NOTES.
 
 @contextlib.contextmanager
 def patched(*triples):
-    """Set (obj, attr, value) for the block; restore afterwards (or drop an added instance attribute)."""
-    saved = [(obj, attr, obj.__dict__.get(attr, patched)) for obj, attr, _ in triples]
-    try:
+    """`decomposer.patched` for each (obj, attr, value), undone in reverse order."""
+    with contextlib.ExitStack() as stack:
         for obj, attr, value in triples:
-            setattr(obj, attr, value)
+            stack.enter_context(decomposer.patched(obj, attr, value))
         yield
-    finally:
-        for obj, attr, old in reversed(saved):
-            delattr(obj, attr) if old is patched else setattr(obj, attr, old)
 
 
 def first_call_recorder(fn, store: dict):

@@ -93,7 +93,7 @@ class FastDecomposer:
                 )
                 # The pipeline captions when the prompt is empty: hand it ours, so everything after the
                 # caption (including an empty caption's handling) is exactly its own code.
-                stack.enter_context(_patched(pipe, "get_image_caption", lambda *a, **k: caption))
+                stack.enter_context(patched(pipe, "get_image_caption", lambda *a, **k: caption))
             true_cfg = kwargs.get("true_cfg_scale", 4.0) > 1
             if (
                 o.cache_negative_embeds
@@ -181,7 +181,8 @@ def prepare(pipe, options: SpeedOptions | None = None) -> FastDecomposer:
 
 
 @contextlib.contextmanager
-def _patched(obj, name: str, value):
+def patched(obj, name: str, value):
+    """`obj.name = value` for the block; afterwards the old instance attribute, or none again."""
     had = name in obj.__dict__
     old = obj.__dict__.get(name)
     setattr(obj, name, value)
