@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
     up.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    _add_stop_timeout(up)
 
     api = sub.add_parser("api", help="the HTTP API under gunicorn")
     api.add_argument("--host", default="0.0.0.0")
@@ -54,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="tiny")
     d.add_argument("--layers", type=int, default=4)
     d.add_argument("--steps", type=int, default=20)
+    _add_stop_timeout(d)
     return p
+
+
+def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stop-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, SIGINT (Ctrl-C) or SIGHUP, how long workers may finish their running job "
+             "before they are killed and the job is handed back to the queue (default 30; Redis gets 10 s more)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,22 +101,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from layerq.stack import LocalStack
+    from layerq.stack import LocalStack, Shutdown, stop_on_signals
 
     settings = Settings.from_env(model=args.model)
     private_redis = _wants_private_redis()
-    stack = LocalStack(settings, run_dir=Path(".layerq/run"), host=args.host, port=args.port)
+    stack = LocalStack(settings, run_dir=Path(".layerq/run"), host=args.host, port=args.port,
+                       stop_timeout_s=args.stop_timeout)
     print(f"starting layerq (model {settings.model}, storage {settings.storage}"
           f"{', private redis' if private_redis else ', redis ' + settings.redis_url}) ...", flush=True)
-    with stack:
-        stack.start(workers=args.workers, start_redis=private_redis, timeout_s=1800)
-        print(f"layerq is up at {stack.url}  (logs in {stack.run_dir}; Ctrl-C stops)", flush=True)
+    # Signals first, then the stack: a signal at any point of the start-up still stops (the
+    # stack's __exit__) everything started so far. The private Redis persists (append-only file), so
+    # queued jobs and jobs handed back by a killed worker survive a restart of `layerq up`.
+    with stop_on_signals(), stack:
         try:
-            for proc in [stack.api, *stack.workers]:
-                proc.wait()
-        except KeyboardInterrupt:
-            print("stopping ...", flush=True)
-    return 0
+            stack.start(workers=args.workers, start_redis=private_redis, persist_redis=True, timeout_s=1800)
+            print(f"layerq is up at {stack.url}  (logs in {stack.run_dir}; Ctrl-C or SIGTERM stops)", flush=True)
+            gone = stack.wait_any()
+        except Shutdown as sig:
+            print(f"{sig}: stopping (workers get {args.stop_timeout:g} s to finish their job) ...", flush=True)
+            return 0
+        # One process ended on its own: stop the rest rather than run half a service.
+        print(f"a layerq process (pid {gone.pid}) exited with {gone.returncode}; stopping "
+              f"(logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
+        return 1
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -144,31 +160,41 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from layerq.client import LayerqClient
-    from layerq.progress import follow_jobs
-    from layerq.sample import sample_png
-    from layerq.stack import LocalStack
+    from layerq.stack import LocalStack, Shutdown, stop_on_signals
 
     run_dir = Path(".layerq/demo")
     settings = Settings.from_env(model=args.model, storage_dir=str(run_dir / "data"),
                                  model_cache_dir=os.environ.get("LAYERQ_MODEL_CACHE_DIR", ".layerq/models"))
     private_redis = _wants_private_redis()
     print(f"starting layerq with model {settings.model!r} (first run builds the tiny model) ...", flush=True)
-    with LocalStack(settings, run_dir=run_dir) as stack:
-        stack.start(workers=1, start_redis=private_redis, timeout_s=900)
-        print(f"layerq is up at {stack.url}", flush=True)
-        client = LayerqClient(stack.url)
-        with tempfile.TemporaryDirectory() as tmp:
-            image = Path(tmp) / "sample-poster.png"
-            image.write_bytes(sample_png())
-            job = client.submit(image, {"layers": args.layers, "num_inference_steps": args.steps,
-                                        "prompt": "a sample poster with shapes and a text band"})
-        print(f"submitted job {job['id']}", flush=True)
-        (final,) = follow_jobs(client, [job["id"]])
-        if final["status"] != "succeeded":
-            print(f"job {final['status']}: {final.get('error')}", file=sys.stderr)
-            return 1
-        paths = client.download(final, args.out)
+    try:
+        # As in `up`: a signal at any point stops everything started so far, within the bound.
+        with stop_on_signals(), LocalStack(settings, run_dir=run_dir, stop_timeout_s=args.stop_timeout) as stack:
+            stack.start(workers=1, start_redis=private_redis, timeout_s=900)
+            print(f"layerq is up at {stack.url}", flush=True)
+            return _run_demo_job(args, stack.url)
+    except Shutdown as sig:
+        print(f"{sig}: stopped", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run_demo_job(args: argparse.Namespace, url: str) -> int:
+    from layerq.client import LayerqClient
+    from layerq.progress import follow_jobs
+    from layerq.sample import sample_png
+
+    client = LayerqClient(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "sample-poster.png"
+        image.write_bytes(sample_png())
+        job = client.submit(image, {"layers": args.layers, "num_inference_steps": args.steps,
+                                    "prompt": "a sample poster with shapes and a text band"})
+    print(f"submitted job {job['id']}", flush=True)
+    (final,) = follow_jobs(client, [job["id"]])
+    if final["status"] != "succeeded":
+        print(f"job {final['status']}: {final.get('error')}", file=sys.stderr)
+        return 1
+    paths = client.download(final, args.out)
     print(f"\n{len(final['result']['layers'])} RGBA layers (bottom first) and exports written to {args.out.resolve()}:")
     for p in paths:
         print(f"  {p}")

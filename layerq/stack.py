@@ -1,9 +1,18 @@
 """Run layerq's processes on one machine: a private redis-server when none is configured, the API under
 gunicorn, and Celery workers. Used by `layerq up`, `layerq demo`, the end-to-end tests and the
-benchmarks, so all of them exercise the same real processes a deployment runs."""
+benchmarks, so all of them exercise the same real processes a deployment runs.
+
+The launcher owns what it starts (docs/decisions.md, "Stopping `layerq up`"): each child runs in a
+process group of its own, so a terminal's Ctrl-C reaches only the launcher, which then stops the
+children in order; `stop()` is bounded (warm SIGTERM, then SIGKILL after `stop_timeout_s`); and on
+Linux every child gets PR_SET_PDEATHSIG, so even a launcher that is SIGKILLed or crashes leaves no
+orphan running.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import secrets
 import shutil
@@ -12,6 +21,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,17 +51,103 @@ def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.1) -> N
 
 
 def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
+    stop_processes([proc], sig, timeout_s)
+
+
+def stop_processes(procs: list[subprocess.Popen | None], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+    """Send `sig` to the process group of each of `procs` at once, wait for all of them for at most
+    `timeout_s` together, then SIGKILL the groups still running. Returns within about `timeout_s`."""
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for proc in live:
+        _signal_group(proc, sig)
+    deadline = time.monotonic() + timeout_s
+    for proc in live:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+        # A leader can exit before the rest of its group (a gunicorn master killed hard): whatever
+        # is left of the group goes too. The group id cannot be reused while any member lives.
+        _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(launcher_pid: int) -> None:
+    """preexec_fn (Linux): the child gets SIGTERM when the launcher dies, however it dies.
+
+    The backstop for the one case `stop()` cannot cover: a launcher that is SIGKILLed or crashes
+    hard. SIGTERM, not SIGKILL, so an orphaned worker still shuts down warm. The signal follows the
+    *thread* that spawned the child, so stacks must be started from a thread that outlives them
+    (the main thread, everywhere in layerq). The ctypes lookup happens before the fork (below)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != launcher_pid:
+            os._exit(1)  # the launcher died before prctl took effect: never start
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _popen(args: list[str], **kwargs) -> subprocess.Popen:
+    """Popen in a process group of its own that dies with this process (see `_die_with_parent`)."""
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                            **kwargs)
+
+
+class Shutdown(BaseException):
+    """Raised in the main thread by `stop_on_signals` when a termination signal arrives.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` in wait loops (`wait_until`)
+    does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextmanager
+def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, the first SIGTERM, SIGINT or SIGHUP raises `Shutdown` in the main thread;
+    later ones only print a note, so that the (bounded) stop they started is not cut short and no
+    child is left behind. The previous handlers are restored on exit."""
+    stopping = False
+
+    def handle(signum: int, _frame) -> None:
+        nonlocal stopping
+        if stopping:
+            print(f"{signal.Signals(signum).name}: already stopping (bounded; see --stop-timeout)", flush=True)
+            return
+        stopping = True
+        raise Shutdown(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -78,13 +175,14 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
-        log = open(self.data_dir / "redis.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.data_dir / "redis.log", "ab") as log:
+            self.proc = _popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
         return self
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        stop_process(self.proc, sig)
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        # SIGTERM makes redis-server flush its append-only file before it exits.
+        stop_process(self.proc, sig, timeout_s)
 
 
 @dataclass
@@ -96,6 +194,10 @@ class LocalStack:
     host: str = "127.0.0.1"
     port: int = 0
     api_workers: int = 2
+    stop_timeout_s: float = 30.0
+    """How long `stop()` gives the API and the workers to stop warm (a worker finishes its running
+    job) before it kills them; a killed worker's job is handed back (module docstring of
+    worker/liveness.py). The private Redis then gets up to 10 s to flush."""
     redis: RedisServer | None = None
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
@@ -164,12 +266,24 @@ class LocalStack:
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
         wait_until(self._healthy(count), timeout_s, f"{count} workers", interval_s=0.25)
 
-    def stop(self) -> None:
-        for proc in self.workers + self.cpu_workers:
-            stop_process(proc)
-        stop_process(self.api)
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop everything this stack started, within `timeout_s` (default `stop_timeout_s`) + 10 s.
+
+        Workers and API get SIGTERM together (Celery's warm shutdown: the running job finishes;
+        gunicorn finishes its requests); what still runs after `timeout_s` is killed. Redis stops
+        last, so the workers can ack or hand back their jobs first."""
+        stop_processes([*self.workers, *self.cpu_workers, self.api],
+                       timeout_s=self.stop_timeout_s if timeout_s is None else timeout_s)
         if self.redis:
             self.redis.stop()
+
+    def wait_any(self, poll_s: float = 0.5) -> subprocess.Popen:
+        """Block until the API or a worker exits; return that process."""
+        while True:
+            for proc in [self.api, *self.workers, *self.cpu_workers]:
+                if proc is not None and proc.poll() is not None:
+                    return proc
+            time.sleep(poll_s)
 
     def _healthy(self, workers: int):
         def check() -> bool:
@@ -187,8 +301,8 @@ class LocalStack:
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        log = open(self.run_dir / f"{name}.log", "ab")
-        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.run_dir / f"{name}.log", "ab") as log:
+            return _popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "LocalStack":
         return self
