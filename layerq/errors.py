@@ -57,6 +57,12 @@ class SignatureInvalid(LayerqError):
     code = "forbidden"
 
 
+class StorageFull(LayerqError):
+    """Raised when the object store refuses a write for lack of space or quota (ENOSPC, EDQUOT, S3 507)."""
+
+    code = "storage_full"
+
+
 class PipelineFailed(LayerqError):
     """Raised when the model pipeline raised while running a job."""
 

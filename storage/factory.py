@@ -22,7 +22,8 @@ def open_object_store(settings: Settings) -> ObjectStore:
             )
         from .local import LocalDiskStore
 
-        return LocalDiskStore(settings.storage_path, settings.signing_secret, settings.public_url)
+        return LocalDiskStore(settings.storage_path, settings.signing_secret, settings.public_url,
+                              min_free_bytes=settings.storage_min_free_bytes)
     if backend == "s3":
         # Imported lazily so processes on the local backend never pay for importing boto3.
         from .s3 import S3Store

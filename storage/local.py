@@ -14,6 +14,7 @@ Limitation (inherent to a filesystem): a key cannot be both an object and a pref
 
 from __future__ import annotations
 
+import errno
 import mimetypes
 import os
 import tempfile
@@ -22,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from layerq.errors import ObjectNotFound
+from layerq.errors import ObjectNotFound, StorageFull
 
 from . import signing
 from .base import (
@@ -35,6 +36,9 @@ from .base import (
     validate_prefix,
     validate_ttl,
 )
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Write errors that mean "no space" (disk full, or the user's quota): `StorageFull`, not a crash."""
 
 _TMP_PREFIX = ".layerq-tmp-"
 """Temporary files of in-flight writes start with this; listings skip them."""
@@ -65,8 +69,8 @@ class LocalDiskStore(ObjectStore):
     """Objects as files under `root`; presigned URLs are `{public_url}/files/{key}?…` signed with `secret`.
 
     `public_url` is the base URL clients reach the API at (no trailing '/'); empty gives root-relative
-    URLs (`/files/…`) that the API resolves against the request's host. `clock` (unix seconds) exists
-    for tests."""
+    URLs (`/files/…`) that the API resolves against the request's host. `check()` fails while the
+    filesystem has less than `min_free_bytes` free (0: never). `clock` (unix seconds) exists for tests."""
 
     def __init__(
         self,
@@ -74,6 +78,7 @@ class LocalDiskStore(ObjectStore):
         secret: str,
         public_url: str = "",
         *,
+        min_free_bytes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret:
@@ -82,6 +87,7 @@ class LocalDiskStore(ObjectStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._secret = secret
         self.public_url = public_url.rstrip("/")
+        self.min_free_bytes = min_free_bytes
         self._clock = clock
 
     # --- paths ---------------------------------------------------------------------------------
@@ -111,8 +117,17 @@ class LocalDiskStore(ObjectStore):
     def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """Write `data` at `key` atomically (temp file, fsync, rename, fsync of the directory).
 
-        `content_type` is accepted for interface parity and not stored (see `content_type_for`)."""
+        `content_type` is accepted for interface parity and not stored (see `content_type_for`).
+        Raises `StorageFull` when the filesystem is out of space or quota; nothing of the object stays."""
         path = self._path(key)
+        try:
+            self._write(path, data)
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise StorageFull(f"no space left to store {key} under {self.root}: {exc.strerror}") from exc
+            raise
+
+    def _write(self, path: Path, data: bytes | Pieces) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
@@ -233,13 +248,25 @@ class LocalDiskStore(ObjectStore):
         signing.verify_query(method, key, query, self._secret, content_type=content_type, now=self._clock())
 
     def check(self) -> None:
-        """Raise `StorageUnavailable` unless the root is a writable directory."""
+        """Raise `StorageUnavailable` unless the root is a writable directory with at least
+        `min_free_bytes` free (so a full disk shows on /healthz before jobs fail on it)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"storage directory {self.root} cannot be created: {exc}") from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageUnavailable(f"storage directory {self.root} is not writable")
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            raise StorageUnavailable(
+                f"storage directory {self.root} has {free} bytes free space, below the "
+                f"{self.min_free_bytes} bytes of LAYERQ_STORAGE_MIN_FREE_BYTES"
+            )
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer can still use on the root's filesystem."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     def _url(self, key: str, query: Mapping[str, str]) -> str:
         # quote() keeps '/' so the route sees the same segments; everything else ('?', '#', '%',

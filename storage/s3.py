@@ -16,7 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from layerq.errors import ObjectNotFound
+from layerq.errors import ObjectNotFound, StorageFull
 
 from .base import (
     InvalidKey,
@@ -36,10 +36,24 @@ _DELETE_BATCH = 1000
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _NO_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "NotFound"})
+_FULL_CODES = frozenset({
+    "XMinioStorageFull",  # MinIO: drives below their free-space threshold (HTTP 507)
+    "XMinioAdminBucketQuotaExceeded",  # MinIO: bucket quota reached
+    "QuotaExceeded",  # Ceph RGW (and gateways modelled on it): user or bucket quota reached
+})
+"""Error codes that mean "the store has no room" rather than "this request is wrong". `EntityTooLarge`
+is left out: it is S3's 5 GB single-PUT limit, which a retry with the same object fails again for
+reasons that have nothing to do with free space."""
+_INSUFFICIENT_STORAGE = 507
 
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_full(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return _error_code(exc) in _FULL_CODES or status == _INSUFFICIENT_STORAGE
 
 
 class S3Store(ObjectStore):
@@ -117,7 +131,12 @@ class S3Store(ObjectStore):
         """PutObject with `ContentType`; S3 makes the object visible whole or not at all."""
         validate_key(key)
         body = payload_bytes(data)
-        self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        except ClientError as exc:
+            if _is_full(exc):
+                raise StorageFull(f"S3 bucket {self.bucket!r} refused {key}: {_error_code(exc)} (no space or quota)") from exc
+            raise
 
     def get(self, key: str) -> bytes:
         validate_key(key)

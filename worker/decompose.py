@@ -117,6 +117,7 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
     if not attempt.run:
         log.info("job %s not run: %s%s", msg.job_id, attempt.status, " (duplicate)" if attempt.duplicate else "")
         if attempt.worker_lost:
+            _discard_job(rt, msg.job_id)
             _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
@@ -139,8 +140,6 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
     except (JobTimedOut, LayerqError) as exc:
         if _is_transient(exc):  # StorageUnavailable is a LayerqError but not the job's fault
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
-        if isinstance(exc, JobTimedOut):
-            _discard_outputs(rt, msg.job_id)
         code = exc.code
         if isinstance(exc, PipelineFailed) and "OutOfMemoryError" in type(exc.__cause__).__name__:
             code = "out_of_memory"  # permanent at this size: retrying on the same card fails again
@@ -295,12 +294,23 @@ def _cancel(rt: WorkerRuntime, job_id: str, timings: dict[str, float]) -> str:
     return "canceled"
 
 
+def _discard_job(rt: WorkerRuntime, job_id: str) -> None:
+    """Remove everything under a failed job's prefix, input included: partial results are never
+    served, and on a full disk they hold the space the next job needs. Called only after the job's
+    `failed` transition succeeded, so a job another delivery finished keeps its results."""
+    try:
+        rt.store.delete_prefix(keys.job_prefix(job_id))
+    except Exception:  # the job has failed either way; the objects wait for the lifecycle rule
+        log.warning("job %s: could not delete its objects", job_id, exc_info=True)
+
+
 def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings: dict[str, float]) -> str:
     try:
         rt.jobs.fail(job_id, code, message, timings)
     except LayerqError as exc:
         log.info("job %s: %s", job_id, exc)
         return "failed"
+    _discard_job(rt, job_id)
     _notify(rt, job_id)
     return "failed"
 
