@@ -11,7 +11,7 @@ import requests
 
 from layerq.client import LayerqClient
 from layerq.sample import sample_png
-from tests.helpers import drain, job_objects, terminal_transitions, transition_log, wait_running
+from tests.helpers import drain, job_objects, terminal_transitions, transition_log, wait_for, wait_running
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +52,10 @@ def test_cancel_queued_and_running_jobs(stack, client):
     assert final["progress"]["step"] < LONG["num_inference_steps"]  # stopped mid-way, not run out
     assert job_objects(stack, running["id"]) == [f"jobs/{running['id']}/input.png"]  # no result objects
 
-    # The queued job never started, even once the worker was free again.
-    time.sleep(1.0)
+    # The queued job never started, even once the worker took its message (and logged the skip).
+    worker_log = stack.run_dir / "worker-0.log"
+    wait_for(lambda: f"job {queued['id']} not run: canceled" in worker_log.read_text(errors="replace"), 60,
+             interval_s=0.2, what="the canceled job's message skipped")
     assert all("running" not in entry for entry in transition_log(stack, queued["id"]))
     assert client.get(queued["id"])["status"] == "canceled"
 

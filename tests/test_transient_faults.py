@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import pytest
 
 from layerq.client import LayerqClient
 from layerq.sample import sample_png
-from tests.helpers import terminal_transitions
+from tests.helpers import terminal_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +76,10 @@ def test_storage_outage_is_retried_and_the_job_succeeds_once(make_stack, s3_sett
 
     proxy.cut()
     job = client.submit(sample_png(128, 128), {"layers": 2, "num_inference_steps": 2, "prompt": "x"})
-    time.sleep(4.0)  # the first delivery fails on storage and is put back for a retry
+    # The first delivery fails on storage and is put back for a retry (the worker logs it).
+    worker_log = stack.run_dir / "worker-0.log"
+    wait_for(lambda: f"job {job['id']}: transient fault" in worker_log.read_text(errors="replace"), 120,
+             interval_s=0.2, what="the first delivery's transient fault")
     assert client.get(job["id"])["status"] in ("running", "queued")
     proxy.restore()
     final = client.wait(job["id"], timeout_s=120)

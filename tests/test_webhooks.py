@@ -32,6 +32,7 @@ from layerq.webhooks import (
 )
 from storage.jobs import JobStore, new_job_id
 from storage.local import LocalDiskStore
+from tests.helpers import wait_for
 from worker.webhooks import WebhookMessage, deliver, delivery_status
 
 SECRET = "whsec-test"
@@ -445,12 +446,11 @@ def test_real_worker_retries_until_delivered(jobs, redis_url, tmp_path, receiver
         job_id = finished_job(jobs)
         spec = WebhookSpec(url=rx.url())
         delivery = enqueue_event(make_celery(settings), settings, job_id, "completed", spec)
-        deadline = time.monotonic() + 20
-        while len(rx.requests) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
+        wait_for(lambda: len(rx.requests) >= 3 or proc.poll() is not None, 20, what="3 delivery attempts")
         assert [r["valid"] for r in rx.requests] == [True] * 3
-        time.sleep(0.2)  # the attempt is recorded just after the receiver answered
-        assert delivery_status(jobs.r, jobs.prefix, delivery)["state"] == "delivered"
+        # The attempt is recorded just after the receiver answered.
+        wait_for(lambda: delivery_status(jobs.r, jobs.prefix, delivery)["state"] == "delivered", 20,
+                 what="delivery recorded as delivered")
     finally:
         proc.terminate()
         proc.wait(10)
