@@ -38,16 +38,17 @@ BOUND_S = STOP_TIMEOUT_S + 10 + 20
 
 
 class Up:
-    """One `layerq up` process started in `cwd`."""
+    """One `layerq up` (or, with `command="demo"`, `layerq demo`) process started in `cwd`."""
 
-    def __init__(self, cwd: Path, model_dir: Path, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+    def __init__(self, cwd: Path, model_dir: Path, stop_timeout_s: float = STOP_TIMEOUT_S, command: str = "up") -> None:
         self.cwd, self.port = cwd, free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERQ_")}
         env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", LAYERQ_DEVICE="cpu", LAYERQ_WORKER_HEARTBEAT_S="1")
-        self.log = cwd / f"up-{self.port}.log"
+        self.log = cwd / f"{command}-{self.port}.log"
+        args = ["--port", str(self.port)] if command == "up" else ["--steps", "200", "--out", str(cwd / "out")]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "layerq.cli", "up", "--model", str(model_dir), "--port", str(self.port),
+                [sys.executable, "-m", "layerq.cli", command, "--model", str(model_dir), *args,
                  "--stop-timeout", str(stop_timeout_s)],
                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -164,3 +165,13 @@ def test_job_running_at_sigterm_is_handed_back_and_succeeds_once_after_restart(u
     assert final["attempts"] == 2  # the delivery killed at shutdown and the one after the restart
     state = SimpleNamespace(settings=SimpleNamespace(redis_url=again.redis_url(), key_prefix="layerq"))
     assert len(terminal_transitions(state, job["id"])) == 1, transition_log(state, job["id"])
+
+
+def test_sigterm_stops_the_demo_mid_job(up_dir, tiny_model_dir, tmp_path):
+    demo = up_dir(model_dir=tiny_model_dir, command="demo")
+    wait_for(lambda: "submitted job" in demo.output() or demo.proc.poll() is not None, 300, interval_s=0.2,
+             what="the demo's job submitted")
+    assert demo.proc.poll() is None, demo.output()
+    tree = demo.descendants()
+    demo.signal_and_wait(signal.SIGTERM)
+    assert leftovers(tree, tmp_path) == []
