@@ -135,7 +135,9 @@ class S3Store(ObjectStore):
             self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
         except ClientError as exc:
             if _is_full(exc):
-                raise StorageFull(f"S3 bucket {self.bucket!r} refused {key}: {_error_code(exc)} (no space or quota)") from exc
+                raise StorageFull(
+                    f"S3 bucket {self.bucket!r} refused {key}: {_error_code(exc)} (no space or quota)"
+                ) from exc
             raise
 
     def get(self, key: str) -> bytes:

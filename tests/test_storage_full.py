@@ -1,9 +1,10 @@
-"""A full disk, through the real stack: the local storage directory lives on an 64 MiB tmpfs (a job of the tiny model writes about 12 MB).
+"""A full disk, through the real stack: the local storage directory lives on a 64 MiB tmpfs (a job
+of the tiny model writes about 12 MB).
 
 A job that runs out of space ends `failed` with `storage_full` and leaves nothing under its prefix,
 new uploads are refused with 507, `/healthz` answers 503 naming the free space while it is below
 LAYERQ_STORAGE_MIN_FREE_BYTES, and once space is freed jobs succeed and /healthz is 200 again.
-Mounting needs root; elsewhere the module is skipped."""
+Mounting needs root; elsewhere the end-to-end test is skipped (the unit tests above it still run)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def test_local_write_errors_for_lack_of_space_are_storage_full(tmp_path, monkeyp
     assert store.list("jobs/") == [] and [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize("code,status", [("XMinioStorageFull", 507), ("QuotaExceeded", 403), ("InsufficientStorage", 507)])
+@pytest.mark.parametrize("code,status",
+                         [("XMinioStorageFull", 507), ("QuotaExceeded", 403), ("InsufficientStorage", 507)])
 def test_s3_no_space_answers_are_storage_full(code, status):
     from botocore.stub import Stubber
 
