@@ -175,3 +175,16 @@ def test_sigterm_stops_the_demo_mid_job(up_dir, tiny_model_dir, tmp_path):
     tree = demo.descendants()
     demo.signal_and_wait(signal.SIGTERM)
     assert leftovers(tree, tmp_path) == []
+
+
+def test_children_stop_even_when_up_itself_is_sigkilled(up_dir, tiny_model_dir, tmp_path):
+    """The backstop (Linux): PR_SET_PDEATHSIG sends each child SIGTERM when `layerq up` dies."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only")
+    up = up_dir(model_dir=tiny_model_dir)
+    up.wait_ready()
+    tree = up.descendants()
+    up.kill()  # SIGKILL: no handler, no finally
+    # Warm: the idle workers and gunicorn stop on their SIGTERM; allow the same bound as a stop.
+    psutil.wait_procs(tree, timeout=BOUND_S)
+    assert leftovers(tree, tmp_path) == []
