@@ -30,7 +30,6 @@ from storage.jobs import NewJob, new_job_id
 bp = Blueprint("batches", __name__)
 
 
-
 def batches() -> BatchStore:
     return BatchStore(services().jobs)
 

@@ -10,6 +10,7 @@ from flask import Flask, request
 
 from layerq.errors import LayerqError, ValidationFailed
 
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_URI_BYTES = 8190  # gunicorn's default request-line limit, and nginx's default buffer
 
 
@@ -26,8 +27,8 @@ def check_uri_length() -> None:
 def check_multipart_part_names() -> None:
     """Every part of a multipart body must carry a non-empty `name` (RFC 7578 §4.2). Werkzeug
     files a part without one (or with one it cannot decode) under the key `None`."""
-    if request.mimetype != "multipart/form-data":
-        return
+    if request.method not in BODY_METHODS or request.mimetype != "multipart/form-data":
+        return  # GETs are never parsed: their bodies are ignored, as everywhere
     for key in (*request.form.keys(), *request.files.keys()):
         if not isinstance(key, str) or not key:
             raise ValidationFailed("every multipart part needs a non-empty name in its Content-Disposition",

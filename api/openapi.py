@@ -338,6 +338,12 @@ def build_document() -> dict[str, Any]:
         for operation in operations.values():
             # Any request can carry an over-long target (api/contract.py answers it).
             operation["responses"].setdefault("414", _json(ErrorResponse, ERROR_TEXT[414]))
+    for operations in doc["paths"].values():
+        for method in ("post", "put", "patch"):
+            if method in operations:
+                # A body sent to any of these is read (api/contract.py parses multipart ones).
+                for status in (400, 413):
+                    operations[method]["responses"].setdefault(str(status), _json(ErrorResponse, ERROR_TEXT[status]))
     return doc
 
 

@@ -30,3 +30,27 @@ def test_api_keeps_its_contract_under_the_fuzzer(local_stack, tmp_path):
     assert set(report.get("phases", {})) >= {"coverage", "fuzzing", "stateful"}
     assert report["phases"]["stateful"]["status"] != "skip", report["phases"]
     assert result.ok, result.output[-12000:]
+
+
+def test_every_operation_states_the_shared_parts_of_the_contract():
+    """What new routes must follow so that the fuzzer's run stays green (no stack needed)."""
+    from api.ids import ID_PATTERN
+    from api.openapi import build_document
+
+    doc = build_document()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            where = f"{method.upper()} {path}"
+            assert op.get("operationId"), where
+            assert "414" in op["responses"], where
+            if method in ("post", "put", "patch"):
+                assert {"400", "413"} <= set(op["responses"]), where
+            for param in op.get("parameters", []):
+                if param["in"] == "path" and param["name"] == "id":
+                    assert param["schema"].get("pattern") == ID_PATTERN, where
+            if path.startswith("/v1/"):
+                assert "503" in op["responses"] or op["operationId"] == "createUpload", where
+                for status, response in op["responses"].items():
+                    if status.startswith(("4", "5")):
+                        assert response["content"]["application/json"]["schema"] == {
+                            "$ref": "#/components/schemas/ErrorResponse"}, where
