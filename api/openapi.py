@@ -109,7 +109,8 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 ERROR_TEXT = {
     400: "Invalid request (the field is named)", 403: "Bad, expired or foreign signature",
     404: "Not found (or not yours)", 409: "Idempotency-Key reused with another request, or still in progress",
-    413: "Request body too large", 414: "Request target (path and query) too long", 503: "Job store or queue unavailable; retry later",
+    413: "Request body too large", 414: "Request target (path and query) too long",
+    503: "Job store or queue unavailable; retry later",
 }
 
 
@@ -279,7 +280,8 @@ def build_document() -> dict[str, Any]:
                         "application/json": {"schema": {"allOf": [_ref(BatchRequest), {"properties": {"items": {
                             "items": {"properties": {"file": {"type": "null"}}}}}}]}},
                         "multipart/form-data": {"schema": {"type": "object", "required": ["batch"], "properties": {
-                            "batch": _ref(BatchRequest)}, "additionalProperties": {"type": "string", "format": "binary"},
+                            "batch": _ref(BatchRequest)},
+                            "additionalProperties": {"type": "string", "format": "binary"},
                             "propertyNames": {"minLength": 1}},
                             "encoding": {"batch": {"contentType": "application/json"}}},
                     }},
@@ -293,7 +295,8 @@ def build_document() -> dict[str, Any]:
                         "parameters": [batch_id], "responses": {"200": _json(BatchView, "The batch"), **_errors(*READ)}}
             },
             "/v1/batches/{id}/cancel": {
-                "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch", "parameters": [batch_id],
+                "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch",
+                         "parameters": [batch_id],
                          "responses": {"200": _json(BatchCancelResult, "Counts"), **_errors(*READ)}}
             },
             "/v1/uploads": {

@@ -33,7 +33,9 @@ class DecomposeParams(BaseModel):
 
     layers: JsonInt = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
     resolution: Resolution = Field(640, description="Resolution bucket (640 recommended).")
-    num_inference_steps: JsonInt = Field(50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more).")
+    num_inference_steps: JsonInt = Field(
+        50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more)."
+    )
     true_cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field(" ", max_length=2000, description="A non-empty negative prompt turns CFG on.")
     prompt: str = Field(
@@ -41,7 +43,9 @@ class DecomposeParams(BaseModel):
     )
     use_en_prompt: bool = Field(True, description="Caption in English (else Chinese) when `prompt` is empty.")
     cfg_normalize: bool = Field(True, description="Renormalise the CFG output to the conditional norm.")
-    seed: Annotated[int | None, BeforeValidator(_integral)] = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent.")
+    seed: Annotated[int | None, BeforeValidator(_integral)] = Field(
+        None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent."
+    )
 
     def with_seed(self) -> "DecomposeParams":
         """These parameters with a seed fixed, so the recorded job can be reproduced exactly."""
