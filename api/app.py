@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app, jsonify
 
-from api import errors
+from api import contract, errors
 from layerq.config import Settings
 from storage.base import ObjectStore
 from storage.factory import open_object_store
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
     errors.register(app)
+    contract.register(app)
 
     @app.get("/livez")
     def livez():

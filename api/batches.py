@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from api.app import services
 from api.errors import validation_failed
 from api.idempotency import idempotent
+from api.ids import check_id
+from api.paging import PAGE_MAX, page_query
 from api.submission import cache_key, cached_source, check_webhook, enqueue, parse_json_field, parse_params
 from api.tenancy import tenant
 from api.views import iso, job_view
@@ -26,8 +28,6 @@ from storage.batches import BatchStore
 from storage.jobs import NewJob, new_job_id
 
 bp = Blueprint("batches", __name__)
-
-PAGE_MAX = 500
 
 
 def batches() -> BatchStore:
@@ -129,12 +129,8 @@ def page_of_jobs(batch_id: str) -> dict:
 
 def _page(batch_id: str) -> dict:
     svc = services()
-    try:
-        cursor = int(request.args.get("cursor", 0))
-        limit = min(PAGE_MAX, max(1, int(request.args.get("limit", 100))))
-    except ValueError as exc:
-        raise ValidationFailed("cursor and limit must be integers", field="cursor") from exc
-    status = request.args.get("status")
+    query = page_query(request.args)
+    status, cursor, limit = query.status, query.cursor, query.limit
     out, pos = [], cursor
     while len(out) < limit:
         ids = batches().job_ids(batch_id, pos, pos + limit * 2 - 1)
@@ -201,8 +197,7 @@ def _item_file(name: str, i: int):
 
 
 def _owned(batch_id: str) -> dict:
-    if not batch_id.isalnum() or len(batch_id) > 64:
-        raise ValidationFailed("malformed batch id", field="batch")
+    check_id(batch_id, field="batch", what="batch")
     batch = batches().get(batch_id)
     if batch["tenant"] != tenant():
         raise JobNotFound(f"no batch with id {batch_id!r}", field="batch")

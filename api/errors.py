@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
+from api import contract
 from layerq import errors as e
 
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
+    contract.UriTooLong: 414,
     e.PayloadTooLarge: 413,
     e.ValidationFailed: 400,
     e.JobNotFound: 404,
@@ -43,7 +46,7 @@ def validation_failed(exc: ValidationError, prefix: str = "") -> e.ValidationFai
     """The first pydantic error as a ValidationFailed naming the field (`params.layers`)."""
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
-    field = f"{prefix}.{loc}" if prefix and loc else (loc or prefix or None)
+    field = f"{prefix}.{loc}" if prefix and loc else (loc or prefix or "body")
     msg = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
@@ -63,9 +66,25 @@ def register(app: Flask) -> None:
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return error_response("payload_too_large", f"request body exceeds {limit} bytes", 413)
 
+    @app.errorhandler(MethodNotAllowed)
+    def _method(exc: MethodNotAllowed):
+        # RFC 9110 §15.5.6: a 405 lists the methods the resource does support.
+        resp, status = error_response("method_not_allowed", exc.description or exc.name, 405)
+        resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods or ()))
+        return resp, status
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         return error_response(exc.name.lower().replace(" ", "_"), exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_down(exc: Exception):
+        # The job store is out (the client already retried with backoff): a retryable 503, not a 500.
+        log.warning("redis unavailable: %s", exc)
+        resp, status = error_response("unavailable", "the job store is unavailable; try again", 503)
+        resp.headers["Retry-After"] = "5"
+        return resp, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -23,9 +23,9 @@ def fingerprint() -> str:
     """A hash of what the request asks for (path, JSON body or multipart fields and files)."""
     h = hashlib.sha256(f"{request.method} {request.path}\n".encode())
     if request.mimetype.startswith("multipart/form-data"):
-        for name in sorted(request.form):
+        for name in sorted(request.form, key=str):
             h.update(f"form:{name}={request.form.getlist(name)}\n".encode())
-        for name in sorted(request.files):
+        for name in sorted(request.files, key=str):
             for f in request.files.getlist(name):
                 h.update(f"file:{name}:{f.filename}:".encode() + hashlib.sha256(f.read()).digest())
                 f.seek(0)

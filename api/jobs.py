@@ -9,7 +9,10 @@ from pydantic import ValidationError
 
 from api.app import services
 from api.errors import validation_failed
+from api.form import form_flag
 from api.idempotency import idempotent
+from api.ids import check_id
+from api.paging import page_query
 from api.submission import cache_key, cached_source, check_webhook, enqueue, parse_json_field, parse_params
 from api.tenancy import tenant
 from api.views import job_view
@@ -44,7 +47,7 @@ def submit_job():
             raise ValidationFailed(f"unknown form field {unknown[0]!r}", field=unknown[0])
         params = parse_params(parse_json_field(request.form.get("params"), "params")).with_seed()
         webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc.settings)
-        use_cache = request.form.get("cache", "true").lower() not in ("false", "0", "no")
+        use_cache = form_flag(request.form.get("cache"), "cache", default=True)
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -109,15 +112,16 @@ def list_jobs():
     from api.batches import page_of_jobs
 
     batch_id = request.args.get("batch")
-    if not batch_id:
+    if batch_id is None:
         raise ValidationFailed("listing needs a batch (?batch=<id>)", field="batch")
+    check_id(batch_id, field="batch", what="batch")
+    page_query(request.args)  # a malformed query is a 400 even for a batch that is not there
     return jsonify(page_of_jobs(batch_id))
 
 
 def _owned(job_id: str) -> dict:
     svc = services()
-    if not job_id.isalnum() or len(job_id) > 64:
-        raise ValidationFailed("malformed job id", field="id")
+    check_id(job_id, field="id")
     rec = svc.jobs.get(job_id)
     if rec.get("tenant", "") not in ("", tenant()):
         raise JobNotFound(f"no job with id {job_id!r}", field="id")  # not yours: indistinguishable from absent

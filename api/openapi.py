@@ -10,9 +10,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import layerq
-from layerq.jobs import JobView
+from api.form import FLAG_PATTERN
+from api.ids import ID_PATTERN
+from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
+from layerq.jobs import JobStatus, JobView
 from layerq.params import DecomposeParams
 from layerq.requests import BatchRequest, JobRequest, UploadRequest
+from layerq.webhooks import WebhookSpec
 
 bp = Blueprint("openapi", __name__)
 
@@ -102,19 +106,34 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
+ERROR_TEXT = {
+    400: "Invalid request (the field is named)", 403: "Bad, expired or foreign signature",
+    404: "Not found (or not yours)", 409: "Idempotency-Key reused with another request, or still in progress",
+    413: "Request body too large", 414: "Request target (path and query) too long",
+    503: "Job store or queue unavailable; retry later",
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid request (the field is named)", 403: "Bad, expired or foreign signature",
-            404: "Not found", 409: "Idempotency-Key reused with another request, or still in progress",
-            413: "Request body too large", 503: "Queue unavailable"}
-    return {str(c): _json(ErrorResponse, text[c]) for c in codes}
+    return {str(c): _json(ErrorResponse, ERROR_TEXT[c]) for c in codes}
 
 
-IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string",
-               "maxLength": 255}, "description": "Same key and body: the first response again; other body: 409."}
+# Every operation that reads or writes the job store can answer 503 while Redis is out.
+READ = (400, 404, 503)
+SUBMIT = (400, 409, 413, 503)
+
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+               "description": "Same key and body: the first response again; other body: 409."}
 
 
 def _query(name: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+
+
+def _id_param(description: str) -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": ID_PATTERN}}
 
 
 # The local backend's signed URLs: the key in the path, expiry and signature in the query.
@@ -124,15 +143,60 @@ SIGNED_URL = [
     {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
 ]
 
+# What the routes check beyond a field's own type; the schemas say it so that clients (and fuzzers)
+# generated from this document know it.
+UPLOAD_KEY = {"type": "string", "maxLength": 300, "pattern": r"^uploads/[^/]+/[^/]+$",
+              "not": {"pattern": r"/\.\.(/|$)"},
+              "description": "A key returned by POST /v1/uploads (uploads/<id>/<name>)."}
+WEBHOOK_URL = {"type": "string", "maxLength": 2048,
+               "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://(\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@:\[\]]+)"
+                          r"(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f]*)?$",
+               "description": "http(s) URL; its host must resolve to a public address (or one the server "
+                              "allow-lists) when the request is made."}
 
-def _ref_status() -> dict[str, str]:
-    return {"$ref": "#/components/schemas/JobStatus"}
+
+def _tighten(schemas: dict[str, Any]) -> None:
+    """Constraints the routes enforce that the pydantic models leave to code."""
+    params = _ref(DecomposeParams)
+    batch = schemas["BatchRequest"]["properties"]
+    batch["defaults"] = {**params, "description": "DecomposeParams shared by every item."}
+    item = schemas["BatchItem"]
+    item["properties"]["params"] = {**params, "description": "Overrides of the batch's defaults."}
+    item["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}
+    # Exactly one of input_key / file (null counts as absent).
+    item["oneOf"] = [
+        {"required": ["input_key"], "properties": {"input_key": {"type": "string"}, "file": {"type": "null"}}},
+        {"required": ["file"], "properties": {"file": {"type": "string"}, "input_key": {"type": "null"}}},
+    ]
+    item["description"] = ("Exactly one of `input_key` (an upload) or `file` (the name of a file part of this "
+                           "multipart request).")
+    schemas["JobRequest"]["properties"]["input_key"] = UPLOAD_KEY
+    schemas["WebhookSpec"]["properties"]["url"] = WEBHOOK_URL
+    upload = schemas["UploadRequest"]["properties"]["filename"]
+    upload["not"] = {"pattern": r"^\.{1,2}$"}
+
+
+IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"
+
+# Links let generated clients (and the fuzzer's stateful phase) follow a submission to its resources.
+JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"id": "$response.body#/id"}},
+}
+BATCH_LINKS = {
+    "GetBatch": {"operationId": "getBatch", "parameters": {"id": "$response.body#/id"}},
+    "CancelBatch": {"operationId": "cancelBatch", "parameters": {"id": "$response.body#/id"}},
+    "ListJobs": {"operationId": "listJobs", "parameters": {"batch": "$response.body#/id"}},
+    "GetFirstJob": {"operationId": "getJob", "parameters": {"id": "$response.body#/job_ids/0"}},
+}
 
 
 def build_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}")
-    job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-    return {
+    _tighten(defs["$defs"])
+    job_id = _id_param("A job id (from `POST /v1/jobs` or a batch)")
+    batch_id = _id_param("A batch id (from `POST /v1/batches`)")
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "layerq", "version": layerq.__version__,
                  "description": "Decompose images into editable RGBA layers (Qwen-Image-Layered)."},
@@ -142,13 +206,16 @@ def build_document() -> dict[str, Any]:
                     "summary": "A batch's jobs in submission order, optionally of one status",
                     "operationId": "listJobs",
                     "parameters": [
-                        {"name": "batch", "in": "query", "required": True, "schema": {"type": "string"}},
-                        {"name": "status", "in": "query", "required": False, "schema": _ref_status()},
-                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "batch", "in": "query", "required": True, "schema": {"type": "string",
+                                                                                       "pattern": ID_PATTERN}},
+                        {"name": "status", "in": "query", "required": False, "schema": _ref(JobStatus)},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                         "description": "`next_cursor` of the previous page"},
                         {"name": "limit", "in": "query", "required": False,
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                         "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT}},
                     ],
-                    "responses": {"200": _json(JobPage, "One page"), **_errors(400, 404)},
+                    "responses": {"200": _json(JobPage, "One page"), **_errors(*READ)},
                 },
                 "post": {
                     "summary": "Submit a decomposition job",
@@ -160,15 +227,19 @@ def build_document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["image"],
+                                    "additionalProperties": False,
                                     "properties": {
                                         "image": {"type": "string", "format": "binary",
                                                   "description": "PNG, JPEG, WebP, BMP, TIFF or GIF"},
                                         "params": _ref(DecomposeParams),
-                                        "webhook": {"type": "string", "description": "WebhookSpec as JSON"},
-                                        "cache": {"type": "string", "enum": ["true", "false"]},
+                                        "webhook": _ref(WebhookSpec),
+                                        "cache": {"type": "string", "pattern": FLAG_PATTERN,
+                                                  "description": "false/0/no: do not answer from the result cache"},
                                     },
                                 },
-                                "encoding": {"params": {"contentType": "application/json"}},
+                                "encoding": {"image": {"contentType": IMAGE_TYPES},
+                                             "params": {"contentType": "application/json"},
+                                             "webhook": {"contentType": "application/json"}},
                             },
                             "application/json": {"schema": _ref(JobRequest)},
                         },
@@ -176,9 +247,9 @@ def build_document() -> dict[str, Any]:
                     "parameters": [IDEMPOTENCY],
                     "responses": {
                         "202": {**_json(JobView, "Accepted; poll the Location"),
-                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                                "headers": {"Location": {"schema": {"type": "string"}}}, "links": JOB_LINKS},
                         "200": _json(JobView, "Answered at once from an identical finished job (`cached_from`)"),
-                        **_errors(400, 409, 413, 503),
+                        **_errors(*SUBMIT),
                     },
                 }
             },
@@ -187,7 +258,7 @@ def build_document() -> dict[str, Any]:
                     "summary": "Read a job; result URLs are signed afresh on each read",
                     "operationId": "getJob",
                     "parameters": [job_id],
-                    "responses": {"200": _json(JobView, "The job"), **_errors(400, 404)},
+                    "responses": {"200": _json(JobView, "The job"), **_errors(*READ)},
                 }
             },
             "/v1/jobs/{id}/cancel": {
@@ -196,7 +267,7 @@ def build_document() -> dict[str, Any]:
                     "operationId": "cancelJob",
                     "parameters": [job_id],
                     "responses": {"200": _json(CancelResult, "What happened (harmless when already finished)"),
-                                  **_errors(400, 404)},
+                                  **_errors(*READ)},
                 }
             },
             "/v1/batches": {
@@ -205,27 +276,34 @@ def build_document() -> dict[str, Any]:
                     "operationId": "submitBatch",
                     "parameters": [IDEMPOTENCY],
                     "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": _ref(BatchRequest)},
+                        # A JSON body has no file parts: its items name uploads.
+                        "application/json": {"schema": {"allOf": [_ref(BatchRequest), {"properties": {"items": {
+                            "items": {"properties": {"file": {"type": "null"}}}}}}]}},
                         "multipart/form-data": {"schema": {"type": "object", "required": ["batch"], "properties": {
-                            "batch": _ref(BatchRequest)}, "additionalProperties": {"type": "string", "format": "binary"}},
+                            "batch": _ref(BatchRequest)},
+                            "additionalProperties": {"type": "string", "format": "binary"},
+                            "propertyNames": {"minLength": 1}},
                             "encoding": {"batch": {"contentType": "application/json"}}},
                     }},
-                    "responses": {"202": _json(BatchAccepted, "Accepted"), "200": _json(DryRun, "Dry run estimate"),
-                                  **_errors(400, 409, 413, 503)},
+                    "responses": {"202": {**_json(BatchAccepted, "Accepted"), "links": BATCH_LINKS,
+                                          "headers": {"Location": {"schema": {"type": "string"}}}},
+                                  "200": _json(DryRun, "Dry run estimate"), **_errors(*SUBMIT)},
                 }
             },
             "/v1/batches/{id}": {
                 "get": {"summary": "Counts per status, progress, ETA and the first page of jobs", "operationId": "getBatch",
-                        "parameters": [job_id], "responses": {"200": _json(BatchView, "The batch"), **_errors(400, 404)}}
+                        "parameters": [batch_id], "responses": {"200": _json(BatchView, "The batch"), **_errors(*READ)}}
             },
             "/v1/batches/{id}/cancel": {
-                "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch", "parameters": [job_id],
-                         "responses": {"200": _json(BatchCancelResult, "Counts"), **_errors(400, 404)}}
+                "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch",
+                         "parameters": [batch_id],
+                         "responses": {"200": _json(BatchCancelResult, "Counts"), **_errors(*READ)}}
             },
             "/v1/uploads": {
                 "post": {"summary": "A URL to PUT one input to; jobs then name it by input_key", "operationId": "createUpload",
-                         "requestBody": {"content": {"application/json": {"schema": _ref(UploadRequest)}}},
-                         "responses": {"201": _json(UploadTicket, "Upload ticket"), **_errors(400)}}
+                         "requestBody": {"required": False,
+                                         "content": {"application/json": {"schema": _ref(UploadRequest)}}},
+                         "responses": {"201": _json(UploadTicket, "Upload ticket"), **_errors(400, 413)}}
             },
             "/files/{key}": {
                 "get": {
@@ -259,6 +337,17 @@ def build_document() -> dict[str, Any]:
         },
         "components": {"schemas": defs["$defs"]},
     }
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            # Any request can carry an over-long target (api/contract.py answers it).
+            operation["responses"].setdefault("414", _json(ErrorResponse, ERROR_TEXT[414]))
+    for operations in doc["paths"].values():
+        for method in ("post", "put", "patch"):
+            if method in operations:
+                # A body sent to any of these is read (api/contract.py parses multipart ones).
+                for status in (400, 413):
+                    operations[method]["responses"].setdefault(str(status), _json(ErrorResponse, ERROR_TEXT[status]))
+    return doc
 
 
 @bp.get("/openapi.json")

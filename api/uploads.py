@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 import uuid
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from pydantic import ValidationError
 
 from api.app import services
+from api.bodies import json_object
 from api.errors import validation_failed
 from api.views import absolute, iso
 from layerq.errors import ValidationFailed
@@ -22,7 +23,7 @@ bp = Blueprint("uploads", __name__)
 def create_upload():
     svc = services()
     try:
-        body = UploadRequest.model_validate(request.get_json(silent=True) or {})
+        body = UploadRequest.model_validate(json_object(required=False))
     except ValidationError as exc:
         raise validation_failed(exc) from exc
     key = f"{UPLOAD_PREFIX}{uuid.uuid4().hex}/{body.filename}"

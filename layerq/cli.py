@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
     argv = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind", f"{args.host}:{args.port}",
-            "--timeout", "120", "--graceful-timeout", "30", "--access-logfile", "-", "api.app:create_app()"]
+            "--timeout", "120", "--graceful-timeout", "30", "--access-logfile", "-",
+            # gunicorn answers an over-long request line itself, in HTML; lift its limit (it still
+            # stops at 1 MiB) so that the API answers 414 in its JSON error shape (api/contract.py).
+            "--limit-request-line", "0", "api.app:create_app()"]
     os.execv(sys.executable, argv)
     return 0  # not reached
 

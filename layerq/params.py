@@ -7,21 +7,35 @@ the OpenAPI document, so the three can never disagree.
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_SEED = 2**32 - 1
+
+
+def _integral(value: Any) -> Any:
+    # The models are strict ("4" or true is not a number of layers), but JSON Schema's `integer` is
+    # any integral number, so 4.0 is one; pass anything else on for the strict check to refuse.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+Resolution = Annotated[Literal[640, 1024], BeforeValidator(_integral)]
 
 
 class DecomposeParams(BaseModel):
     """Parameters of one decomposition (Qwen-Image-Layered)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    layers: int = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
-    resolution: Literal[640, 1024] = Field(640, description="Resolution bucket (640 recommended).")
-    num_inference_steps: int = Field(50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more).")
+    layers: JsonInt = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
+    resolution: Resolution = Field(640, description="Resolution bucket (640 recommended).")
+    num_inference_steps: JsonInt = Field(
+        50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more)."
+    )
     true_cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field(" ", max_length=2000, description="A non-empty negative prompt turns CFG on.")
     prompt: str = Field(
@@ -29,7 +43,9 @@ class DecomposeParams(BaseModel):
     )
     use_en_prompt: bool = Field(True, description="Caption in English (else Chinese) when `prompt` is empty.")
     cfg_normalize: bool = Field(True, description="Renormalise the CFG output to the conditional norm.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent.")
+    seed: Annotated[int | None, BeforeValidator(_integral)] = Field(
+        None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent."
+    )
 
     def with_seed(self) -> "DecomposeParams":
         """These parameters with a seed fixed, so the recorded job can be reproduced exactly."""

@@ -25,7 +25,7 @@ def _check_upload_key(key: str) -> str:
 class JobRequest(BaseModel):
     """`POST /v1/jobs` with a JSON body: a job on an input uploaded through `POST /v1/uploads`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input_key: str = Field(..., max_length=300)
     params: DecomposeParams = Field(default_factory=DecomposeParams)
@@ -36,7 +36,7 @@ class JobRequest(BaseModel):
 
 
 class BatchItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input_key: str | None = Field(None, max_length=300, description="An uploaded input.")
     file: str | None = Field(None, max_length=200, description="Name of a multipart file part of this request.")
@@ -51,7 +51,7 @@ class BatchItem(BaseModel):
 class BatchRequest(BaseModel):
     """`POST /v1/batches`: many jobs sharing defaults, each item with its own input and overrides."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     items: list[BatchItem] = Field(..., min_length=1, max_length=MAX_BATCH_ITEMS)
     defaults: dict[str, Any] = Field(default_factory=dict, description="DecomposeParams shared by every item.")
@@ -63,7 +63,7 @@ class BatchRequest(BaseModel):
 class UploadRequest(BaseModel):
     """`POST /v1/uploads`: ask for a URL to PUT one input image to."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     content_type: str = Field("application/octet-stream", max_length=100)
     filename: str = Field("input", max_length=100, pattern=r"^[A-Za-z0-9._-]+$")

@@ -61,7 +61,7 @@ class WebhookUnresolvable(WebhookTargetRefused):
 class WebhookSpec(BaseModel):
     """The `webhook` field of a job or batch request."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     url: str = Field(max_length=MAX_URL_CHARS)
     events: list[Event] = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)

@@ -1,0 +1,70 @@
+"""schemathesis hooks (loaded through SCHEMATHESIS_HOOKS by tests/fuzzing.py).
+
+They touch *positive* cases only, and only where a request's validity depends on something no
+JSON Schema can state, so that "schema-valid request rejected" keeps meaning a real contract bug:
+
+- a webhook URL must resolve to an address the server accepts (DNS and the deployment's allow-list
+  at request time): positive cases point theirs at the fuzz stack's allow-listed loopback target;
+- a multipart batch item's `file` must name a *file* part (one with a filename) of the same
+  request, and schemathesis sends parts the schema does not name (`additionalProperties`) without
+  a filename: positive multipart batches name an uploaded input instead (multipart batches with
+  files are covered by tests/test_e2e.py);
+- an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis.generation import GenerationMode
+
+from layerq.sample import sample_png
+
+_PNG = sample_png(64, 64)
+
+
+def _encoded(fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(_PNG)).convert("RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+for _media_type, _data in (("image/png", _PNG), ("image/jpeg", _encoded("JPEG")), ("image/webp", _encoded("WEBP"))):
+    schemathesis.openapi.media_type(_media_type, st.just(_data))
+
+
+def _point_webhook(holder: Any) -> None:
+    hook = holder.get("webhook") if isinstance(holder, dict) else None
+    if isinstance(hook, dict) and "url" in hook:
+        hook["url"] = os.environ.get("LAYERQ_FUZZ_WEBHOOK_URL", "http://127.0.0.1:9/")
+
+
+def _use_uploads(body: dict[str, Any]) -> None:
+    batch = body.get("batch")
+    if not isinstance(batch, dict) or not isinstance(batch.get("items"), list):
+        return
+    for item in batch["items"]:
+        if isinstance(item, dict) and isinstance(item.get("file"), str):
+            item.pop("file")
+            item["input_key"] = "uploads/fuzz/input.png"
+
+
+@schemathesis.hook
+def map_case(ctx, case):
+    if case.meta is None or case.meta.generation.mode is not GenerationMode.POSITIVE:
+        return case
+    body = case.body
+    if not isinstance(body, dict):
+        return case
+    _point_webhook(body)
+    _point_webhook(body.get("batch"))
+    if case.operation.path == "/v1/batches" and case.media_type == "multipart/form-data":
+        _use_uploads(body)
+    return case
