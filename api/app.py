@@ -11,6 +11,7 @@ from celery import Celery
 from flask import Flask, current_app, jsonify
 
 from api import errors
+from api.body_deadline import BodyDeadline
 from layerq.config import Settings
 from storage.base import ObjectStore
 from storage.factory import open_object_store
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
     errors.register(app)
+    # Read each body to its end under a deadline before the app runs (see api/body_deadline.py).
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_s, settings.max_upload_bytes)
 
     @app.get("/livez")
     def livez():

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    api.add_argument("--threads", type=int, help="threads per process (default: LAYERQ_API_THREADS; 1: sync)")
 
     w = sub.add_parser("worker", help="a Celery worker (one per GPU; loads the model once)")
     w.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
@@ -65,11 +66,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
+    settings = Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
     argv = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind", f"{args.host}:{args.port}",
+            *_api_worker_class(args.threads or settings.api_threads),
             "--timeout", "120", "--graceful-timeout", "30", "--access-logfile", "-", "api.app:create_app()"]
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _api_worker_class(threads: int) -> list[str]:
+    """gunicorn's threaded worker: a slow upload holds one thread, not a whole process (a sync worker
+    is held by one slow body, and six of them stopped the API answering /livez). A process accepts no
+    more connections than it has threads, so one whose threads are all held leaves new connections in
+    the listen queue for the others instead of queueing them behind slow bodies; the price is no
+    HTTP keep-alive (docs/decisions.md)."""
+    if threads <= 1:
+        return ["--worker-class", "sync"]
+    return ["--worker-class", "gthread", "--threads", str(threads), "--worker-connections", str(threads),
+            "--keep-alive", "0"]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -75,6 +75,12 @@ class Settings:
     """Timeout of one webhook delivery request."""
     max_image_side_px: int = 8192
     """Longest accepted side of an input image, checked from the header before decoding."""
+    api_threads: int = 32
+    """Threads per API process (gunicorn's gthread worker). Every request in flight holds one until
+    its body has arrived, a slow upload included; 1 runs gunicorn's sync worker (one request at a time)."""
+    request_body_timeout_s: float = 120.0
+    """A request body must arrive completely within this long, else 408: a client trickling its upload
+    holds an API thread for a bounded time. Larger inputs go through `POST /v1/uploads`."""
 
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"
