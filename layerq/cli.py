@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--queues", default="decompose")
     w.add_argument("--name", default="layerq@%h")
     w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--gpus", help="`all` or indices like 0,1: supervise one worker per GPU (worker/supervisor.py)")
+    w.add_argument("--drain-timeout-s", type=float,
+                   help="with --gpus: how long SIGTERM waits for running jobs (default: LAYERQ_JOB_TIME_LIMIT_S + 30)")
 
     s = sub.add_parser("submit", help="submit images, optionally wait and download the results")
     s.add_argument("images", nargs="+", type=Path)
@@ -90,6 +93,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # OpenMP threads that spin after each parallel region steal the cores that the exports and
     # uploads need on CPU workers (halving the tiny pipeline's speed on 2 cores); set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.gpus:
+        return _supervise_gpu_workers(args)
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)
@@ -103,6 +108,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0
+
+
+def _supervise_gpu_workers(args: argparse.Namespace) -> int:
+    """`--gpus`: this process only supervises; each GPU gets its own `layerq worker` (no torch here)."""
+    from worker.supervisor import Supervisor, default_drain_timeout_s, discover_gpus, worker_argv
+
+    settings = Settings.from_env(model=args.model)
+    drain_s = args.drain_timeout_s if args.drain_timeout_s is not None else default_drain_timeout_s(settings.job_time_limit_s)
+    gpus = discover_gpus(args.gpus)
+    return Supervisor(gpus, worker_argv(args.model, args.queues, args.loglevel), drain_s).run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
