@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from layerq.config import Settings
+from layerq.logs import setup_logging
 
 SUBCOMMANDS = ("up", "api", "worker", "submit", "demo")
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("LAYERQ_LOG_FORMAT", "text"))  # before Settings, which may log
     handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo}
     return handler[args.command](args)
 
@@ -71,10 +71,24 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_api(args: argparse.Namespace) -> int:
     settings = Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
     argv = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind", f"{args.host}:{args.port}",
-            *_api_worker_class(args.threads or settings.api_threads),
+            *_api_worker_class(args.threads or settings.api_threads), "--config", "python:api.gunicorn_conf",
             "--timeout", "120", "--graceful-timeout", "30", "--access-logfile", "-", "api.app:create_app()"]
+    _prepare_multiprocess_metrics()
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """prometheus-client's multiprocess mode: every gunicorn process writes its metrics under
+    PROMETHEUS_MULTIPROC_DIR and /metrics adds them up. A fresh private directory unless one is
+    given; a given one is emptied, since files left by an earlier run would be counted again."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="layerq-metrics-")
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    for stale in Path(path).glob("*.db"):
+        stale.unlink()
 
 
 def _api_worker_class(threads: int) -> list[str]:
@@ -117,7 +131,8 @@ def _supervise_gpu_workers(args: argparse.Namespace) -> int:
     settings = Settings.from_env(model=args.model)
     drain_s = args.drain_timeout_s if args.drain_timeout_s is not None else default_drain_timeout_s(settings.job_time_limit_s)
     gpus = discover_gpus(args.gpus)
-    return Supervisor(gpus, worker_argv(args.model, args.queues, args.loglevel), drain_s).run()
+    return Supervisor(gpus, worker_argv(args.model, args.queues, args.loglevel), drain_s,
+                      metrics_port=settings.worker_metrics_port).run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -81,6 +81,11 @@ class Settings:
     request_body_timeout_s: float = 120.0
     """A request body must arrive completely within this long, else 408: a client trickling its upload
     holds an API thread for a bounded time. Larger inputs go through `POST /v1/uploads`."""
+    log_format: str = "text"
+    """`text` or `json` (one object per line with ts, level, logger, message, job_id and tenant)."""
+    worker_metrics_port: int = 9400
+    """Port of each worker process's Prometheus exporter (0: none). `--gpus` gives the worker on the
+    N-th GPU this port + N. A port already taken: the next free one above it (logged)."""
 
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"

@@ -764,3 +764,14 @@ def test_keda_scales_the_gpu_workers_on_the_length_of_their_celery_queue():
     named("Service", url.hostname)
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert not [r for r in kustomization["resources"] if "keda" in r], "KEDA is optional: its CRD may be absent"
+
+
+def test_k8s_metrics_annotations_point_at_open_ports():
+    metrics_port = Settings.from_env(configmap_data()).worker_metrics_port
+    for workload in of_kind(*WORKLOAD_KINDS):
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            (container,) = containers(workload)
+            port_number(container, int(annotations["prometheus.io/port"]))
+    (gpu,) = containers(named("Deployment", "layerq-worker-gpu"))
+    assert port_number(gpu, "metrics") == metrics_port, "the worker serves metrics on LAYERQ_WORKER_METRICS_PORT"

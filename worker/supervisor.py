@@ -110,9 +110,10 @@ class Child:
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, environ: dict[str, str]) -> None:
-        env = {**environ, "CUDA_VISIBLE_DEVICES": self.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        env = {**environ, "CUDA_VISIBLE_DEVICES": self.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **self.extra_env}
         self.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -140,8 +141,15 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     _stopping: int = 0
 
+    metrics_port: int = 0
+
     def __post_init__(self) -> None:
-        self.children = [Child(gpu, [*self.worker_argv, "--name", node_name(gpu)]) for gpu in self.gpus]
+        # Each worker serves its own metrics: the worker on the i-th GPU listens on metrics_port + i.
+        self.children = [
+            Child(gpu, [*self.worker_argv, "--name", node_name(gpu)],
+                  extra_env={"LAYERQ_WORKER_METRICS_PORT": str(self.metrics_port + i if self.metrics_port > 0 else 0)})
+            for i, gpu in enumerate(self.gpus)
+        ]
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
