@@ -85,6 +85,7 @@ def _prepare_multiprocess_metrics() -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="layerq-metrics-")
+        os.environ["LAYERQ_OWNS_METRICS_DIR"] = "1"  # api/gunicorn_conf.py removes it on exit
         return
     Path(path).mkdir(parents=True, exist_ok=True)
     for stale in Path(path).glob("*.db"):
