@@ -114,7 +114,9 @@ class Child:
 
     def start(self, environ: dict[str, str]) -> None:
         env = {**environ, "CUDA_VISIBLE_DEVICES": self.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **self.extra_env}
-        self.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which forwards one
+        # SIGTERM (a second signal would turn Celery's warm shutdown into a cold one).
+        self.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent, process_group=0)
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("worker for GPU %s started (pid %d)", self.gpu, self.proc.pid)
