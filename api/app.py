@@ -10,8 +10,10 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app, jsonify
 
-from api import contract, errors
+from api import contract, errors, observability
+from api.body_deadline import BodyDeadline
 from layerq.config import Settings
+from layerq.logs import setup_logging
 from storage.base import ObjectStore
 from storage.factory import open_object_store
 from storage.jobs import JobStore, connect
@@ -57,6 +59,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(openapi.bp)
     errors.register(app)
     contract.register(app)
+    observability.register(app, app.extensions["layerq"].jobs.queued_count)
+    if settings.log_format == "json":
+        setup_logging("json")
+    # Read each body to its end under a deadline before the app runs (see api/body_deadline.py).
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.request_body_timeout_s, settings.max_upload_bytes)
 
     @app.get("/livez")
     def livez():

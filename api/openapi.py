@@ -330,6 +330,11 @@ def build_document() -> dict[str, Any]:
                 "get": {"summary": "Liveness only (no dependency checks)", "operationId": "live",
                         "responses": {"200": {"description": "The process answers"}}}
             },
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics of the API processes", "operationId": "metrics",
+                        "responses": {"200": {"description": "Prometheus text exposition format",
+                                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}
+            },
             "/openapi.json": {
                 "get": {"summary": "This document", "operationId": "openapi",
                         "responses": {"200": {"description": "OpenAPI 3.1 document"}}}

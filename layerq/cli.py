@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from layerq.config import Settings
+from layerq.logs import setup_logging
 
 SUBCOMMANDS = ("up", "api", "worker", "submit", "demo")
 
@@ -31,12 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="0.0.0.0")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    api.add_argument("--threads", type=int, help="threads per process (default: LAYERQ_API_THREADS; 1: sync)")
 
     w = sub.add_parser("worker", help="a Celery worker (one per GPU; loads the model once)")
     w.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
     w.add_argument("--queues", default="decompose")
     w.add_argument("--name", default="layerq@%h")
     w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--gpus", help="`all` or indices like 0,1: supervise one worker per GPU (worker/supervisor.py)")
+    w.add_argument("--drain-timeout-s", type=float,
+                   help="with --gpus: how long SIGTERM waits for running jobs (default: LAYERQ_JOB_TIME_LIMIT_S + 30)")
 
     s = sub.add_parser("submit", help="submit images, optionally wait and download the results")
     s.add_argument("images", nargs="+", type=Path)
@@ -68,26 +72,56 @@ def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(os.environ.get("LAYERQ_LOG_FORMAT", "text"))  # before Settings, which may log
     handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo}
     return handler[args.command](args)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
+    settings = Settings.from_env()  # fail fast on a malformed variable, before gunicorn forks
     argv = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--bind", f"{args.host}:{args.port}",
+            *_api_worker_class(args.threads or settings.api_threads), "--config", "python:api.gunicorn_conf",
             "--timeout", "120", "--graceful-timeout", "30", "--access-logfile", "-",
             # gunicorn answers an over-long request line itself, in HTML; lift its limit (it still
             # stops at 1 MiB) so that the API answers 414 in its JSON error shape (api/contract.py).
             "--limit-request-line", "0", "api.app:create_app()"]
+    _prepare_multiprocess_metrics()
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """prometheus-client's multiprocess mode: every gunicorn process writes its metrics under
+    PROMETHEUS_MULTIPROC_DIR and /metrics adds them up. A fresh private directory unless one is
+    given; a given one is emptied, since files left by an earlier run would be counted again."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="layerq-metrics-")
+        os.environ["LAYERQ_OWNS_METRICS_DIR"] = "1"  # api/gunicorn_conf.py removes it on exit
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    for stale in Path(path).glob("*.db"):
+        stale.unlink()
+
+
+def _api_worker_class(threads: int) -> list[str]:
+    """gunicorn's threaded worker: a slow upload holds one thread, not a whole process (a sync worker
+    is held by one slow body, and six of them stopped the API answering /livez). A process accepts no
+    more connections than it has threads, so one whose threads are all held leaves new connections in
+    the listen queue for the others instead of queueing them behind slow bodies; the price is no
+    HTTP keep-alive (docs/decisions.md)."""
+    if threads <= 1:
+        return ["--worker-class", "sync"]
+    return ["--worker-class", "gthread", "--threads", str(threads), "--worker-connections", str(threads),
+            "--keep-alive", "0"]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     # OpenMP threads that spin after each parallel region steal the cores that the exports and
     # uploads need on CPU workers (halving the tiny pipeline's speed on 2 cores); set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.gpus:
+        return _supervise_gpu_workers(args)
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)
@@ -101,6 +135,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0
+
+
+def _supervise_gpu_workers(args: argparse.Namespace) -> int:
+    """`--gpus`: this process only supervises; each GPU gets its own `layerq worker` (no torch here)."""
+    from worker.supervisor import Supervisor, default_drain_timeout_s, discover_gpus, worker_argv
+
+    settings = Settings.from_env(model=args.model)
+    drain_s = args.drain_timeout_s if args.drain_timeout_s is not None else default_drain_timeout_s(settings.job_time_limit_s)
+    gpus = discover_gpus(args.gpus)
+    return Supervisor(gpus, worker_argv(args.model, args.queues, args.loglevel), drain_s,
+                      metrics_port=settings.worker_metrics_port).run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:

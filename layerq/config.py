@@ -78,6 +78,17 @@ class Settings:
     """Timeout of one webhook delivery request."""
     max_image_side_px: int = 8192
     """Longest accepted side of an input image, checked from the header before decoding."""
+    api_threads: int = 32
+    """Threads per API process (gunicorn's gthread worker). Every request in flight holds one until
+    its body has arrived, a slow upload included; 1 runs gunicorn's sync worker (one request at a time)."""
+    request_body_timeout_s: float = 120.0
+    """A request body must arrive completely within this long, else 408: a client trickling its upload
+    holds an API thread for a bounded time. Larger inputs go through `POST /v1/uploads`."""
+    log_format: str = "text"
+    """`text` or `json` (one object per line with ts, level, logger, message, job_id and tenant)."""
+    worker_metrics_port: int = 9400
+    """Port of each worker process's Prometheus exporter (0: none). `--gpus` gives the worker on the
+    N-th GPU this port + N. A port already taken: the next free one above it (logged)."""
 
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"

@@ -334,25 +334,55 @@ def test_compose_api_matches_its_image():
     assert exposed == [option(argv, "--port")]
 
 
-def test_compose_gpu_workers_reserve_one_gpu_each():
+def test_compose_gpu_workers_reserve_their_gpus_and_never_share_one():
     workers = gpu_workers()
     assert "worker-gpu" in workers
-    pinned = []
+    pinned, takes_all = [], []
     for name, svc in workers.items():
-        assert option(command_of(svc), "--queues") == "decompose", name
+        argv = command_of(svc)
+        assert option(argv, "--queues") == "decompose", name
         devices = gpu_devices(svc)
         assert len(devices) == 1 and devices[0]["driver"] == "nvidia", f"{name}: needs one nvidia GPU reservation"
         device = devices[0]
         assert ("count" in device) != ("device_ids" in device), f"{name}: count and device_ids exclude each other"
-        if "count" in device:
-            assert device["count"] == 1, f"{name}: one GPU per worker"
-            pinned.append("0")  # docker hands `count: N` the first N GPUs
+        gpus = option(argv, "--gpus")
+        if gpus is None:  # one worker process: exactly one GPU
+            assert device.get("count") == 1 or len(device.get("device_ids", [])) == 1, f"{name}: one GPU per worker"
         else:
-            assert len(device["device_ids"]) == 1, f"{name}: one GPU per worker"
-            pinned.append(str(device["device_ids"][0]))
+            # A container sees its GPUs renumbered from 0, so the supervisor takes all it is given.
+            assert gpus == "all", f"{name}: inside a container use --gpus all and reserve the GPUs"
+        if device.get("count") == "all":
+            takes_all.append(name)
+        elif "count" in device:
+            pinned += [str(i) for i in range(device["count"])]  # docker hands `count: N` the first N GPUs
+        else:
+            pinned += [str(d) for d in device["device_ids"]]
         assert env_of(svc)["LAYERQ_DEVICE"] == "cuda", f"{name}: fail loudly without a GPU"
     assert len(pinned) == len(set(pinned)), f"two GPU workers share a GPU: {pinned}"
-    assert len(workers) >= 2, "show a second GPU worker pinned by device_ids"
+    assert not takes_all or len(workers) == 1, f"{takes_all} take every GPU, another GPU worker would share one"
+    assert option(command_of(workers["worker-gpu"]), "--gpus") == "all", "compose supervises one worker per GPU"
+
+
+def test_compose_flower_is_an_optional_profile_with_layerq_broker_settings(monkeypatch):
+    import runpy
+
+    from layerq.celery_app import celery_config
+
+    flower = services()["flower"]
+    assert flower["profiles"] == ["flower"], "Flower is optional"
+    argv = command_of(flower)
+    assert argv[:3] == ["celery", "--config", "layerq_celeryconfig"] and "flower" in argv
+    port = option(argv, "--port")
+    assert any(str(p).endswith(f":{port}") for p in flower["ports"])
+    env = env_of(flower)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in flower["volumes"]}
+    module = ROOT / mounts[env["PYTHONPATH"]] / "layerq_celeryconfig.py"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    conf = runpy.run_path(str(module))
+    layerq = celery_config(Settings.from_env(env_of(services()["api"])))
+    assert conf["broker_url"] == layerq["broker_url"]
+    assert conf["broker_transport_options"]["global_keyprefix"] == layerq["broker_transport_options"]["global_keyprefix"]
 
 
 def test_compose_gpu_workers_keep_weights_on_a_volume_and_stop_gracefully():
@@ -367,6 +397,11 @@ def test_compose_gpu_workers_keep_weights_on_a_volume_and_stop_gracefully():
         assert all(src in declared for src in mounts.values())
         limit = Settings.from_env(env).job_time_limit_s
         assert duration_s(svc["stop_grace_period"]) >= limit, f"{name}: stop_grace_period shorter than a job"
+        if option(command_of(svc), "--gpus"):
+            from worker.supervisor import default_drain_timeout_s
+
+            assert duration_s(svc["stop_grace_period"]) > default_drain_timeout_s(limit), (
+                f"{name}: docker would kill the supervisor before it has drained its workers")
         assert svc.get("init") is True, f"{name}: an init process forwards SIGTERM and reaps children"
 
 
@@ -649,6 +684,7 @@ def test_k8s_gpu_worker_requests_one_gpu_and_waits_for_its_job():
     assert worker["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "a surge pod would wait for a free GPU"
     env = {v["name"]: v.get("value") for v in container["env"]}
     assert env["LAYERQ_DEVICE"] == "cuda"
+    assert option(container["command"], "--gpus") is None, "Kubernetes runs one pod per GPU, no supervisor"
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert any(env["HF_HOME"].startswith(m.rstrip("/") + "/") for m in mounts), "HF cache must be on the volume"
 
@@ -675,3 +711,67 @@ def test_k8s_hpa_scales_an_existing_deployment_with_cpu_requests():
         target = named(hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"])
         assert all("cpu" in c["resources"]["requests"] for c in containers(target)), "Utilization needs requests"
         assert hpa["spec"]["minReplicas"] <= target["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_k8s_disruption_budgets_select_one_workload_and_let_drains_proceed():
+    pdbs = {p["metadata"]["name"]: p for p in of_kind("PodDisruptionBudget")}
+    assert {"layerq-worker-gpu", "layerq-api"} <= set(pdbs)
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind("HorizontalPodAutoscaler")}
+    for name, pdb in pdbs.items():
+        spec = pdb["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec), name
+        selector = spec["selector"]["matchLabels"]
+        matches = [w for w in of_kind(*WORKLOAD_KINDS)
+                   if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"PodDisruptionBudget {name} selects {len(matches)} workloads"
+        target = matches[0]
+        if "maxUnavailable" in spec:
+            assert spec["maxUnavailable"] >= 1, f"{name}: a node drain could never evict a pod"
+        else:
+            fewest = hpas.get(target["metadata"]["name"], {}).get("spec", {}).get("minReplicas", target["spec"]["replicas"])
+            assert spec["minAvailable"] < fewest, f"{name}: a node drain could never evict a pod"
+    assert pdbs["layerq-worker-gpu"]["spec"]["maxUnavailable"] == 1, "GPU workers drain one at a time"
+
+
+KEDA_SCALEDOBJECT = K8S / "optional" / "keda-scaledobject.yaml"
+
+
+def test_keda_scales_the_gpu_workers_on_the_length_of_their_celery_queue():
+    from urllib.parse import urlsplit
+
+    from layerq.celery_app import celery_config
+    from layerq.messages import DECOMPOSE_QUEUE
+
+    (scaled,) = [d for d in yaml.safe_load_all(KEDA_SCALEDOBJECT.read_text()) if d]
+    assert scaled["apiVersion"].startswith("keda.sh/") and scaled["kind"] == "ScaledObject"
+    assert "namespace" not in scaled["metadata"]
+    target = named("Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    assert any("decompose" in queues(c.get("command", [])) for c in containers(target))
+    assert not [h for h in of_kind("HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == target["metadata"]["name"]], "two autoscalers, one target"
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"], "keep a loaded worker warm"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    meta = trigger["metadata"]
+    settings = Settings.from_env(configmap_data())
+    prefix = celery_config(settings)["broker_transport_options"]["global_keyprefix"]
+    assert meta["listName"] == prefix + DECOMPOSE_QUEUE, "the Redis list Celery queues decompose jobs in"
+    assert int(meta["listLength"]) >= 1
+    url = urlsplit(settings.redis_url)
+    host, port = meta["address"].rsplit(":", 1)
+    assert host.split(".")[0] == url.hostname and int(port) == (url.port or 6379)
+    assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+    named("Service", url.hostname)
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert not [r for r in kustomization["resources"] if "keda" in r], "KEDA is optional: its CRD may be absent"
+
+
+def test_k8s_metrics_annotations_point_at_open_ports():
+    metrics_port = Settings.from_env(configmap_data()).worker_metrics_port
+    for workload in of_kind(*WORKLOAD_KINDS):
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            (container,) = containers(workload)
+            port_number(container, int(annotations["prometheus.io/port"]))
+    (gpu,) = containers(named("Deployment", "layerq-worker-gpu"))
+    assert port_number(gpu, "metrics") == metrics_port, "the worker serves metrics on LAYERQ_WORKER_METRICS_PORT"

@@ -17,11 +17,12 @@ from typing import Any
 import redis
 from PIL import Image
 
-from layerq import keys
+from layerq import keys, metrics
 from layerq.errors import (
     InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed, ValidationFailed,
 )
 from layerq.jobs import JobStatus
+from layerq.logs import bind_log_context
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
 from storage.base import Pieces
@@ -124,9 +125,14 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
         rt.liveness.hold(msg.job_id, delivery_tag)
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
+    context = bind_log_context(job_id=msg.job_id, tenant=(rt.jobs.get(msg.job_id) or {}).get("tenant"))
+    metrics.JOBS.labels("decompose", "running").inc()
     try:
-        return _run_claimed(rt, msg)
+        status = _run_claimed(rt, msg)
+        metrics.JOBS.labels("decompose", status).inc()
+        return status
     finally:
+        context.reset()
         if rt.liveness:
             rt.liveness.release()
 
@@ -157,6 +163,7 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
         # Canceled while we were uploading: the cancel wins and the results go.
         return _cancel(rt, msg.job_id, timings)
     rt.stats.record(msg.params.model_dump(), timings)
+    metrics.observe_stages("decompose", timings)
     _index_for_cache(rt, msg.job_id)
     _notify(rt, msg.job_id)
     return "succeeded"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
+from layerq import metrics
 from layerq.config import Settings
 from storage.base import ObjectStore
 from storage.factory import open_object_store
@@ -61,7 +62,11 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
             speedups=settings.gpu_speedups, fast_captions=settings.fast_captions,
             warmup_buckets=settings.warmup_bucket_list,
         )
-        log.info("pipeline %s loaded in %.1f s", settings.model, time.perf_counter() - t0)
+        load_s = time.perf_counter() - t0
+        log.info("pipeline %s loaded in %.1f s", settings.model, load_s)
+        metrics.MODEL_LOAD_SECONDS.labels(settings.model).set(load_s)
+        metrics.track_gpu_memory()
+    metrics.serve_worker_metrics(settings.worker_metrics_port)
     client = connect(settings.redis_url)
     jobs = JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
     # Unique per process, even when a restarted pod reuses its hostname: a dead worker's heartbeat

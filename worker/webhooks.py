@@ -26,6 +26,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
+from layerq import metrics
 from layerq.errors import JobNotFound
 from layerq.webhooks import (
     WEBHOOK_QUEUE, WEBHOOK_TASK, Event, Resolver, Target, WebhookTargetRefused, WebhookUnresolvable,
@@ -90,6 +91,7 @@ def deliver(msg: WebhookMessage, *, settings: Any, jobs: JobStore, store: Any, r
         else:
             outcome = dataclasses.replace(outcome, state="failed")
     _record(jobs, key, msg, outcome, started, int(getattr(settings, "job_ttl_s", 7 * 24 * 3600)))
+    metrics.WEBHOOK_DELIVERIES.labels(str(msg.event), outcome.state).inc()
     log_fn = log.info if outcome.state in ("delivered", "retrying") else log.warning
     log_fn("webhook %s attempt %d for job %s: %s %s", msg.delivery_id, msg.attempt, msg.job_id, outcome.state,
            outcome.error or outcome.status_code)
