@@ -140,6 +140,8 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
     wait(d, lambda d: by_id(d, "preview").is_displayed(), message="the sample never showed")
     by_id(d, "submit").click()
     wait(d, lambda d: "Job " in by_id(d, "progress-text").text, message="no progress line")
+    if not by_id(d, "result").is_displayed():
+        screenshot(d, shots, "decompose-progress")  # when the job is still queued or running
     wait(d, lambda d: by_id(d, "result").is_displayed(), JOB_WAIT_S, "the job never finished: " + by_id(d, "progress-text").text)
     assert "succeeded" in by_id(d, "progress-text").text
     assert len(d.find_elements("css selector", "#gallery li")) == 3
@@ -160,6 +162,14 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
     assert signatures[-1] == [0, 0, 0, 0] and len({tuple(s) for s in signatures}) > 1
     by_id(d, "reset-layers").click()
     assert composite_signature(d) == signatures[0]
+
+    # Reordering and moving (the keyboard way) change it too; reset brings the original back.
+    by_id(d, "up-0").click()
+    assert composite_signature(d) != signatures[0]
+    by_id(d, "reset-layers").click()
+    by_id(d, "composite").send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)  # moves the selected (top) layer 10 px
+    assert composite_signature(d) != signatures[0]
+    by_id(d, "reset-layers").click()
     screenshot(d, shots, "decompose")
 
     # A rejected upload shows the server's message and the field it concerns.

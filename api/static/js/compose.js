@@ -72,7 +72,7 @@ export class LayerStack {
     if (!this.selected) return;
     this.selected.dx += dx;
     this.selected.dy += dy;
-    this.changed();
+    this.render(); // positions are not shown in the gallery: no need to rebuild it on every move
   }
 
   #wireMoves() {

@@ -40,6 +40,8 @@ function choose(blob, name) {
   img.hidden = false;
   $("drop-help").textContent = `${name} — drop another image or press Enter to change it`;
   hideError($("decompose-error"));
+  // A finished job's progress line would read as if it belonged to the new image.
+  if (!currentJob || ["succeeded", "failed", "canceled"].includes(currentJob.status)) $("progress-box").hidden = true;
 }
 
 async function submit() {
@@ -69,6 +71,7 @@ export function follow(job) {
   watcher?.stop();
   currentJob = job;
   $("result").hidden = true;
+  $("result-empty").hidden = false;
   hideError($("decompose-error"));
   $("progress-box").hidden = false;
   update(job);
@@ -131,6 +134,7 @@ async function showResult(job) {
     list.append(li);
   }
   $("result").hidden = false;
+  $("result-empty").hidden = true;
 }
 
 function renderGallery(s) {
@@ -150,15 +154,17 @@ function renderGallery(s) {
     const vis = Object.assign(document.createElement("input"), { type: "checkbox", checked: layer.visible, id: `vis-${layer.index}` });
     vis.addEventListener("change", () => s.toggle(layer, vis.checked));
     const visLabel = Object.assign(document.createElement("label"), { htmlFor: vis.id, textContent: "Visible" });
-    const sel = button(`sel-${layer.index}`, layer === s.selected ? "Selected" : "Select", `Select ${name} to move it on the composite`, () => s.select(layer));
+    const sel = button(`sel-${layer.index}`, "Select", `Select ${name} to move it on the composite`, () => s.select(layer));
     sel.setAttribute("aria-pressed", String(layer === s.selected));
     const up = button(`up-${layer.index}`, "↑", `Move ${name} up`, () => s.restack(layer, +1), pos === n - 1);
     const down = button(`down-${layer.index}`, "↓", `Move ${name} down`, () => s.restack(layer, -1), pos === 0);
     const dl = Object.assign(document.createElement("a"), { href: layer.url, textContent: "PNG", title: `Download ${name}` });
     dl.setAttribute("download", `layer_${String(layer.index).padStart(2, "0")}.png`);
     dl.setAttribute("aria-label", `Download ${name} as PNG`);
-    tools.append(vis, visLabel, sel, up, down, dl);
-    li.append(img, title, tools);
+    const order = Object.assign(document.createElement("div"), { className: "tools" });
+    tools.append(vis, visLabel, dl);
+    order.append(sel, up, down);
+    li.append(img, title, tools, order);
     gallery.append(li);
   });
   if (focused) document.getElementById(focused)?.focus();
