@@ -122,6 +122,17 @@ def wait_for_file(folder: Path, prefix: str, suffix: str, timeout_s: float = 60)
     raise AssertionError(f"no {prefix}*{suffix} downloaded into {folder}: {sorted(p.name for p in folder.iterdir())}")
 
 
+def failing_job(base: str) -> str:
+    """A job on an uploaded input that is not an image: accepted (the API never reads uploads), then
+    failed by the worker with `invalid_image`."""
+    up = requests.post(base + "/v1/uploads", json={"content_type": "image/png", "filename": "broken.png"}, timeout=30).json()
+    requests.put(up["url"], data=b"not an image", headers=up["headers"], timeout=30).raise_for_status()
+    job = requests.post(base + "/v1/jobs", json={"input_key": up["input_key"], "params": {"num_inference_steps": 2,
+                        "prompt": "x"}}, timeout=30)
+    assert job.status_code == 202, job.text
+    return job.json()["id"]
+
+
 def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, shots, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
@@ -210,6 +221,33 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
     rows = [r.text for r in d.find_elements("css selector", "#jobs-table tbody tr")]
     assert "batch: 2/2 done" in rows[0] and "sample.png" in rows[1] and "succeeded" in rows[1]
     screenshot(d, shots, "jobs")
+
+    # Another key has its own (empty) list; going back to no key brings these back.
+    fill(d, "api-key", "another-key")
+    d.find_element("css selector", "#key-form button").click()
+    wait(d, lambda d: by_id(d, "jobs-empty").is_displayed(), 30, "another key still lists these jobs")
+    assert d.execute_script("return localStorage.getItem('layerq.apiKey')") == "another-key"
+    by_id(d, "api-key").clear()
+    d.find_element("css selector", "#key-form button").click()
+    wait(d, lambda d: len(d.find_elements("css selector", "#jobs-table tbody tr")) == 2, 60, "jobs list not restored")
+
+    # A job that fails (its uploaded input is not an image: the worker rejects it) reads as failed in
+    # the list, and opening it shows the job's error.
+    failed_id = failing_job(local_stack.url)
+    d.execute_script("const k = 'layerq.jobs.public', l = JSON.parse(localStorage.getItem(k) || '[]');"
+                     "l.unshift({id: arguments[0], kind: 'job', name: 'broken.png', at: new Date().toISOString()});"
+                     "localStorage.setItem(k, JSON.stringify(l));", failed_id)
+    first_row = "return document.querySelector('#jobs-table tbody tr')?.textContent || ''"
+    deadline = time.monotonic() + JOB_WAIT_S
+    while "failed" not in d.execute_script(first_row):  # the list re-reads every job on Refresh
+        assert time.monotonic() < deadline, "the broken job never failed: " + d.execute_script(first_row)
+        by_id(d, "jobs-refresh").click()
+        time.sleep(1)
+    assert "broken.png" in d.execute_script(first_row)
+    d.find_element("css selector", "#jobs-table tbody tr button").click()  # Open
+    wait(d, lambda d: by_id(d, "decompose-error").is_displayed(), message="no error shown for a failed job")
+    assert "The job failed" in by_id(d, "decompose-error").text and "invalid_image" in by_id(d, "decompose-error").text
+    screenshot(d, shots, "failed-job")
 
     # No errors in the console, except the network line for the upload the server rightly refused.
     problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE"

@@ -23,6 +23,7 @@ export async function initDecompose() {
   dropZone($("drop"), $("file"), ([f]) => choose(f, f.name));
   $("use-sample").addEventListener("click", async () => {
     const resp = await fetch("/sample.png");
+    $("file").value = ""; // the picker would otherwise still name the previous file
     choose(await resp.blob(), "sample.png");
   });
   $("decompose-form").addEventListener("submit", (e) => { e.preventDefault(); submit(); });
@@ -66,8 +67,17 @@ async function submit() {
   }
 }
 
-/** Follow a job (just submitted, or opened from the jobs list) until it ends, then show its layers. */
-export function follow(job) {
+/** Follow a job opened from the jobs list or the batch table: the chosen image is not its input. */
+export function open(job) {
+  chosen = null;
+  $("file").value = "";
+  $("preview").hidden = true;
+  $("drop-help").textContent = "Drop an image here, or press Enter to choose a file";
+  follow(job);
+}
+
+/** Follow a job until it ends, then show its layers. */
+function follow(job) {
   watcher?.stop();
   currentJob = job;
   $("result").hidden = true;

@@ -2,7 +2,7 @@
 
 import { apiKey, setApiKey } from "./api.js";
 import { follow as followBatch, initBatch } from "./batch.js";
-import { follow as followJob, initDecompose } from "./decompose.js";
+import { initDecompose, open as openJobView } from "./decompose.js";
 import { initJobs, refresh as refreshJobs } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
@@ -44,7 +44,7 @@ $("key-form").addEventListener("submit", (e) => {
 });
 showKeyState();
 
-const openJob = (job) => { show($("tab-decompose")); followJob(job); };
+const openJob = (job) => { show($("tab-decompose")); openJobView(job); };
 const openBatch = (id, names) => { show($("tab-batch")); followBatch(id, names); };
 
 await Promise.all([initDecompose(), initBatch(openJob)]);
