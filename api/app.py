@@ -50,13 +50,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         celery=make_celery(settings),
     )
 
-    from api import batches, files, jobs, openapi, uploads
+    from api import batches, files, jobs, openapi, uploads, web
 
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(uploads.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(web.bp)
     errors.register(app)
     contract.register(app)
     observability.register(app, app.extensions["layerq"].jobs.queued_count)

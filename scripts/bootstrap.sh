@@ -20,6 +20,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  # The web page's browser test (tests/test_web.py) drives Debian's chromium; it skips without it.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver ..." >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "warning: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "warning: chromium/chromedriver not found; the browser test will be skipped" >&2
+  fi
+fi
+
 stamp="$venv/.layerq-installed"
 want="$(cat pyproject.toml; echo "$torch_spec")"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(printf '%s' "$want" | sha256sum)" ]; then
