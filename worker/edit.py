@@ -49,7 +49,9 @@ def resolve_edit_model(model: str, cache_dir: Path) -> str:
     return model
 
 
-def load_edit_pipeline(model: str = EDIT_MODEL_DEFAULT, device: str = "auto", cache_dir: Path = Path("~/.cache/layerq")) -> Any:
+def load_edit_pipeline(
+    model: str = EDIT_MODEL_DEFAULT, device: str = "auto", cache_dir: Path = Path(".layerq/models")
+) -> Any:
     """Load `QwenImageEditPlusPipeline` from a hub id, a local dir or `tiny`, onto `device`."""
     from diffusers import QwenImageEditPlusPipeline
 
