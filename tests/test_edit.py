@@ -70,7 +70,8 @@ def test_an_error_in_the_progress_callback_propagates_as_is(pipe) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"instruction": "  "}, "prompt"), ({"instruction": "x" * 2001}, "prompt"),
-     ({"num_inference_steps": 1}, "num_inference_steps")],
+     ({"num_inference_steps": 1}, "num_inference_steps"), ({"matte": "rmbg"}, "matte"),
+     ({"matte": "model"}, "matte")],
 )
 def test_bad_parameters_are_refused_before_the_model_runs(pipe, kwargs: dict, field: str) -> None:
     args = {"instruction": "recolour", "num_inference_steps": 2, **kwargs}

@@ -94,7 +94,12 @@ def edit_layer(
         # Same scheduler as decomposition: one step stretches sigmas by 0/0 and the image comes out blank.
         raise ValidationFailed("num_inference_steps must be at least 2 with this model's scheduler",
                                field="num_inference_steps")
-    matte_fn = get_matte(matte) if isinstance(matte, str) else matte
+    try:
+        # A name picks `keep` or `chroma`; a configured `model` matte is built once by the worker and
+        # passed in as an object (it holds a loaded segmentation model).
+        matte_fn = get_matte(matte) if isinstance(matte, str) else matte
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="matte") from None
     source = layer.convert("RGBA")
 
     def step_end(p: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
