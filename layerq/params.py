@@ -7,11 +7,29 @@ the OpenAPI document, so the three can never disagree.
 from __future__ import annotations
 
 import secrets
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
 
 MAX_SEED = 2**32 - 1
+MIN_LAYERS, MAX_LAYERS = 2, 10
+
+
+def _layer_count(value: Any) -> int | str:
+    """`layers` is an int in range or "auto". Checked by hand (not as a pydantic union) so an error
+    is reported on `layers` itself rather than on one member of the union."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError('must be an integer or "auto"')
+    if not MIN_LAYERS <= value <= MAX_LAYERS:
+        raise ValueError(f"must be between {MIN_LAYERS} and {MAX_LAYERS}, or \"auto\"")
+    return value
+
+
+LayerCount = Annotated[int | Literal["auto"], PlainValidator(
+    _layer_count, json_schema_input_type=Annotated[int, Field(ge=MIN_LAYERS, le=MAX_LAYERS)] | Literal["auto"],
+)]
 
 
 class DecomposeParams(BaseModel):
@@ -19,7 +37,14 @@ class DecomposeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    layers: int = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
+    layers: LayerCount = Field(
+        4, description='Number of RGBA layers to produce, or "auto": decompose into `max_layers` and drop the '
+        "layers that hardly show (see `drop_empty`).",
+    )
+    max_layers: int = Field(8, ge=MIN_LAYERS, le=MAX_LAYERS, description='How many layers `"auto"` decomposes into.')
+    drop_empty: bool = Field(
+        False, description="Drop layers whose visible coverage is under the threshold (always on for `auto`).",
+    )
     resolution: Literal[640, 1024] = Field(640, description="Resolution bucket (640 recommended).")
     num_inference_steps: int = Field(50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more).")
     true_cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
@@ -30,6 +55,24 @@ class DecomposeParams(BaseModel):
     use_en_prompt: bool = Field(True, description="Caption in English (else Chinese) when `prompt` is empty.")
     cfg_normalize: bool = Field(True, description="Renormalise the CFG output to the conditional norm.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent.")
+
+    @field_validator("max_layers")
+    @classmethod
+    def _max_layers_only_with_auto(cls, value: int, info: ValidationInfo) -> int:
+        # Runs only when max_layers is given; a count given next to it is a mistake worth naming.
+        if info.data.get("layers", "auto") != "auto":
+            raise ValueError('only applies with layers "auto"')
+        return value
+
+    @property
+    def layer_count(self) -> int:
+        """How many layers the model is asked for."""
+        return self.max_layers if self.layers == "auto" else int(self.layers)
+
+    @property
+    def drops_sparse_layers(self) -> bool:
+        """Whether layers under the coverage threshold are dropped after decomposing."""
+        return self.layers == "auto" or self.drop_empty
 
     def with_seed(self) -> "DecomposeParams":
         """These parameters with a seed fixed, so the recorded job can be reproduced exactly."""
