@@ -125,7 +125,14 @@ class DecomposePipeline:
         cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models",
         speedups: bool = True, fast_captions: bool = False, warmup_buckets: tuple[tuple[int, int], ...] = (),
     ) -> DecomposePipeline:
-        """Load once per worker process (tens of seconds and ~54 GB for the real model)."""
+        """Load once per worker process (tens of seconds and ~54 GB for the real model).
+
+        `classic` loads the no-GPU baseline instead (worker.layersets.classic), which has the same
+        `run` and needs nothing loaded."""
+        if model == "classic":
+            from worker.layersets.classic import ClassicDecomposer
+
+            return ClassicDecomposer.load(model)  # type: ignore[return-value]  # same duck type: run()
         from diffusers import QwenImageLayeredPipeline
 
         dev, dtype = resolve_device(device)
