@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 MAX_SEED = 2**32 - 1
 MIN_LAYERS, MAX_LAYERS = 2, 10
@@ -41,7 +41,11 @@ class DecomposeParams(BaseModel):
         4, description='Number of RGBA layers to produce, or "auto": decompose into `max_layers` and drop the '
         "layers that hardly show (see `drop_empty`).",
     )
-    max_layers: int = Field(8, ge=MIN_LAYERS, le=MAX_LAYERS, description='How many layers `"auto"` decomposes into.')
+    # Ignored, not refused, next to an explicit count: the params are dumped into the queue message and
+    # validated again in the worker, where the default comes back as an explicit value.
+    max_layers: int = Field(
+        8, ge=MIN_LAYERS, le=MAX_LAYERS, description='How many layers `"auto"` decomposes into; ignored with a count.',
+    )
     drop_empty: bool = Field(
         False, description="Drop layers whose visible coverage is under the threshold (always on for `auto`).",
     )
@@ -55,14 +59,6 @@ class DecomposeParams(BaseModel):
     use_en_prompt: bool = Field(True, description="Caption in English (else Chinese) when `prompt` is empty.")
     cfg_normalize: bool = Field(True, description="Renormalise the CFG output to the conditional norm.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent.")
-
-    @field_validator("max_layers")
-    @classmethod
-    def _max_layers_only_with_auto(cls, value: int, info: ValidationInfo) -> int:
-        # Runs only when max_layers is given; a count given next to it is a mistake worth naming.
-        if info.data.get("layers", "auto") != "auto":
-            raise ValueError('only applies with layers "auto"')
-        return value
 
     @property
     def layer_count(self) -> int:
