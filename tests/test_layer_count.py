@@ -57,6 +57,14 @@ def test_layers_schema_offers_a_bounded_integer_or_auto():
     assert {"const": "auto", "type": "string"} in schema["anyOf"]
 
 
+def test_auto_jobs_are_timed_in_the_bucket_of_the_count_the_model_runs():
+    from storage.stats import bucket
+
+    assert bucket(DecomposeParams(layers="auto", max_layers=6).model_dump()) == "640x6"
+    assert bucket(DecomposeParams(layers="auto").model_dump()) == "640x8"
+    assert bucket(DecomposeParams(layers=3).model_dump()) == "640x3"
+
+
 def test_coverage_is_each_layers_share_of_the_composite():
     backdrop = Image.new("RGBA", SIZE, (255, 255, 255, 255))
     half = shape_layer(SIZE, (0, 0, 49, 79), (255, 0, 0, 255))  # left half
