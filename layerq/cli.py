@@ -153,7 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env(model=args.model, storage_dir=str(run_dir / "data"),
                                  model_cache_dir=os.environ.get("LAYERQ_MODEL_CACHE_DIR", ".layerq/models"))
     private_redis = _wants_private_redis()
-    print(f"starting layerq with model {settings.model!r} (first run builds the tiny model) ...", flush=True)
+    note = " (first run builds the tiny model)" if settings.model == "tiny" else ""
+    print(f"starting layerq with model {settings.model!r}{note} ...", flush=True)
     with LocalStack(settings, run_dir=run_dir) as stack:
         stack.start(workers=1, start_redis=private_redis, timeout_s=900)
         print(f"layerq is up at {stack.url}", flush=True)
