@@ -163,3 +163,56 @@ def check_ops(ops: Sequence[LayerOp], layer_count: int, width: int, height: int)
 def _failed(n: int, name: str, message: str) -> ValidationFailed:
     field = f"params.ops.{n}.{name}"
     return ValidationFailed(f"{field}: {message}", field=field)
+
+
+class ComposeParams(BaseModel):
+    """`params` of a `compose` job: the operations, applied in order to the parent set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ops: list[LayerOp] = Field(default_factory=list, max_length=MAX_OPS)
+
+    @classmethod
+    def from_request(cls, raw: object) -> ComposeParams:
+        """Validate request params, naming `params.ops.N.field` (pydantic's own location would carry
+        the op's name as an extra level). Check against the parent set with `check_ops` once it is known.
+
+        :raises ValidationFailed: naming the field.
+        """
+        if not isinstance(raw, dict):
+            raise ValidationFailed("params: must be an object", field="params")
+        unknown = sorted(set(raw) - {"ops"})
+        if unknown:
+            raise ValidationFailed(f"params.{unknown[0]}: unknown field", field=f"params.{unknown[0]}")
+        return cls(ops=parse_ops(raw.get("ops", [])))
+
+
+#: Bounds of a combine: a layer's offset and an explicit canvas side, in pixels.
+MAX_CANVAS_SIDE = 8192
+
+
+class LayerPlacement(BaseModel):
+    """Where one uploaded layer's top-left corner sits on the canvas (may be negative: cropped)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    x: int = Field(0, ge=-MAX_CANVAS_SIDE, le=MAX_CANVAS_SIDE)
+    y: int = Field(0, ge=-MAX_CANVAS_SIDE, le=MAX_CANVAS_SIDE)
+
+
+class CanvasSize(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(ge=1, le=MAX_CANVAS_SIDE)
+    height: int = Field(ge=1, le=MAX_CANVAS_SIDE)
+
+
+class CombineParams(BaseModel):
+    """`params` of a `combine` job. The layers are the uploaded images, bottom first; `placements[i]`
+    places upload i (missing entries: at the origin). Without `canvas`, the canvas runs from the origin
+    to the furthest right and bottom edge of any layer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    placements: list[LayerPlacement] = Field(default_factory=list, max_length=64)
+    canvas: CanvasSize | None = None

@@ -189,3 +189,37 @@ def test_apply_ops_does_not_modify_its_input():
     snapshot = [pixels(layer.image) for layer in layers]
     run(layers, [{"op": "recolour", "index": 1, "hue_shift": 90}, {"op": "scale", "index": 2, "factor": 2}])
     assert all(np.array_equal(pixels(l.image), s) for l, s in zip(layers, snapshot, strict=True))
+
+
+def test_compose_params_from_a_request_name_the_fields():
+    from layerq.layer_ops import ComposeParams
+
+    params = ComposeParams.from_request({"ops": [{"op": "move", "index": 1, "dx": 3}]})
+    assert params.ops[0].dx == 3 and ComposeParams.from_request({}).ops == []
+    for raw, field in [({"ops": [{"op": "scale", "index": 0, "factor": 0}]}, "params.ops.0.factor"),
+                       ({"opz": []}, "params.opz"), ([], "params")]:
+        with pytest.raises(ValidationFailed) as info:
+            ComposeParams.from_request(raw)
+        assert info.value.field == field
+    # The params survive the trip through a queue message.
+    assert ComposeParams.model_validate(params.model_dump(mode="json")) == params
+
+
+def test_compose_applies_ops_to_a_stored_parent_set():
+    from worker.layersets.operations import compose
+
+    parent = [layer.image for layer in three_layers()]
+    canvas, layers = compose(parent, parse_ops([{"op": "delete", "index": 0}]))
+    assert canvas == CANVAS and [layer.source for layer in layers] == [1, 2]
+    assert all(image.size == SIZE for image in render_stack(layers, canvas))
+
+
+def test_combine_params():
+    from pydantic import ValidationError
+
+    from layerq.layer_ops import CombineParams
+
+    params = CombineParams.model_validate({"placements": [{}, {"x": -4, "y": 9}], "canvas": {"width": 50, "height": 40}})
+    assert params.placements[1].x == -4 and params.canvas.width == 50
+    with pytest.raises(ValidationError):
+        CombineParams.model_validate({"canvas": {"width": 0, "height": 10}})

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from layerq.layer_ops import MAX_CANVAS_SIDE
 from worker.exports import composite
 
 from .placed import Canvas, PlacedLayer, render_stack
 
-#: The largest canvas side a combine produces, in pixels (a stray offset must not allocate gigabytes).
-MAX_CANVAS_SIDE = 8192
+__all__ = ["MAX_CANVAS_SIDE", "LayerSet", "canvas_for", "combine"]  # MAX_CANVAS_SIDE: a stray offset must not allocate gigabytes
 
 
 @dataclass(frozen=True)

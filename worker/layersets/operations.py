@@ -16,7 +16,7 @@ from layerq.layer_ops import (
     Delete, Hide, LayerOp, Move, Opacity, Recolour, Reorder, Scale, check_ops,
 )
 
-from .placed import Canvas, PlacedLayer
+from .placed import Canvas, PlacedLayer, from_stack
 
 # Where each anchor sits in the content box, as fractions of its width and height.
 _ANCHORS: dict[str, tuple[float, float]] = {
@@ -60,6 +60,16 @@ def apply_ops(layers: Sequence[PlacedLayer], ops: Sequence[LayerOp], canvas: Can
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"unknown operation {op!r}")
     return stack
+
+
+def compose(parent: Sequence[Image.Image], ops: Sequence[LayerOp]) -> tuple[Canvas, list[PlacedLayer]]:
+    """What a `compose` job computes: the parent set's canvas-sized layers (bottom first, as stored)
+    after *ops*. Export ``render_stack(layers, canvas)``.
+
+    :raises ValidationFailed: an op does not fit the parent set.
+    """
+    canvas = Canvas(*parent[0].size)
+    return canvas, apply_ops(from_stack(parent), ops, canvas)
 
 
 def scale_layer(layer: PlacedLayer, factor: float, anchor: str = "center") -> PlacedLayer:
