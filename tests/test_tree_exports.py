@@ -126,3 +126,13 @@ def test_a_tree_without_decompositions_exports_like_a_flat_set():
     assert exports["ora"] == flat["ora"] == to_ora(layers)
     assert exports["zip"] == flat["zip"]
     assert ora_stack_xml(Decomposition(layers)) == zipfile.ZipFile(io.BytesIO(flat["ora"])).read("stack.xml")
+
+
+def test_sub_layers_of_another_resolution_are_fitted_to_the_parent_canvas():
+    from worker.layersets.tree import fitted
+
+    same = Image.new("RGBA", SIZE)
+    big = Image.new("RGBA", (128, 96), (10, 20, 30, 255))
+    out = fitted([same, big], SIZE)
+    assert out[0] is same and out[1].size == SIZE
+    assert tuple(pixels(out[1])[10, 10]) == (10, 20, 30, 255)

@@ -60,6 +60,14 @@ def leaves(tree: Decomposition, prefix: str = "", groups: tuple[str, ...] = ()) 
     return out
 
 
+def fitted(layers: Sequence[Image.Image], size: tuple[int, int]) -> list[Image.Image]:
+    """Sub-layers brought to the parent canvas *size*: unchanged when they have it (the model gives a
+    layer decomposed at its set's resolution its own size back), else resized with Lanczos (a
+    sub-decomposition run at another resolution bucket)."""
+    return [layer if layer.size == tuple(size) else layer.convert("RGBA").resize(size, Image.Resampling.LANCZOS)
+            for layer in layers]
+
+
 def tree_stack(tree: Decomposition) -> list[Image.Image]:
     """The leaves' images, validated (RGBA, one size): what the flat exports and the PNGs hold."""
     return validate_layers([leaf.image for leaf in leaves(tree)])
