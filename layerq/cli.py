@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", type=Path)
     s.add_argument("--url", default=os.environ.get("LAYERQ_API_URL", "http://127.0.0.1:8000"))
     s.add_argument("--params", default="{}", help="job parameters as a JSON object")
-    s.add_argument("--layers", type=int)
+    s.add_argument("--layers", type=_layer_count, help='2-10, or "auto"')
     s.add_argument("--resolution", type=int)
     s.add_argument("--steps", dest="num_inference_steps", type=int)
     s.add_argument("--prompt")
@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--layers", type=int, default=4)
     d.add_argument("--steps", type=int, default=20)
     return p
+
+
+def _layer_count(text: str) -> int | str:
+    """`--layers 5` or `--layers auto` (the API validates the range)."""
+    return text if text == "auto" else int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

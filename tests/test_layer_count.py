@@ -103,3 +103,10 @@ def test_at_least_one_layer_is_kept():
     faint = Image.new("RGBA", SIZE, (0, 0, 0, 1))
     kept, dropped = drop_sparse_layers([blank(), faint, blank()])
     assert kept == [faint] and [d.index for d in dropped] == [0, 2]
+
+
+def test_the_cli_passes_auto_through():
+    from layerq.cli import build_parser
+
+    assert build_parser().parse_args(["submit", "poster.png", "--layers", "auto"]).layers == "auto"
+    assert build_parser().parse_args(["submit", "poster.png", "--layers", "5"]).layers == 5
