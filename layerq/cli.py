@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", type=Path)
     s.add_argument("--url", default=os.environ.get("LAYERQ_API_URL", "http://127.0.0.1:8000"))
     s.add_argument("--params", default="{}", help="job parameters as a JSON object")
-    s.add_argument("--layers", type=int)
+    s.add_argument("--layers", type=_layer_count, help='2-10, or "auto"')
     s.add_argument("--resolution", type=int)
     s.add_argument("--steps", dest="num_inference_steps", type=int)
     s.add_argument("--prompt")
@@ -68,6 +68,11 @@ def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
         "--stop-timeout", type=float, default=30.0, metavar="SECONDS",
         help="on SIGTERM, SIGINT (Ctrl-C) or SIGHUP, how long workers may finish their running job "
              "before they are killed and the job is handed back to the queue (default 30; Redis gets 10 s more)")
+
+
+def _layer_count(text: str) -> int | str:
+    """`--layers 5` or `--layers auto` (the API validates the range)."""
+    return text if text == "auto" else int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +219,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env(model=args.model, storage_dir=str(run_dir / "data"),
                                  model_cache_dir=os.environ.get("LAYERQ_MODEL_CACHE_DIR", ".layerq/models"))
     private_redis = _wants_private_redis()
-    print(f"starting layerq with model {settings.model!r} (first run builds the tiny model) ...", flush=True)
+    note = " (first run builds the tiny model)" if settings.model == "tiny" else ""
+    print(f"starting layerq with model {settings.model!r}{note} ...", flush=True)
     try:
         # As in `up`: a signal at any point stops everything started so far, within the bound.
         with stop_on_signals(), LocalStack(settings, run_dir=run_dir, stop_timeout_s=args.stop_timeout) as stack:

@@ -9,9 +9,29 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 MAX_SEED = 2**32 - 1
+MIN_LAYERS, MAX_LAYERS = 2, 10
+
+
+def _layer_count(value: Any) -> int | str:
+    """`layers` is an int in range or "auto". Checked by hand (not as a pydantic union) so an error
+    is reported on `layers` itself rather than on one member of the union."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():  # JSON Schema's integer: 4.0 is one
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError('must be an integer or "auto"')
+    if not MIN_LAYERS <= value <= MAX_LAYERS:
+        raise ValueError(f"must be between {MIN_LAYERS} and {MAX_LAYERS}, or \"auto\"")
+    return value
+
+
+LayerCount = Annotated[int | Literal["auto"], PlainValidator(
+    _layer_count, json_schema_input_type=Annotated[int, Field(ge=MIN_LAYERS, le=MAX_LAYERS)] | Literal["auto"],
+)]
 
 
 def _integral(value: Any) -> Any:
@@ -31,7 +51,18 @@ class DecomposeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    layers: JsonInt = Field(4, ge=2, le=10, description="Number of RGBA layers to produce.")
+    layers: LayerCount = Field(
+        4, description='Number of RGBA layers to produce, or "auto": decompose into `max_layers` and drop the '
+        "layers that hardly show (see `drop_empty`).",
+    )
+    # Ignored, not refused, next to an explicit count: the params are dumped into the queue message and
+    # validated again in the worker, where the default comes back as an explicit value.
+    max_layers: JsonInt = Field(
+        8, ge=MIN_LAYERS, le=MAX_LAYERS, description='How many layers `"auto"` decomposes into; ignored with a count.',
+    )
+    drop_empty: bool = Field(
+        False, description="Drop layers whose visible coverage is under the threshold (always on for `auto`).",
+    )
     resolution: Resolution = Field(640, description="Resolution bucket (640 recommended).")
     num_inference_steps: JsonInt = Field(
         50, ge=2, le=200, description="Denoising steps (the scheduler needs two or more)."
@@ -46,6 +77,16 @@ class DecomposeParams(BaseModel):
     seed: Annotated[int | None, BeforeValidator(_integral)] = Field(
         None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent."
     )
+
+    @property
+    def layer_count(self) -> int:
+        """How many layers the model is asked for."""
+        return self.max_layers if self.layers == "auto" else int(self.layers)
+
+    @property
+    def drops_sparse_layers(self) -> bool:
+        """Whether layers under the coverage threshold are dropped after decomposing."""
+        return self.layers == "auto" or self.drop_empty
 
     def with_seed(self) -> "DecomposeParams":
         """These parameters with a seed fixed, so the recorded job can be reproduced exactly."""

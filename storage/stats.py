@@ -18,7 +18,10 @@ KEEP = 10  # measurements kept per term and bucket: recent ones, since a machine
 
 
 def bucket(params: dict[str, Any]) -> str:
-    return f"{int(params.get('resolution', 640))}x{int(params.get('layers', 4))}"
+    layers = params.get("layers", 4)
+    if layers == "auto":  # the model is asked for max_layers; dropping afterwards costs nothing
+        layers = params.get("max_layers", 8)
+    return f"{int(params.get('resolution', 640))}x{int(layers)}"
 
 
 def _tokens(b: str) -> float:

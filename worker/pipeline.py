@@ -125,7 +125,14 @@ class DecomposePipeline:
         cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models",
         speedups: bool = True, fast_captions: bool = False, warmup_buckets: tuple[tuple[int, int], ...] = (),
     ) -> DecomposePipeline:
-        """Load once per worker process (tens of seconds and ~54 GB for the real model)."""
+        """Load once per worker process (tens of seconds and ~54 GB for the real model).
+
+        `classic` loads the no-GPU baseline instead (worker.layersets.classic), which has the same
+        `run` and needs nothing loaded."""
+        if model == "classic":
+            from worker.layersets.classic import ClassicDecomposer
+
+            return ClassicDecomposer.load(model)  # type: ignore[return-value]  # same duck type: run()
         from diffusers import QwenImageLayeredPipeline
 
         dev, dtype = resolve_device(device)
@@ -173,7 +180,7 @@ class DecomposePipeline:
         on_step: OnStep | None = None,
         should_stop: ShouldStop | None = None,
     ) -> list[Image.Image]:
-        """Decompose `image` into `params.layers` RGBA layers, bottom first, each `output_size(...)`.
+        """Decompose `image` into `params.layer_count` RGBA layers, bottom first, each `output_size(...)`.
 
         `on_step(done, total)` is called after every denoising step; `should_stop()` is polled there
         too and returns None to go on, or "canceled" / "time_limit" to stop (the auto-caption phase,
@@ -217,7 +224,7 @@ class DecomposePipeline:
                     prompt=prompt,
                     negative_prompt=params.negative_prompt,
                     true_cfg_scale=params.true_cfg_scale,
-                    layers=params.layers,
+                    layers=params.layer_count,
                     num_inference_steps=params.num_inference_steps,
                     resolution=params.resolution,
                     cfg_normalize=params.cfg_normalize,
@@ -241,7 +248,7 @@ class DecomposePipeline:
             self._release(exc)
             message = f"{type(exc).__name__}: {exc}".strip()
             raise PipelineFailed(message[:_MAX_ERROR_CHARS]) from exc
-        log.info("decomposed into %d layers in %.1f s", params.layers, time.monotonic() - started)
+        log.info("decomposed into %d layers in %.1f s", params.layer_count, time.monotonic() - started)
         return list(output.images[0])
 
     def _release(self, exc: BaseException) -> None:

@@ -95,20 +95,25 @@ def _stack_xml(width: int, height: int, sources: list[str]) -> bytes:
     stack = ElementTree.SubElement(image, "stack")
     # OpenRaster lists the *topmost* layer first, the reverse of our bottom-first order.
     for index in reversed(range(len(sources))):
-        ElementTree.SubElement(
-            stack,
-            "layer",
-            {
-                "name": layer_name(index),
-                "src": sources[index],
-                "x": "0",
-                "y": "0",
-                "opacity": "1.000",
-                "visibility": "visible",
-                "composite-op": "svg:src-over",
-            },
-        )
+        ora_layer(stack, layer_name(index), sources[index])
     return ElementTree.tostring(image, encoding="UTF-8", xml_declaration=True)
+
+
+def ora_layer(stack: ElementTree.Element, name: str, src: str) -> ElementTree.Element:
+    """Append one full-canvas, visible, opaque, normally blended ``<layer>`` to an ORA ``<stack>``."""
+    return ElementTree.SubElement(
+        stack,
+        "layer",
+        {
+            "name": name,
+            "src": src,
+            "x": "0",
+            "y": "0",
+            "opacity": "1.000",
+            "visibility": "visible",
+            "composite-op": "svg:src-over",
+        },
+    )
 
 
 def to_ora(
@@ -117,6 +122,7 @@ def to_ora(
     layer_pngs: Sequence[bytes] | None = None,
     merged: Image.Image | None = None,
     merged_png: bytes | None = None,
+    stack_xml: bytes | None = None,
 ) -> bytes:
     """Build an OpenRaster (.ora) file, which GIMP, Krita and MyPaint open as layers.
 
@@ -129,6 +135,9 @@ def to_ora(
     :param merged: the stack's :func:`~worker.exports.composite`, if already computed.
     :param merged_png: ``png_bytes(merged)``, if already encoded (the job's composite
         PNG); stored as ``mergedimage.png`` instead of encoding the composite again.
+    :param stack_xml: a ``stack.xml`` to store instead of the flat one (a decomposition tree's
+        nested stacks, see :mod:`worker.layersets.tree`); its ``src`` attributes must name the
+        ``data/`` members written here.
     :raises TypeError, ValueError: as :func:`to_zip`.
     """
     stack = validate_layers(layers)
@@ -142,7 +151,8 @@ def to_ora(
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(zip_member("mimetype", zipfile.ZIP_STORED), ORA_MIMETYPE.encode("ascii"))
         archive.writestr(
-            zip_member("stack.xml", zipfile.ZIP_DEFLATED), _stack_xml(width, height, sources)
+            zip_member("stack.xml", zipfile.ZIP_DEFLATED),
+            stack_xml if stack_xml is not None else _stack_xml(width, height, sources),
         )
         for source, png in zip(sources, pngs, strict=True):
             archive.writestr(zip_member(source, zipfile.ZIP_STORED), png)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from psd_tools import PSDImage
 from psd_tools.compression import encode_rle
-from psd_tools.constants import ChannelID, Compression
+from psd_tools.constants import ChannelID, Compression, SectionDivider, Tag
 from psd_tools.psd.image_data import ImageData
 from psd_tools.psd.layer_and_mask import (
     ChannelData,
@@ -108,17 +108,42 @@ def layer_info(stack: Sequence[Image.Image], pixels: Sequence[np.ndarray] | None
     honour; tests/test_exports.py checks the file reads back with merged alpha)."""
     records, channels = LayerRecords(), ChannelImageData()
     for index, layer in enumerate(stack):
-        width, height = layer.size
-        rgba = np.asarray(layer) if pixels is None else pixels[index]
-        record = LayerRecord(top=0, left=0, bottom=height, right=width, name=layer_name(index))
-        data = ChannelDataList()
-        for channel_id, band in _LAYER_CHANNELS:
-            channel = _channel(rgba[..., band])
-            record.channel_info.append(ChannelInfo(id=channel_id, length=len(channel.data) + 2))
-            data.append(channel)
+        record, data = pixel_layer(np.asarray(layer) if pixels is None else pixels[index], layer_name(index))
         records.append(record)
         channels.append(data)
     return LayerInfo(layer_count=-len(records), layer_records=records, channel_image_data=channels)
+
+
+def pixel_layer(rgba: np.ndarray, name: str) -> tuple[LayerRecord, ChannelDataList]:
+    """One full-canvas pixel layer's record and channel data, from its (height, width, 4) pixels."""
+    height, width = rgba.shape[:2]
+    record = LayerRecord(top=0, left=0, bottom=height, right=width, name=name)
+    data = ChannelDataList()
+    for channel_id, band in _LAYER_CHANNELS:
+        channel = _channel(rgba[..., band])
+        record.channel_info.append(ChannelInfo(id=channel_id, length=len(channel.data) + 2))
+        data.append(channel)
+    return record, data
+
+
+def group_markers(name: str) -> tuple[tuple[LayerRecord, ChannelDataList], tuple[LayerRecord, ChannelDataList]]:
+    """The two records that bracket a layer group, as psd-tools' ``Group.new`` builds them:
+    ``(opening, closing)``. Records run bottom first, so a group is written as the closing
+    "</Layer group>" divider, then its members, then the opening record that carries the group's
+    *name* (an open folder)."""
+
+    def marker(label: str, kind: SectionDivider) -> tuple[LayerRecord, ChannelDataList]:
+        record = LayerRecord(top=0, left=0, bottom=0, right=0, name=label)
+        record.tagged_blocks = TaggedBlocks()
+        record.tagged_blocks.set_data(Tag.SECTION_DIVIDER_SETTING, kind=kind)
+        record.tagged_blocks.set_data(Tag.UNICODE_LAYER_NAME, label)
+        record.channel_info = [ChannelInfo(id=ChannelID(i - 1), length=2) for i in range(4)]
+        data = ChannelDataList()
+        for _ in range(4):
+            data.append(ChannelData(compression=Compression.RAW, data=b""))
+        return record, data
+
+    return marker(name, SectionDivider.OPEN_FOLDER), marker("</Layer group>", SectionDivider.BOUNDING_SECTION_DIVIDER)
 
 
 def merged_planes(flat: Image.Image, pixels: np.ndarray | None = None) -> np.ndarray:
