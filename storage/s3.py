@@ -9,8 +9,9 @@ break the signature.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -38,8 +39,38 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _NO_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "NotFound"})
 
 
+_THROTTLED_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A fault that outlasted botocore's own retries but may pass: the endpoint unreachable, a 5xx
+    or throttling. A 4xx (denied, bad request) is permanent."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+        return status >= 500 or _error_code(exc) in _THROTTLED_CODES
+    return isinstance(exc, BotoCoreError)
+
+
+def _translated(method: F) -> F:
+    """Raise the project's `StorageUnavailable` for transient botocore faults, so callers (the
+    worker's retry decision) never need to know botocore's exception classes."""
+
+    @functools.wraps(method)
+    def wrapper(self: "S3Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            if _is_transient(exc):
+                raise StorageUnavailable(f"S3 {method.__name__} failed: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    return cast(F, wrapper)
 
 
 class S3Store(ObjectStore):
@@ -113,12 +144,14 @@ class S3Store(ObjectStore):
 
     # --- ObjectStore ---------------------------------------------------------------------------
 
+    @_translated
     def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """PutObject with `ContentType`; S3 makes the object visible whole or not at all."""
         validate_key(key)
         body = payload_bytes(data)
         self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 
+    @_translated
     def get(self, key: str) -> bytes:
         validate_key(key)
         try:
@@ -130,6 +163,7 @@ class S3Store(ObjectStore):
         with response["Body"] as body:
             return cast(bytes, body.read())
 
+    @_translated
     def exists(self, key: str) -> bool:
         validate_key(key)
         try:
@@ -147,11 +181,13 @@ class S3Store(ObjectStore):
             for item in page.get("Contents", []):
                 yield item["Key"]
 
+    @_translated
     def list(self, prefix: str) -> list[str]:
         validate_prefix(prefix)
         # S3 orders by UTF-8 bytes, Python by code points; sort here so both backends agree.
         return sorted(self._iter_keys(prefix))
 
+    @_translated
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":
             raise InvalidKey("refusing to delete with an empty prefix (that would wipe the whole bucket)")
