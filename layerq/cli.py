@@ -85,7 +85,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     gpu = "decompose" in args.queues.split(",")
     # GPU queues: solo pool, concurrency 1 (one worker per GPU). The CPU queue (webhooks) is I/O bound:
     # a few threads, no model.
-    pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads", "--concurrency=8"]
+    pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads",
+                                                          f"--concurrency={settings.cpu_worker_concurrency}"]
     app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0

@@ -22,6 +22,11 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+def ping(url: str) -> bool:
+    """True when a Redis answers at `url` (for launchers waiting on a redis-server they started)."""
+    return bool(redis.Redis.from_url(url).ping())
+
+
 def is_transient(exc: BaseException) -> bool:
     """Storage or Redis unreachable after their own in-process retries: worth a later retry of the
     job, not the job's fault. Object stores raise `StorageUnavailable` (a TransientError)."""

@@ -26,6 +26,10 @@ class WorkerRegistry:
     def live_count(self, queue: str, within_s: float = 45.0) -> int:
         return int(self._r.zcount(self.keys.workers(queue), time.time() - within_s, "+inf"))
 
+    def names(self, queue: str) -> list[str]:
+        """Every registered worker of `queue`, alive or not yet reaped."""
+        return self._r.zrange(self.keys.workers(queue), 0, -1)
+
     def silent_since(self, queue: str, cutoff: float) -> list[str]:
         """Workers whose last beat is at or before `cutoff` (unix seconds)."""
         return self._r.zrangebyscore(self.keys.workers(queue), 0, cutoff)
