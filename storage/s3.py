@@ -15,7 +15,8 @@ from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from layerq.errors import ObjectNotFound
 
@@ -49,12 +50,12 @@ def _error_code(exc: ClientError) -> str:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """A fault that outlasted botocore's own retries but may pass: the endpoint unreachable, a 5xx
-    or throttling. A 4xx (denied, bad request) is permanent."""
+    """A fault that outlasted botocore's own retries but may pass: the endpoint unreachable or
+    timing out, a 5xx or throttling. A 4xx (denied, bad request) or a malformed call is permanent."""
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
         return status >= 500 or _error_code(exc) in _THROTTLED_CODES
-    return isinstance(exc, BotoCoreError)
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
 def _translated(method: F) -> F:
