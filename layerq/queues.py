@@ -13,6 +13,3 @@ WEBHOOK_TASK = "layerq.webhook"
 
 GPU_QUEUES = frozenset({DECOMPOSE_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""
-
-QUEUE_OF_KIND = {"decompose": DECOMPOSE_QUEUE}
-"""The queue each job kind runs on."""
