@@ -51,9 +51,10 @@ def submit_job():
                                field="image")
     use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
 
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache)
+    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache,
+                  before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
     (job_id,) = done.job_ids
-    resp = jsonify(job_view(svc.jobs.get(job_id), svc))
+    resp = jsonify(done.answer)
     resp.status_code = 200 if job_id in done.cached else 202
     resp.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
     return resp

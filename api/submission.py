@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class Submitted:
     job_ids: list[str] = field(default_factory=list)
     cached: set[str] = field(default_factory=set)
     """Ids of the jobs answered from the result cache (created succeeded)."""
+    answer: Any = None
+    """What `before_send` returned."""
 
 
 def check_webhook(spec: WebhookSpec | None, svc: Services) -> dict[str, Any] | None:
@@ -68,8 +71,13 @@ def check_uploads(svc: Services, tenant: str, items: list[Item]) -> None:
 def submit(
     svc: Services, tenant: str, items: list[Item], *, webhook: dict[str, Any] | None, use_cache: bool,
     batch_id: str = "", batch_meta: dict[str, Any] | None = None,
+    before_send: Callable[[Submitted], Any] | None = None,
 ) -> Submitted:
-    """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run."""
+    """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run.
+
+    `before_send` runs once the records are written and before any message is sent, so an answer
+    built there shows the jobs as accepted (queued, with their queue position), not as whatever an
+    idle worker has made of them a moment later."""
     check_uploads(svc, tenant, items)
     out = Submitted()
     runnable: list[NewJob] = []
@@ -101,6 +109,8 @@ def submit(
         for job_id, params, source in cached:
             svc.jobs.create_cached(job_id, params=params, source=source, tenant=tenant, webhook=webhook, pipe=pipe)
         pipe.execute()
+    if before_send is not None:
+        out.answer = before_send(out)
     enqueue(svc, runnable)
     if webhook and cached:
         # Jobs answered from the cache never reach a worker: their `completed` events go from here.
