@@ -104,7 +104,7 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid request (the field is named)", 403: "Bad, expired or foreign signature",
-            404: "Not found", 409: "Idempotency-Key reused with another request, or still in progress",
+            404: "Not found (another tenant's job, batch or upload reads the same)", 409: "Idempotency-Key reused with another request, or still in progress",
             413: "Request body too large", 503: "Queue unavailable"}
     return {str(c): _json(ErrorResponse, text[c]) for c in codes}
 
@@ -178,7 +178,7 @@ def build_document() -> dict[str, Any]:
                         "202": {**_json(JobView, "Accepted; poll the Location"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}},
                         "200": _json(JobView, "Answered at once from an identical finished job (`cached_from`)"),
-                        **_errors(400, 409, 413, 503),
+                        **_errors(400, 404, 409, 413, 503),
                     },
                 }
             },
@@ -211,7 +211,7 @@ def build_document() -> dict[str, Any]:
                             "encoding": {"batch": {"contentType": "application/json"}}},
                     }},
                     "responses": {"202": _json(BatchAccepted, "Accepted"), "200": _json(DryRun, "Dry run estimate"),
-                                  **_errors(400, 409, 413, 503)},
+                                  **_errors(400, 404, 409, 413, 503)},
                 }
             },
             "/v1/batches/{id}": {
