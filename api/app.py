@@ -1,39 +1,23 @@
 """The Flask app factory. `create_app()` builds settings once (defaults, environment, overrides) and
-the services every request uses; gunicorn serves `api.app:create_app()`."""
+opens the services every request uses (`Services.open`); gunicorn serves `api.app:create_app()`.
+Blueprints reach the services through `api.context`, never through this module."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
-from flask import Flask, current_app, jsonify
+from flask import Flask, jsonify
 
-from api import contract, errors, observability
+from api import batches, contract, errors, files, jobs, observability, openapi, uploads, web
 from api.body_deadline import BodyDeadline
+from api.context import EXTENSION, services
 from layerq.config import Settings
 from layerq.logs import setup_logging
-from storage.base import ObjectStore
-from storage.factory import open_object_store
-from storage.jobs import JobStore, connect
-from storage.stats import ServiceTimes
-from layerq.celery_app import make_celery
+from layerq.queues import DECOMPOSE_QUEUE
+from storage.services import Services
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: ObjectStore
-    jobs: JobStore
-    stats: ServiceTimes
-    celery: Celery
-
-
-def services() -> Services:
-    return current_app.extensions["layerq"]
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -41,16 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask("layerq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
-    client = connect(settings.redis_url)
-    app.extensions["layerq"] = Services(
-        settings=settings,
-        store=open_object_store(settings),
-        jobs=JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s),
-        stats=ServiceTimes(client, settings.key_prefix),
-        celery=make_celery(settings),
-    )
-
-    from api import batches, files, jobs, openapi, uploads, web
+    app.extensions[EXTENSION] = Services.open(settings)
 
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
@@ -60,7 +35,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(web.bp)
     errors.register(app)
     contract.register(app)
-    observability.register(app, app.extensions["layerq"].jobs.queued_count)
+    observability.register(app, app.extensions[EXTENSION].jobs.queued_count)
     if settings.log_format == "json":
         setup_logging("json")
     # Read each body to its end under a deadline before the app runs (see api/body_deadline.py).
@@ -75,14 +50,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     def healthz():
         svc = services()
         checks: dict[str, str] = {}
-        for name, probe in (("redis", svc.jobs.r.ping), ("storage", svc.store.check)):
+        for name, probe in (("redis", svc.jobs.ping), ("storage", svc.store.check)):
             try:
                 probe()
                 checks[name] = "ok"
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        workers = svc.jobs.live_workers("decompose") if checks["redis"] == "ok" else 0
+        workers = svc.workers.live_count(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else 0
         return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers}), (
             200 if ok else 503
         )

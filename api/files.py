@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, request, send_file
 
-from api.app import services
+from api.context import services
 from storage.local import LocalDiskStore
 
 bp = Blueprint("files", __name__)

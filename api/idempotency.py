@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Callable
+from typing import Any
 
 from flask import Response, request
 
+from api.context import services
 from api.tenancy import tenant
 from layerq.errors import IdempotencyConflict, ValidationFailed
 
@@ -42,32 +43,26 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
             return view(*args, **kwargs)
         if not 1 <= len(key) <= 255:
             raise ValidationFailed("Idempotency-Key must be 1 to 255 characters", field=HEADER)
-        from api.app import services
-
-        svc = services()
-        rkey = f"{svc.settings.key_prefix}:idem:{tenant()}:{hashlib.sha256(key.encode()).hexdigest()}"
-        fp = fingerprint()
-        ttl = svc.settings.idempotency_ttl_s
-        if not svc.jobs.r.set(rkey, json.dumps({"fp": fp, "state": "pending"}), nx=True, ex=ttl):
-            return _replay(svc.jobs.r.get(rkey), fp)
+        keys, who, fp = services().idempotency, tenant(), fingerprint()
+        earlier = keys.claim(who, key, fp)
+        if earlier is not None:
+            return _replay(earlier, fp)
         try:
             resp = view(*args, **kwargs)
         except BaseException:
-            svc.jobs.r.delete(rkey)  # nothing was created: let the client try again with this key
+            keys.release(who, key)  # nothing was created: let the client try again with this key
             raise
         if 200 <= resp.status_code < 300:
-            saved = {"fp": fp, "state": "done", "status": resp.status_code, "body": resp.get_data(as_text=True),
-                     "location": resp.headers.get("Location")}
-            svc.jobs.r.set(rkey, json.dumps(saved), ex=ttl)
+            keys.save(who, key, {"fp": fp, "state": "done", "status": resp.status_code,
+                                 "body": resp.get_data(as_text=True), "location": resp.headers.get("Location")})
         else:
-            svc.jobs.r.delete(rkey)
+            keys.release(who, key)
         return resp
 
     return wrapper
 
 
-def _replay(raw: str | None, fp: str) -> Response:
-    saved = json.loads(raw or "{}")
+def _replay(saved: dict[str, Any], fp: str) -> Response:
     if saved.get("fp") != fp:
         raise IdempotencyConflict("this Idempotency-Key was used with a different request", field=HEADER)
     if saved.get("state") != "done":

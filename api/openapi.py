@@ -108,7 +108,7 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 ERROR_TEXT = {
     400: "Invalid request (the field is named)", 403: "Bad, expired or foreign signature",
-    404: "Not found (or not yours)", 409: "Idempotency-Key reused with another request, or still in progress",
+    404: "Not found (another tenant's job, batch or upload reads the same)", 409: "Idempotency-Key reused with another request, or still in progress",
     413: "Request body too large", 414: "Request target (path and query) too long",
     503: "Job store or queue unavailable; retry later",
 }
@@ -120,7 +120,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 # Every operation that reads or writes the job store can answer 503 while Redis is out.
 READ = (400, 404, 503)
-SUBMIT = (400, 409, 413, 503)
+SUBMIT = (400, 404, 409, 413, 503)  # 404: an `input_key` upload of another tenant
 
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "schema": {"type": "string", "minLength": 1, "maxLength": 255},

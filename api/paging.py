@@ -1,6 +1,7 @@
-"""The query of `GET /v1/jobs` (and the page inside `GET /v1/batches/{id}`): `status`, `cursor`,
-`limit`, checked as strictly as the OpenAPI document describes them, so a bad value is a 400
-naming it rather than silently clamped or ignored."""
+"""A batch's jobs, a page at a time: `?status=&cursor=&limit=` in submission order; `next_cursor` is
+null at the end. Shared by `GET /v1/jobs?batch=` and the batch summary. The query is checked as
+strictly as the OpenAPI document describes it, so a bad value is a 400 naming it rather than
+silently clamped or ignored."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from flask import request
+
+from api.context import owned_batch, services
+from api.views import job_view
 from layerq.errors import ValidationFailed
 from layerq.jobs import JobStatus
 
-PAGE_MAX = 500
+# The defaults of `Settings.page_size` / `page_size_max`, which the OpenAPI document publishes.
 PAGE_DEFAULT = 100
+PAGE_MAX = 500
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
 _CURSOR = re.compile(r"[0-9]{1,18}")
 _DIGITS = re.compile(r"[0-9]{1,4}")
@@ -26,14 +32,47 @@ class PageQuery:
     limit: int
 
 
-def page_query(args: Mapping[str, str]) -> PageQuery:
+def page_query(args: Mapping[str, str], default: int = PAGE_DEFAULT, maximum: int = PAGE_MAX) -> PageQuery:
     status = args.get("status")
     if status is not None and status not in STATUSES:
         raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}", field="status")
     raw_cursor = args.get("cursor", "0")
     if not _CURSOR.fullmatch(raw_cursor):
         raise ValidationFailed("cursor must be a `next_cursor` from a previous page", field="cursor")
-    raw_limit = args.get("limit", str(PAGE_DEFAULT))
-    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= PAGE_MAX:
-        raise ValidationFailed(f"limit must be an integer from 1 to {PAGE_MAX}", field="limit")
+    raw_limit = args.get("limit", str(default))
+    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= maximum:
+        raise ValidationFailed(f"limit must be an integer from 1 to {maximum}", field="limit")
     return PageQuery(status=status, cursor=int(raw_cursor), limit=int(raw_limit))
+
+
+def checked_query() -> PageQuery:
+    settings = services().settings
+    return page_query(request.args, settings.page_size, settings.page_size_max)
+
+
+def page_of_jobs(batch_id: str) -> dict:
+    checked_query()  # a malformed query is a 400 even for a batch that is not there
+    owned_batch(batch_id)
+    return page(batch_id)
+
+
+def page(batch_id: str) -> dict:
+    """One page of a batch the caller was checked to own."""
+    svc = services()
+    query = checked_query()
+    status, cursor, limit = query.status, query.cursor, query.limit
+    out, pos = [], cursor
+    while len(out) < limit:
+        ids = svc.batches.job_ids(batch_id, pos, pos + limit * 2 - 1)
+        if not ids:
+            pos = None
+            break
+        for offset, rec in enumerate(svc.jobs.get_many(ids)):
+            if rec and (status is None or rec["status"] == status):
+                out.append(job_view(rec, svc, with_eta=False))
+                if len(out) == limit:
+                    pos = pos + offset + 1
+                    break
+        else:
+            pos += len(ids)
+    return {"items": out, "next_cursor": str(pos) if pos is not None else None}

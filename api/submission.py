@@ -1,80 +1,136 @@
-"""What every submission path shares: parameter parsing, the result cache, job creation and
-enqueueing. Jobs are written to Redis before their messages are sent, so a worker always finds the
-record of the message it takes."""
+"""The one submission path behind `POST /v1/jobs` and `POST /v1/batches`: uploads checked against the
+caller, the result cache, inputs stored, records written, messages sent.
+
+Jobs are written to Redis before their messages are sent, so a worker always finds the record of the
+message it takes. Every input is checked before anything is written: a bad item rejects the whole
+request and leaves nothing behind."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from PIL import Image
 
-from api.errors import validation_failed
-from layerq.errors import LayerqError, QueueUnavailable, ValidationFailed
-from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK, DecomposeMessage
+from layerq import objects
+from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
+from layerq.images import png_bytes
+from layerq.messages import DECOMPOSE_TASK, DecomposeMessage
 from layerq.params import DecomposeParams
-from layerq.webhooks import WebhookSpec, check_request
-from storage.jobs import NewJob
+from layerq.webhooks import WebhookSpec, check_request, notify
+from storage.jobs import NewJob, new_job_id
+from storage.services import Services
 
 log = logging.getLogger(__name__)
 
 
-def parse_params(data: Any, field: str = "params") -> DecomposeParams:
-    if not isinstance(data, dict):
-        raise ValidationFailed(f"{field} must be a JSON object", field=field)
-    try:
-        return DecomposeParams.model_validate(data)
-    except ValidationError as exc:
-        raise validation_failed(exc, prefix=field) from exc
+@dataclass
+class Item:
+    """One job to create: its parameters and its input, either an upload (`input_key`) or image
+    bytes sent with the request (`data`, already decoded and checked as `image`)."""
+
+    params: DecomposeParams
+    field: str
+    """Where the item's input came from, for errors: `input_key`, `items.3.input_key`."""
+    input_key: str | None = None
+    data: bytes | None = None
+    image: Image.Image | None = None
 
 
-def parse_json_field(raw: str | None, field: str) -> Any:
-    if raw is None or raw.strip() == "":
-        return {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed(f"{field} is not valid JSON: {exc.msg}", field=field) from exc
+@dataclass
+class Submitted:
+    job_ids: list[str] = field(default_factory=list)
+    cached: set[str] = field(default_factory=set)
+    """Ids of the jobs answered from the result cache (created succeeded)."""
+    answer: Any = None
+    """What `before_send` returned."""
 
 
-def check_webhook(spec: WebhookSpec | None, settings: Any) -> dict[str, Any] | None:
+def check_webhook(spec: WebhookSpec | None, svc: Services) -> dict[str, Any] | None:
     if spec is None:
         return None
-    if not settings.webhook_secret:
+    if not svc.settings.webhook_secret:
         raise ValidationFailed("webhooks are not enabled on this server (no LAYERQ_WEBHOOK_SECRET)", field="webhook")
-    check_request(spec, settings)  # refuses private and loopback targets unless allow-listed
+    check_request(spec, svc.settings)  # refuses private and loopback targets unless allow-listed
     return spec.model_dump()
 
 
-def cache_key(prefix: str, tenant: str, input_digest: str, params: DecomposeParams, model: str) -> str:
-    """Same tenant, same input bytes, same parameters (seed included), same model → same result."""
-    canon = json.dumps({"params": params.model_dump(), "model": model}, sort_keys=True)
-    h = hashlib.sha256(f"{tenant}\n{input_digest}\n{canon}".encode()).hexdigest()
-    return f"{prefix}:cache:{tenant}:{h}"
+def check_uploads(svc: Services, tenant: str, items: list[Item]) -> None:
+    """Every upload an item names was handed out to this tenant; another tenant's (or one never
+    handed out) reads as absent: 404 naming the item's field."""
+    uploads = [item for item in items if item.input_key is not None]
+    owners = svc.uploads.owners([item.input_key for item in uploads if item.input_key])
+    for item, owner in zip(uploads, owners):
+        if owner != tenant:
+            raise JobNotFound(f"no upload {item.input_key!r}", field=item.field)
 
 
-def cached_source(svc: Any, key: str, tenant: str) -> dict[str, Any] | None:
-    """The finished job that answers `key`, if its record (and so its retention) is still alive."""
-    job_id = svc.jobs.r.get(key)
-    if not job_id:
-        return None
-    rec = svc.jobs.get_many([job_id])[0]
-    if not rec or rec.get("status") != "succeeded" or rec.get("tenant", "") != tenant:
-        return None
-    return rec
+def submit(
+    svc: Services, tenant: str, items: list[Item], *, webhook: dict[str, Any] | None, use_cache: bool,
+    batch_id: str = "", batch_meta: dict[str, Any] | None = None,
+    before_send: Callable[[Submitted], Any] | None = None,
+) -> Submitted:
+    """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run.
+
+    `before_send` runs once the records are written and before any message is sent, so an answer
+    built there shows the jobs as accepted (queued, with their queue position), not as whatever an
+    idle worker has made of them a moment later."""
+    check_uploads(svc, tenant, items)
+    out = Submitted()
+    runnable: list[NewJob] = []
+    cached: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for item in items:
+        job_id = new_job_id()
+        out.job_ids.append(job_id)
+        params = item.params.model_dump()
+        if item.data is None:  # an upload: its bytes are not read here, so no cache key
+            runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
+                                   webhook=webhook))
+            continue
+        ckey = svc.cache.key_for(tenant, hashlib.sha256(item.data).hexdigest(), params, svc.settings.model)
+        source = svc.cache.lookup(ckey, tenant) if use_cache else None
+        if source is not None:
+            cached.append((job_id, params, source))
+            out.cached.add(job_id)
+            continue
+        assert item.image is not None
+        svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
+        runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
+                               cache_key=ckey, webhook=webhook))
+    if batch_id:
+        svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
+                           cached=cached)
+    else:
+        pipe = svc.jobs.pipeline()
+        svc.jobs.create_many(runnable, pipe=pipe)
+        for job_id, params, source in cached:
+            svc.jobs.create_cached(job_id, params=params, source=source, tenant=tenant, webhook=webhook, pipe=pipe)
+        pipe.execute()
+    if before_send is not None:
+        out.answer = before_send(out)
+    enqueue(svc, runnable)
+    if webhook and cached:
+        # Jobs answered from the cache never reach a worker: their `completed` events go from here.
+        for rec in svc.jobs.get_many([job_id for job_id, _, _ in cached]):
+            if rec:
+                notify(svc.celery, svc.settings, rec, deliveries=svc.deliveries)
+    return out
 
 
-def enqueue(svc: Any, jobs: list[NewJob]) -> None:
+def enqueue(svc: Services, jobs: list[NewJob]) -> None:
     """Send one message per job (one producer connection for all). If the broker is unreachable the
     jobs not yet sent are failed with `enqueue_failed` so none sits queued forever."""
+    if not jobs:
+        return
     sent = 0
     try:
         with svc.celery.producer_or_acquire() as producer:
             for job in jobs:
                 msg = DecomposeMessage(job_id=job.job_id, input_key=job.input_key, params=job.params)
-                svc.celery.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=DECOMPOSE_QUEUE,
+                svc.celery.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=job.queue,
                                      task_id=job.job_id, producer=producer)
                 sent += 1
     except Exception as exc:
@@ -88,6 +144,10 @@ def enqueue(svc: Any, jobs: list[NewJob]) -> None:
     finally:
         # Sent or failed, none of them is waiting for the unsent-jobs sweeper any more.
         try:
-            svc.jobs.mark_sent([job.job_id for job in jobs])
+            by_queue: dict[str, list[str]] = {}
+            for job in jobs:
+                by_queue.setdefault(job.queue, []).append(job.job_id)
+            for queue, ids in by_queue.items():
+                svc.jobs.mark_sent(ids, queue)
         except Exception:  # the sweeper re-sends them later; a duplicate message is harmless
             log.warning("could not mark %d jobs as sent", len(jobs), exc_info=True)

@@ -9,14 +9,10 @@ from flask import request
 
 from layerq.jobs import JobStatus, JobView
 from layerq.results import iso, signed_result
-from storage.base import ObjectStore
-from storage.jobs import JobStore
-from storage.stats import ServiceTimes
+from storage.services import Services
 
 
-def job_view(
-    rec: dict[str, Any], jobs: JobStore, store: ObjectStore, url_ttl_s: int, stats: ServiceTimes | None = None
-) -> dict[str, Any]:
+def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> dict[str, Any]:
     status = JobStatus(rec["status"])
     view: dict[str, Any] = {
         "id": rec["id"],
@@ -36,12 +32,12 @@ def job_view(
         "cached_from": rec.get("cached_from") or None,
     }
     if status is JobStatus.QUEUED:
-        view["queue_position"] = jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
-    if not status.is_terminal() and stats is not None:
-        view["eta_s"] = _eta(rec, view["queue_position"], jobs, stats)
+        view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
+    if not status.is_terminal() and with_eta:
+        view["eta_s"] = _eta(rec, view["queue_position"], svc)
     view["timings"] = rec.get("timings")
     if status is JobStatus.SUCCEEDED and rec.get("result"):
-        view["result"] = signed_result(rec["id"], rec["result"], store, url_ttl_s, absolute=absolute)
+        view["result"] = signed_result(rec["id"], rec["result"], svc.store, svc.settings.url_ttl_s, absolute=absolute)
     return JobView.model_validate(view).model_dump(mode="json")
 
 
@@ -53,14 +49,14 @@ def absolute(url: str) -> str:
     return url
 
 
-def _eta(rec: dict[str, Any], position: int | None, jobs: JobStore, stats: ServiceTimes) -> float | None:
+def _eta(rec: dict[str, Any], position: int | None, svc: Services) -> float | None:
     """Seconds until this job ends: its own estimated time (measured per step and per bucket), plus,
     while queued, the estimated work ahead of it shared among the live workers."""
-    own = stats.estimate_s(rec["params"])
+    own = svc.stats.estimate_s(rec["params"])
     if own is None:
         return None
     if rec["status"] == JobStatus.QUEUED.value:
-        workers = max(1, jobs.live_workers(rec.get("queue") or rec["kind"]))
+        workers = max(1, svc.workers.live_count(rec.get("queue") or rec["kind"]))
         # Jobs ahead are assumed to be like this one; their exact parameters would cost a read each.
         return round(own * ((position or 0) / workers + 1), 1)
     progress = rec.get("progress") or {}

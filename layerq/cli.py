@@ -12,6 +12,7 @@ from pathlib import Path
 
 from layerq.config import Settings
 from layerq.logs import setup_logging
+from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 
 SUBCOMMANDS = ("up", "api", "worker", "submit", "demo")
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="a Celery worker (one per GPU; loads the model once)")
     w.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
-    w.add_argument("--queues", default="decompose")
+    w.add_argument("--queues", default=DECOMPOSE_QUEUE)
     w.add_argument("--name", default="layerq@%h")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--gpus", help="`all` or indices like 0,1: supervise one worker per GPU (worker/supervisor.py)")
@@ -133,10 +134,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = make_worker_app(settings, queues=args.queues)
     # Solo pool: the model lives in the process that runs the jobs, CUDA is never initialised before
     # a fork, and concurrency is 1 (one worker per GPU).
-    gpu = "decompose" in args.queues.split(",")
+    gpu = bool(GPU_QUEUES & set(args.queues.split(",")))
     # GPU queues: solo pool, concurrency 1 (one worker per GPU). The CPU queue (webhooks) is I/O bound:
     # a few threads, no model.
-    pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads", "--concurrency=8"]
+    pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads",
+                                                          f"--concurrency={settings.cpu_worker_concurrency}"]
     app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0

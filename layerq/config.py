@@ -73,7 +73,11 @@ class Settings:
     webhook_max_attempts: int = 6
     """Delivery attempts per webhook event before it is given up."""
     webhook_backoff_base_s: float = 30.0
-    """First retry delay of a failed webhook delivery; later delays grow threefold."""
+    """First retry delay of a failed webhook delivery; later delays grow by `webhook_backoff_factor`."""
+    webhook_backoff_factor: float = 3.0
+    """Each webhook retry waits this many times longer than the one before."""
+    webhook_backoff_cap_s: float = 1200.0
+    """Longest wait between two webhook delivery attempts."""
     webhook_timeout_s: float = 10.0
     """Timeout of one webhook delivery request."""
     max_image_side_px: int = 8192
@@ -89,6 +93,10 @@ class Settings:
     worker_metrics_port: int = 9400
     """Port of each worker process's Prometheus exporter (0: none). `--gpus` gives the worker on the
     N-th GPU this port + N. A port already taken: the next free one above it (logged)."""
+    page_size: int = 100
+    """Jobs per page of a batch's job list when the request names no `limit`."""
+    page_size_max: int = 500
+    """Largest `limit` a job list request may ask for."""
 
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"
@@ -123,6 +131,10 @@ class Settings:
     sent by a worker; a duplicate message is harmless."""
     worker_heartbeat_s: float = 10.0
     """Workers beat this often; a worker silent for 3 beats is dead and its job is put back at once."""
+    encode_threads: int = 0
+    """Threads a worker encodes a job's PNGs and exports with; 0: one per CPU core it may use, 2 to 8."""
+    cpu_worker_concurrency: int = 8
+    """Threads of a CPU worker (webhook deliveries are I/O bound: many at once, no model)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -146,6 +158,13 @@ class Settings:
     @property
     def export_format_list(self) -> tuple[str, ...]:
         return tuple(f.strip() for f in self.export_formats.split(",") if f.strip())
+
+    @property
+    def encode_thread_count(self) -> int:
+        if self.encode_threads > 0:
+            return self.encode_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+        return max(2, min(8, cores))
 
     @property
     def warmup_bucket_list(self) -> tuple[tuple[int, int], ...]:

@@ -91,3 +91,17 @@ class IdempotencyConflict(LayerqError):
     """Raised when an Idempotency-Key is reused with another request, or while its first use runs."""
 
     code = "idempotency_conflict"
+
+
+class TransientError(LayerqError):
+    """Raised when a fault outside the job (storage or Redis unreachable) may pass: the worker
+    retries the job later instead of failing it."""
+
+    code = "unavailable"
+
+
+class StorageUnavailable(TransientError):
+    """Raised by an object store that cannot be reached or answers with a server error after its
+    own retries (the backends translate their libraries' exceptions into this)."""
+
+    code = "storage_unavailable"

@@ -7,8 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 from layerq.params import DecomposeParams
 
-DECOMPOSE_TASK = "layerq.decompose"
-DECOMPOSE_QUEUE = "decompose"
+from layerq.queues import DECOMPOSE_QUEUE, DECOMPOSE_TASK  # noqa: F401 (re-exported: names live in layerq/queues.py)
 
 
 class DecomposeMessage(BaseModel):

@@ -1,11 +1,11 @@
 """Webhooks, the torch-free half: what a request may ask for, where we may send, how a delivery is
 signed and what it carries. The API uses it to validate requests and to enqueue events of jobs that
-end without a worker (canceled while queued); the CPU worker (`worker/webhooks.py`) delivers.
-User-facing description: `docs/webhooks.md`. Settings fields are read with `getattr` defaults."""
+end without a worker (canceled while queued, answered from the cache); the CPU worker
+(`worker/webhooks.py`) delivers. User-facing description: `docs/webhooks.md`. Delivery records are
+kept by `storage.deliveries.WebhookDeliveries`; this module never opens a Redis client."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -17,18 +17,21 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from layerq import __version__
+from layerq.config import Settings
 from layerq.errors import ValidationFailed
+from layerq.queues import WEBHOOK_QUEUE, WEBHOOK_TASK  # noqa: F401 (re-exported)
 from layerq.results import iso
+
+if TYPE_CHECKING:
+    from storage.deliveries import WebhookDeliveries
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TASK = "layerq.webhook"
-WEBHOOK_QUEUE = "cpu"
 MAX_URL_CHARS = 2048
 Event = Literal["completed", "failed", "canceled", "started"]
 DEFAULT_EVENTS: tuple[Event, ...] = ("completed", "failed", "canceled")
@@ -179,11 +182,11 @@ def check_target(url: str, allow: str | Sequence[str] = "", resolve: Resolver | 
     resolve_target(url, allow, resolve)
 
 
-def check_request(spec: WebhookSpec, settings: Any, resolve: Resolver | None = None) -> None:
+def check_request(spec: WebhookSpec, settings: Settings, resolve: Resolver | None = None) -> None:
     """Request-time check for the API: webhooks configured, and the target acceptable now."""
-    if not getattr(settings, "webhook_secret", ""):
+    if not settings.webhook_secret:
         raise ValidationFailed("webhooks are not enabled: LAYERQ_WEBHOOK_SECRET is unset", field="webhook")
-    check_target(spec.url, getattr(settings, "webhook_allow_hosts", ""), resolve)
+    check_target(spec.url, settings.webhook_allow_hosts, resolve)
 
 
 # --- signing ---------------------------------------------------------------------------------------
@@ -251,21 +254,9 @@ def event_payload(
 
 
 # --- enqueueing (API and decompose worker) ---------------------------------------------------------
-def delivery_key(prefix: str, delivery_id: str) -> str:
-    """Hash: job_id, event, url, state (queued|retrying|delivered|gone|failed|refused), attempts, last_*."""
-    return f"{prefix}:webhook:{delivery_id}"
-
-
-@functools.lru_cache(maxsize=8)
-def _redis(url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(url, decode_responses=True)
-
-
 def enqueue_event(
-    celery_app: Any, settings: Any, job_id: str, event: str, spec: WebhookSpec | None,
-    *, redis_client: Any = None, created_at: float | None = None,
+    celery_app: Any, settings: Settings, job_id: str, event: str, spec: WebhookSpec | None,
+    *, deliveries: "WebhookDeliveries", created_at: float | None = None,
 ) -> str | None:
     """Queue the first attempt of `event` for `job_id` if `spec` asks for it; return the delivery id,
     or None when filtered out, already queued (a redelivered job), or webhooks are off.
@@ -273,19 +264,13 @@ def enqueue_event(
     Never raises: a webhook problem must not change a job's outcome, so errors are logged."""
     if spec is None or event not in spec.events:
         return None
-    if not getattr(settings, "webhook_secret", ""):
+    if not settings.webhook_secret:
         log.warning("job %s: webhook %s not sent: LAYERQ_WEBHOOK_SECRET is unset", job_id, event)
         return None
     delivery_id = delivery_id_for(job_id, event)
-    key = delivery_key(settings.key_prefix, delivery_id)
-    r = redis_client or _redis(settings.redis_url)
     try:
-        if not r.hsetnx(key, "state", "queued"):  # the dedupe: one delivery per (job, event), ever
-            return None
-        pipe = r.pipeline(transaction=False)  # one round trip; the hsetnx above already claimed the key
-        pipe.hset(key, mapping={"job_id": job_id, "event": event, "url": spec.url, "attempts": 0})
-        pipe.expire(key, int(getattr(settings, "job_ttl_s", 7 * 24 * 3600)))
-        pipe.execute()
+        if not deliveries.claim(delivery_id, job_id=job_id, event=event, url=spec.url):
+            return None  # the dedupe: one delivery per (job, event), ever
         message = {"job_id": job_id, "event": event, "delivery_id": delivery_id, "url": spec.url, "attempt": 1,
                    "created_at": time.time() if created_at is None else created_at}
         # The queue is named here, not only in task_routes: the API's app may not route this task.
@@ -293,14 +278,16 @@ def enqueue_event(
     except Exception:
         log.exception("job %s: could not enqueue webhook %s", job_id, event)
         try:
-            r.delete(key)  # let a later redelivery of the job try again
+            deliveries.release(delivery_id)  # let a later redelivery of the job try again
         except Exception:
             pass
         return None
     return delivery_id
 
 
-def notify(celery_app: Any, settings: Any, rec: dict[str, Any], *, redis_client: Any = None) -> str | None:
+def notify(
+    celery_app: Any, settings: Settings, rec: dict[str, Any], *, deliveries: "WebhookDeliveries"
+) -> str | None:
     """Enqueue the event a job record's current status stands for (running → started, succeeded →
     completed, failed, canceled), if the record's `webhook` field (WebhookSpec JSON) asks for it.
     Call it after every transition; it never raises and sends each (job, event) at most once."""
@@ -313,4 +300,4 @@ def notify(celery_app: Any, settings: Any, rec: dict[str, Any], *, redis_client:
         log.error("job %s: stored webhook spec is invalid; no webhook sent", rec.get("id"))
         return None
     when = rec.get("started_at") if event == "started" else rec.get("finished_at")
-    return enqueue_event(celery_app, settings, rec["id"], event, spec, redis_client=redis_client, created_at=when)
+    return enqueue_event(celery_app, settings, rec["id"], event, spec, deliveries=deliveries, created_at=when)

@@ -10,7 +10,7 @@ import abc
 import urllib.parse
 from typing import TypedDict
 
-from layerq.errors import LayerqError, ValidationFailed
+from layerq.errors import StorageUnavailable, ValidationFailed  # noqa: F401 (re-exported for the backends)
 
 MAX_KEY_BYTES = 1024
 """S3's own limit on a key's UTF-8 length; applied to both backends so they accept the same keys."""
@@ -29,12 +29,6 @@ class InvalidKey(ValidationFailed, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field="key")
-
-
-class StorageUnavailable(LayerqError):
-    """Raised by `ObjectStore.check()` when the store cannot be reached or written."""
-
-    code = "storage_unavailable"
 
 
 class Pieces(tuple):

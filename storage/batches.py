@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+import redis
+
 from layerq.errors import JobNotFound
 from storage.jobs import JobStore, NewJob
 
@@ -14,32 +16,34 @@ STATUSES = ("queued", "running", "canceling", "succeeded", "failed", "canceled")
 
 
 class BatchStore:
-    def __init__(self, jobs: JobStore) -> None:
-        self.jobs = jobs
-        self.r = jobs.r
-
-    def key(self, batch_id: str) -> str:
-        return f"{self.jobs.batch_prefix}{batch_id}"
+    def __init__(self, client: redis.Redis, jobs: JobStore) -> None:
+        self._r = client
+        self._jobs = jobs
+        self.keys = jobs.keys
 
     def create(
-        self, batch_id: str, jobs: list[NewJob], *, tenant: str, meta: dict[str, Any], all_ids: list[str]
+        self, batch_id: str, jobs: list[NewJob], *, tenant: str, meta: dict[str, Any], all_ids: list[str],
+        cached: list[tuple[str, dict[str, Any], dict[str, Any]]] = (),  # type: ignore[assignment]
     ) -> None:
-        """Write the batch and its queued jobs in one round trip (no Redis call per item). `all_ids`
-        is every job of the batch in item order, including those answered from the cache."""
-        pipe = self.r.pipeline(transaction=False)
-        key = self.key(batch_id)
+        """Write the batch, its queued jobs and its jobs answered from the cache (`(job_id, params,
+        source record)`) in one round trip (no Redis call per item). `all_ids` is every job of the
+        batch in item order."""
+        pipe = self._r.pipeline(transaction=False)
+        key, ids_key = self.keys.batch(batch_id), self.keys.batch_jobs(batch_id)
         pipe.hset(key, mapping={"id": batch_id, "tenant": tenant, "count": len(all_ids),
                                 "created_at": repr(time.time()), "meta": json.dumps(meta), "n_queued": len(jobs)})
-        ids = all_ids
-        for i in range(0, len(ids), 5000):
-            pipe.rpush(key + ":jobs", *ids[i : i + 5000])
-        for k in (key, key + ":jobs"):
-            pipe.expire(k, self.jobs.ttl_s)
-        self.jobs.create_many(jobs, pipe=pipe)
+        for i in range(0, len(all_ids), 5000):
+            pipe.rpush(ids_key, *all_ids[i : i + 5000])
+        for k in (key, ids_key):
+            pipe.expire(k, self._jobs.ttl_s)
+        self._jobs.create_many(jobs, pipe=pipe)
+        for job_id, params, source in cached:
+            self._jobs.create_cached(job_id, params=params, source=source, tenant=tenant, batch_id=batch_id,
+                                     webhook=meta.get("webhook"), pipe=pipe)
         pipe.execute()
 
     def get(self, batch_id: str) -> dict[str, Any]:
-        raw = self.r.hgetall(self.key(batch_id))
+        raw = self._r.hgetall(self.keys.batch(batch_id))
         if not raw:
             raise JobNotFound(f"no batch with id {batch_id!r}", field="id")
         counts = {s: max(0, int(raw.get(f"n_{s}", 0))) for s in STATUSES}
@@ -48,4 +52,4 @@ class BatchStore:
                 "counts": counts}
 
     def job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
-        return self.r.lrange(self.key(batch_id) + ":jobs", start, stop)
+        return self._r.lrange(self.keys.batch_jobs(batch_id), start, stop)

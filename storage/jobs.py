@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from layerq.errors import IllegalTransition, JobNotFound
 from layerq.jobs import ALLOWED, JobStatus
+from layerq.queues import DECOMPOSE_QUEUE
+from layerq.results import with_object_keys
 from storage import lua
+from storage.client import connect
+from storage.keys import Keys
 
 JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
 TIME_FIELDS = ("created_at", "started_at", "finished_at")
@@ -46,7 +48,7 @@ class NewJob:
     params: dict[str, Any]
     input_key: str
     kind: str = "decompose"
-    queue: str = "decompose"
+    queue: str = DECOMPOSE_QUEUE
     batch_id: str = ""
     tenant: str = ""
     cache_key: str = ""
@@ -57,22 +59,14 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that rides out a Redis restart: connection errors are retried with backoff for
-    about ten seconds before they reach the caller."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        health_check_interval=30,
-    )
-
-
 class JobStore:
+    """Owns the job records, their transition logs and the queued/unsent sets. Kind-agnostic: a job
+    of any kind is one hash; its `kind` and `queue` are fields."""
+
     def __init__(self, client: redis.Redis, *, key_prefix: str = "layerq", ttl_s: int = 7 * 24 * 3600):
-        self.r = client
+        self._r = client
         self.prefix = key_prefix
+        self.keys = Keys(key_prefix)
         self.ttl_s = ttl_s
         self._transition = client.register_script(lua.TRANSITION)
         self._begin = client.register_script(lua.BEGIN_ATTEMPT)
@@ -83,25 +77,16 @@ class JobStore:
     def from_url(cls, url: str, **kwargs: Any) -> "JobStore":
         return cls(connect(url), **kwargs)
 
-    # --- keys ----------------------------------------------------------------------------------
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def queue_key(self, queue: str) -> str:
-        return f"{self.prefix}:queued:{queue}"
-
-    def unsent_key(self, queue: str) -> str:
-        return f"{self.prefix}:unsent:{queue}"
-
-    def workers_key(self, queue: str) -> str:
-        return f"{self.prefix}:workers:{queue}"
-
-    @property
-    def batch_prefix(self) -> str:
-        return f"{self.prefix}:batch:"
-
     def _common(self) -> list[Any]:
-        return [repr(time.time()), self.batch_prefix]
+        return [repr(time.time()), self.keys.batch_prefix]
+
+    def pipeline(self) -> redis.client.Pipeline:
+        """A pipeline other stores of this package add their writes to (one round trip)."""
+        return self._r.pipeline(transaction=False)
+
+    def ping(self) -> None:
+        """Raise if Redis cannot be reached (readiness probes)."""
+        self._r.ping()
 
     # --- creation and reads --------------------------------------------------------------------
     def create(self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], input_key: str, **extra: Any) -> None:
@@ -111,10 +96,10 @@ class JobStore:
         """Write queued jobs and their places in the queue in one round trip (10,000 at a time is fine)."""
         now = time.time()
         own = pipe is None
-        pipe = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
         by_queue: dict[str, dict[str, float]] = {}
         for n, job in enumerate(jobs):
-            key = self.job_key(job.job_id)
+            key = self.keys.job(job.job_id)
             record: dict[str, Any] = {
                 "id": job.job_id, "kind": job.kind, "queue": job.queue, "status": JobStatus.QUEUED.value,
                 "params": json.dumps(job.params), "input_key": job.input_key, "created_at": repr(now),
@@ -128,74 +113,86 @@ class JobStore:
             # Same-instant jobs keep their submission order in the queue.
             by_queue.setdefault(job.queue, {})[job.job_id] = now + n * 1e-6
         for queue, members in by_queue.items():
-            pipe.zadd(self.queue_key(queue), members)
+            pipe.zadd(self.keys.queued(queue), members)
             # Until its message is on the broker a job is also "unsent": if the API process dies
             # between this write and the send, a worker finds it here and sends it (mark_sent).
-            pipe.zadd(self.unsent_key(queue), members)
+            pipe.zadd(self.keys.unsent(queue), members)
         if own:
             pipe.execute()
 
     def create_cached(
         self, job_id: str, *, params: dict[str, Any], source: dict[str, Any], tenant: str, batch_id: str = "",
-        pipe: redis.client.Pipeline | None = None,
+        webhook: dict[str, Any] | None = None, pipe: redis.client.Pipeline | None = None,
     ) -> None:
         """A job answered at once by an identical finished job: succeeded on creation, pointing at the
-        source job's result objects, and marked with `cached_from`."""
+        source job's result objects (by their stored keys: nothing is written under the new job's
+        id), and marked with `cached_from`."""
         now = repr(time.time())
-        key = self.job_key(job_id)
-        p = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        key = self.keys.job(job_id)
+        p = pipe if pipe is not None else self._r.pipeline(transaction=False)
         p.hset(key, mapping={
-            "id": job_id, "kind": source["kind"], "queue": source.get("queue", "decompose"), "status": "succeeded",
+            "id": job_id, "kind": source["kind"], "queue": source.get("queue", DECOMPOSE_QUEUE), "status": "succeeded",
             "params": json.dumps(params), "input_key": source["input_key"], "created_at": now, "started_at": now,
             "finished_at": now, "attempts": 0, "batch_id": batch_id, "tenant": tenant, "cached_from": source["id"],
-            "result": json.dumps(source["result"]), "timings": "{}",
+            "result": json.dumps(with_object_keys(source["result"], source["id"])), "timings": "{}",
             "progress": json.dumps({"stage": "done", "step": source["progress"].get("total", 0),
                                     "total": source["progress"].get("total", 0)}),
         })
-        p.rpush(key + ":log", f"none>succeeded@{now}")
+        if webhook:
+            p.hset(key, "webhook", json.dumps(webhook))
+        p.rpush(self.keys.job_log(job_id), f"none>succeeded@{now}")
         # A cached job lives no longer than the results it points to.
-        ttl = self.r.ttl(self.job_key(source["id"]))
-        for k in (key, key + ":log"):
-            p.expire(k, ttl if ttl and ttl > 0 else self.ttl_s)
+        ttl = self.remaining_ttl_s(source["id"])
+        for k in (key, self.keys.job_log(job_id)):
+            p.expire(k, ttl)
         if batch_id:
-            p.hincrby(self.batch_prefix + batch_id, "n_succeeded", 1)
+            p.hincrby(self.keys.batch(batch_id), "n_succeeded", 1)
         if pipe is None:
             p.execute()
 
-    def mark_sent(self, job_ids: list[str], queue: str = "decompose", chunk: int = 5000) -> None:
-        pipe = self.r.pipeline(transaction=False)
+    def remaining_ttl_s(self, job_id: str) -> int:
+        """Seconds until the job's record expires (`ttl_s` when it has no expiry or is gone)."""
+        ttl = self._r.ttl(self.keys.job(job_id))
+        return ttl if ttl and ttl > 0 else self.ttl_s
+
+    def cache_key_of(self, job_id: str) -> str:
+        """The result-cache key a job was created under ('' when it opted out)."""
+        return self._r.hget(self.keys.job(job_id), "cache_key") or ""
+
+    def mark_sent(self, job_ids: list[str], queue: str = DECOMPOSE_QUEUE, chunk: int = 5000) -> None:
+        pipe = self._r.pipeline(transaction=False)
         for i in range(0, len(job_ids), chunk):
-            pipe.zrem(self.unsent_key(queue), *job_ids[i : i + chunk])
+            pipe.zrem(self.keys.unsent(queue), *job_ids[i : i + chunk])
         pipe.execute()
 
-    def unsent_since(self, older_than_s: float, queue: str = "decompose", limit: int = 1000) -> list[str]:
+    def unsent_since(self, older_than_s: float, queue: str = DECOMPOSE_QUEUE, limit: int = 1000) -> list[str]:
         """Jobs created over `older_than_s` ago whose message was never confirmed sent."""
-        return self.r.zrangebyscore(self.unsent_key(queue), 0, time.time() - older_than_s, start=0, num=limit)
+        return self._r.zrangebyscore(self.keys.unsent(queue), 0, time.time() - older_than_s, start=0, num=limit)
 
     def get(self, job_id: str) -> dict[str, Any]:
         """The record with JSON fields decoded; raise JobNotFound when unknown or expired."""
-        raw = self.r.hgetall(self.job_key(job_id))
+        raw = self._r.hgetall(self.keys.job(job_id))
         if not raw:
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         return decode_record(raw)
 
     def get_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hgetall(self.job_key(job_id))
+            pipe.hgetall(self.keys.job(job_id))
         return [decode_record(raw) if raw else None for raw in pipe.execute()]
 
     def transition_log(self, job_id: str) -> list[str]:
-        return self.r.lrange(self.job_key(job_id) + ":log", 0, -1)
+        return self._r.lrange(self.keys.job_log(job_id), 0, -1)
 
     def queue_position(self, queue: str, job_id: str) -> int | None:
-        return self.r.zrank(self.queue_key(queue), job_id)
+        return self._r.zrank(self.keys.queued(queue), job_id)
 
     def queued_count(self, queue: str) -> int:
-        return int(self.r.zcard(self.queue_key(queue)))
+        return int(self._r.zcard(self.keys.queued(queue)))
 
     # --- transitions ---------------------------------------------------------------------------
-    def transition(self, job_id: str, new: JobStatus, *, queue: str = "decompose", **fields: Any) -> JobStatus:
+    def transition(self, job_id: str, new: JobStatus, *, queue: str = DECOMPOSE_QUEUE, **fields: Any) -> JobStatus:
         """Move a job to `new` if ALLOWED from its current status; return the previous status.
 
         Raise IllegalTransition (naming the current status) when refused, JobNotFound when missing."""
@@ -203,7 +200,7 @@ class JobStore:
         args: list[Any] = [*self._common(), "," + ",".join(allowed_from) + ",", new.value]
         for name, value in fields.items():
             args += [name, value if isinstance(value, str) else json.dumps(value)]
-        outcome, current = self._transition(keys=[self.job_key(job_id), self.queue_key(queue)], args=args)
+        outcome, current = self._transition(keys=[self.keys.job(job_id), self.keys.queued(queue)], args=args)
         if outcome == "missing":
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         if outcome == "refused":
@@ -212,7 +209,7 @@ class JobStore:
 
     def begin_attempt(
         self, job_id: str, *, max_deliveries: int, worker: str = "", alive_within_s: float = 45.0,
-        queue: str = "decompose",
+        queue: str = DECOMPOSE_QUEUE,
     ) -> Attempt:
         """Claim a delivery: queued/running → running (attempts + 1). A terminal job is skipped (a
         redelivered message does nothing), a job running on a live worker is a duplicate, and past
@@ -220,7 +217,7 @@ class JobStore:
         error = json.dumps(
             {"code": "worker_lost", "message": f"job was delivered {max_deliveries} times without finishing"}
         )
-        keys = [self.job_key(job_id), self.queue_key(queue), self.workers_key(queue)]
+        keys = [self.keys.job(job_id), self.keys.queued(queue), self.keys.workers(queue)]
         args = [*self._common(), max_deliveries, error, worker, time.time() - alive_within_s]
         outcome, detail = self._begin(keys=keys, args=args)
         if outcome == "run":
@@ -236,19 +233,19 @@ class JobStore:
     def set_progress(self, job_id: str, stage: str, step: int = 0, total: int = 0) -> JobStatus | None:
         """Record progress while running; return the job's status (the worker stops on `canceling`)."""
         prog = json.dumps({"stage": stage, "step": step, "total": total})
-        cur = self._progress(keys=[self.job_key(job_id)], args=[prog])
+        cur = self._progress(keys=[self.keys.job(job_id)], args=[prog])
         return JobStatus(cur) if cur else None
 
     def status(self, job_id: str) -> JobStatus | None:
-        cur = self.r.hget(self.job_key(job_id), "status")
+        cur = self._r.hget(self.keys.job(job_id), "status")
         return JobStatus(cur) if cur else None
 
-    def cancel(self, job_ids: list[str], *, queue: str = "decompose", chunk: int = 1000) -> dict[str, int]:
+    def cancel(self, job_ids: list[str], *, queue: str = DECOMPOSE_QUEUE, chunk: int = 1000) -> dict[str, int]:
         """Cancel jobs: queued ones end `canceled` now, running ones become `canceling`."""
         totals = {"canceled": 0, "canceling": 0, "already_finished": 0, "missing": 0}
         for i in range(0, len(job_ids), chunk):
-            keys = [self.job_key(j) for j in job_ids[i : i + chunk]]
-            counts = self._cancel(keys=[self.queue_key(queue)], args=[*self._common(), *keys])
+            keys = [self.keys.job(j) for j in job_ids[i : i + chunk]]
+            counts = self._cancel(keys=[self.keys.queued(queue)], args=[*self._common(), *keys])
             for name, n in zip(totals, counts):
                 totals[name] += int(n)
         return totals
@@ -268,16 +265,6 @@ class JobStore:
 
     def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None) -> JobStatus:
         return self.transition(job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=timings or {})
-
-    # --- workers (liveness for ETAs, duplicate detection and reaping) ---------------------------
-    def worker_heartbeat(self, queue: str, worker: str) -> None:
-        self.r.zadd(self.workers_key(queue), {worker: time.time()})
-
-    def worker_gone(self, queue: str, worker: str) -> None:
-        self.r.zrem(self.workers_key(queue), worker)
-
-    def live_workers(self, queue: str, within_s: float = 45.0) -> int:
-        return int(self.r.zcount(self.workers_key(queue), time.time() - within_s, "+inf"))
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:

@@ -9,12 +9,14 @@ break the signature.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from layerq.errors import ObjectNotFound, StorageFull
 
@@ -47,6 +49,11 @@ reasons that have nothing to do with free space."""
 _INSUFFICIENT_STORAGE = 507
 
 
+_THROTTLED_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -54,6 +61,33 @@ def _error_code(exc: ClientError) -> str:
 def _is_full(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return _error_code(exc) in _FULL_CODES or status == _INSUFFICIENT_STORAGE
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A fault that outlasted botocore's own retries but may pass: the endpoint unreachable or
+    timing out, a 5xx or throttling. A 4xx (denied, bad request) or a malformed call is permanent."""
+    if isinstance(exc, ClientError):
+        if _is_full(exc):  # no room: it does not pass within a retry's backoff
+            return False
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+        return status >= 500 or _error_code(exc) in _THROTTLED_CODES
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
+
+
+def _translated(method: F) -> F:
+    """Raise the project's `StorageUnavailable` for transient botocore faults, so callers (the
+    worker's retry decision) never need to know botocore's exception classes."""
+
+    @functools.wraps(method)
+    def wrapper(self: "S3Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            if _is_transient(exc):
+                raise StorageUnavailable(f"S3 {method.__name__} failed: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    return cast(F, wrapper)
 
 
 class S3Store(ObjectStore):
@@ -127,6 +161,7 @@ class S3Store(ObjectStore):
 
     # --- ObjectStore ---------------------------------------------------------------------------
 
+    @_translated
     def put(self, key: str, data: bytes | Pieces, content_type: str = "application/octet-stream") -> None:
         """PutObject with `ContentType`; S3 makes the object visible whole or not at all."""
         validate_key(key)
@@ -140,6 +175,7 @@ class S3Store(ObjectStore):
                 ) from exc
             raise
 
+    @_translated
     def get(self, key: str) -> bytes:
         validate_key(key)
         try:
@@ -151,6 +187,7 @@ class S3Store(ObjectStore):
         with response["Body"] as body:
             return cast(bytes, body.read())
 
+    @_translated
     def exists(self, key: str) -> bool:
         validate_key(key)
         try:
@@ -168,11 +205,13 @@ class S3Store(ObjectStore):
             for item in page.get("Contents", []):
                 yield item["Key"]
 
+    @_translated
     def list(self, prefix: str) -> list[str]:
         validate_prefix(prefix)
         # S3 orders by UTF-8 bytes, Python by code points; sort here so both backends agree.
         return sorted(self._iter_keys(prefix))
 
+    @_translated
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":
             raise InvalidKey("refusing to delete with an empty prefix (that would wipe the whole bucket)")

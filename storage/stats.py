@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from storage.keys import Keys
+
 KEEP = 10  # measurements kept per term and bucket: recent ones, since a machine's pace drifts
 
 
@@ -31,8 +33,9 @@ def _tokens(b: str) -> float:
 
 class ServiceTimes:
     def __init__(self, client: redis.Redis, key_prefix: str, kind: str = "decompose") -> None:
-        self.r = client
-        self.key = f"{key_prefix}:stats:{kind}"
+        self._r = client
+        self.key = Keys(key_prefix).stats(kind)
+        self.samples_key = Keys(key_prefix).stats_samples(kind)
 
     def record(self, params: dict[str, Any], timings: dict[str, float]) -> None:
         """Fold one finished job's stage timings into the means."""
@@ -46,14 +49,14 @@ class ServiceTimes:
             update[f"{b}:caption_s"] = caption
         # Read-modify-write without a lock: two workers finishing at once may drop one sample,
         # which a statistic can afford.
-        current = self.r.hmget(self.key + ":samples", list(update))
+        current = self._r.hmget(self.samples_key, list(update))
         samples, medians = {}, {}
         for (name, v), old in zip(update.items(), current):
             kept = (json.loads(old) if old else [])[-(KEEP - 1):] + [round(v, 5)]
             samples[name] = json.dumps(kept)
             medians[name] = repr(statistics.median(kept))
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.key + ":samples", mapping=samples)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(self.samples_key, mapping=samples)
         pipe.hset(self.key, mapping=medians)
         pipe.execute()
 
@@ -78,4 +81,4 @@ class ServiceTimes:
         return total
 
     def snapshot(self) -> dict[str, str]:
-        return self.r.hgetall(self.key)
+        return self._r.hgetall(self.key)

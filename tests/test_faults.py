@@ -80,7 +80,7 @@ def test_poison_job_fails_after_three_deliveries_while_others_complete(stack, cl
 
 def test_jobs_recorded_by_an_api_that_died_before_sending_are_sent(stack, client):
     """As if the API process died between writing a batch's records and sending its messages."""
-    from layerq import keys
+    from layerq import objects as keys
     from layerq.params import DecomposeParams
     from storage.factory import open_object_store
     from storage.jobs import JobStore, NewJob, new_job_id
@@ -96,7 +96,12 @@ def test_jobs_recorded_by_an_api_that_died_before_sending_are_sent(stack, client
         orphans.append(NewJob(job_id, params, keys.input_key(job_id)))
     jobs.create_many(orphans)  # recorded, never sent
     # Backdate them past the grace period instead of waiting a minute.
-    jobs.r.zadd(jobs.unsent_key("decompose"), {j.job_id: 1.0 for j in orphans})
+    import redis
+
+    from storage.keys import Keys
+
+    redis.Redis.from_url(settings.redis_url).zadd(Keys(settings.key_prefix).unsent("decompose"),
+                                                  {j.job_id: 1.0 for j in orphans})
     finals = [client.wait(j.job_id, timeout_s=120) for j in orphans]
     assert [f["status"] for f in finals] == ["succeeded"] * 3
     assert jobs.unsent_since(0) == []

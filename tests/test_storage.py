@@ -24,7 +24,7 @@ from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
 from layerq.config import Settings
-from layerq.errors import ObjectNotFound, SignatureInvalid, ValidationFailed
+from layerq.errors import ObjectNotFound, SignatureInvalid, TransientError, ValidationFailed
 from storage import signing
 from storage.base import (
     MAX_URL_TTL_S,
@@ -672,6 +672,22 @@ def test_s3_check_fails_fast_on_unreachable_endpoint(s3_settings_overrides: dict
         store = open_object_store(settings)
         with pytest.raises(StorageUnavailable):
             store.check()
+        # Every call, not only the probe: the worker retries a job on the project's own
+        # TransientError and never needs botocore's exception classes.
+        for call in (lambda: store.put("jobs/x/a.png", PNG), lambda: store.get("jobs/x/a.png"),
+                     lambda: store.list("jobs/x/"), lambda: store.delete_prefix("jobs/x/")):
+            with pytest.raises(StorageUnavailable) as caught:
+                call()
+            assert isinstance(caught.value, TransientError)
+
+
+def test_s3_permanent_faults_stay_permanent(s3_settings_overrides: dict[str, Any]) -> None:
+    # A missing bucket is a 404: a configuration error, not an outage to wait out.
+    store = open_object_store(_s3_settings(s3_settings_overrides, s3_bucket="no-such-bucket-here",
+                                           s3_create_bucket=False))
+    with pytest.raises(Exception) as caught:
+        store.put("jobs/x/a.png", PNG)
+    assert not isinstance(caught.value, TransientError)
 
 
 # --- factory ---------------------------------------------------------------------------------------

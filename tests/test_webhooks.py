@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from layerq import keys
+from layerq import objects as keys
 from layerq.config import Settings
 from layerq.errors import ValidationFailed
 from layerq.webhooks import (
@@ -30,7 +30,9 @@ from layerq.webhooks import (
     delivery_headers, delivery_id_for, enqueue_event, event_payload, notify, plan_retries, resolve_target, sign,
     verify,
 )
-from storage.jobs import JobStore, new_job_id
+from storage.client import connect
+from storage.deliveries import WebhookDeliveries
+from storage.jobs import JobStore, NewJob, new_job_id
 from storage.local import LocalDiskStore
 from tests.helpers import wait_for
 from worker.webhooks import WebhookMessage, deliver, delivery_status
@@ -65,6 +67,11 @@ def make_settings(**overrides: Any) -> Any:
 @pytest.fixture
 def jobs(redis_url: str) -> JobStore:
     return JobStore.from_url(redis_url, key_prefix=f"wh{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def deliveries(redis_url: str, jobs: JobStore) -> WebhookDeliveries:
+    return WebhookDeliveries(connect(redis_url), key_prefix=jobs.prefix, ttl_s=3600)
 
 
 @pytest.fixture
@@ -254,10 +261,10 @@ def test_payload_is_thin():
 
 
 # --- delivery against real receivers -------------------------------------------------------------
-def test_delivery_is_signed_thin_and_carries_fresh_urls(jobs, store, receiver_factory):
+def test_delivery_is_signed_thin_and_carries_fresh_urls(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory()
     job_id = finished_job(jobs)
-    (outcome,) = drive(message(job_id, rx.url()), settings=make_settings(), jobs=jobs, store=store)
+    (outcome,) = drive(message(job_id, rx.url()), settings=make_settings(), jobs=jobs, store=store, deliveries=deliveries)
     assert outcome.state == "delivered" and outcome.status_code == 200
     (req,) = rx.requests
     assert req["valid"] and req["headers"]["Layerq-Event"] == "job.completed"
@@ -270,69 +277,69 @@ def test_delivery_is_signed_thin_and_carries_fresh_urls(jobs, store, receiver_fa
     assert "sig=" in job["result"]["exports"]["zip"] and len(req["body"]) < 4096
 
 
-def test_failures_are_retried_with_the_same_delivery_id(jobs, store, receiver_factory):
+def test_failures_are_retried_with_the_same_delivery_id(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory([(500, {}), (503, {})])
     job_id = finished_job(jobs)
     settings = make_settings()
-    outcomes = drive(message(job_id, rx.url()), settings=settings, jobs=jobs, store=store)
+    outcomes = drive(message(job_id, rx.url()), settings=settings, jobs=jobs, store=store, deliveries=deliveries)
     assert [o.state for o in outcomes] == ["retrying", "retrying", "delivered"]
     assert [o.retry_in for o in outcomes[:2]] == [0.01, 0.02]
     assert len(rx.requests) == 3 and all(r["valid"] for r in rx.requests)
     assert len({r["headers"]["Layerq-Delivery"] for r in rx.requests}) == 1
     assert [r["headers"]["Layerq-Attempt"] for r in rx.requests] == ["1", "2", "3"]
-    status = delivery_status(jobs.r, jobs.prefix, delivery_id_for(job_id, "completed"))
+    status = delivery_status(deliveries, delivery_id_for(job_id, "completed"))
     assert status["state"] == "delivered" and status["attempts"] == 3
     assert [h["status_code"] for h in status["history"]] == [500, 503, 200]
     # A redelivered message for an attempt that already ran sends nothing.
-    assert deliver(message(job_id, rx.url()), settings=settings, jobs=jobs, store=store).state == "skipped"
+    assert deliver(message(job_id, rx.url()), settings=settings, jobs=jobs, store=store, deliveries=deliveries).state == "skipped"
     assert len(rx.requests) == 3
 
 
-def test_attempts_are_capped(jobs, store, receiver_factory):
+def test_attempts_are_capped(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory([(500, {})] * 10)
     outcomes = drive(message(finished_job(jobs), rx.url()), settings=make_settings(webhook_max_attempts=4),
-                     jobs=jobs, store=store)
+                     jobs=jobs, store=store, deliveries=deliveries)
     assert [o.state for o in outcomes] == ["retrying"] * 3 + ["failed"] and len(rx.requests) == 4
 
 
-def test_redirects_are_not_followed(jobs, store, receiver_factory):
+def test_redirects_are_not_followed(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory([(302, {"Location": "/elsewhere"})])
-    outcome = deliver(message(finished_job(jobs), rx.url()), settings=make_settings(), jobs=jobs, store=store)
+    outcome = deliver(message(finished_job(jobs), rx.url()), settings=make_settings(), jobs=jobs, store=store, deliveries=deliveries)
     assert outcome.state == "retrying" and outcome.status_code == 302
     assert [r["path"] for r in rx.requests] == ["/hook"]
 
 
-def test_gone_stops_retries(jobs, store, receiver_factory):
+def test_gone_stops_retries(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory([(410, {})])
-    outcomes = drive(message(finished_job(jobs), rx.url()), settings=make_settings(), jobs=jobs, store=store)
+    outcomes = drive(message(finished_job(jobs), rx.url()), settings=make_settings(), jobs=jobs, store=store, deliveries=deliveries)
     assert [o.state for o in outcomes] == ["gone"] and len(rx.requests) == 1
 
 
-def test_connection_errors_and_timeouts_are_retried(jobs, store, receiver_factory):
+def test_connection_errors_and_timeouts_are_retried(jobs, store, deliveries, receiver_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     job_id = finished_job(jobs)
     refused = deliver(message(job_id, f"http://127.0.0.1:{closed_port}/"), settings=make_settings(), jobs=jobs,
-                      store=store)
+                      store=store, deliveries=deliveries)
     assert refused.state == "retrying" and "Connection" in (refused.error or "")
     slow = receiver_factory(delay_s=1.0)
     timed_out = deliver(message(job_id, slow.url(), "failed"), settings=make_settings(webhook_timeout_s=0.3),
-                        jobs=jobs, store=store)
+                        jobs=jobs, store=store, deliveries=deliveries)
     assert timed_out.state == "retrying" and "Timeout" in (timed_out.error or "")
 
 
-def test_delivery_time_check_refuses_rebound_dns_and_pins_the_checked_address(jobs, store, receiver_factory):
+def test_delivery_time_check_refuses_rebound_dns_and_pins_the_checked_address(jobs, store, deliveries, receiver_factory):
     rx = receiver_factory()
     job_id = finished_job(jobs)
     settings = make_settings(webhook_allow_hosts="")
     # The host passed the API's check with a public address, now resolves to loopback: never sent.
-    outcome = deliver(message(job_id, rx.url("hooks.example")), settings=settings, jobs=jobs, store=store,
+    outcome = deliver(message(job_id, rx.url("hooks.example")), settings=settings, jobs=jobs, store=store, deliveries=deliveries,
                       resolve=fake_dns({"hooks.example": ["127.0.0.1"]}))
     assert outcome.state == "refused" and rx.requests == []
     # Allow-listed by name: we connect to the address we resolved, with the URL's Host header.
     outcome = deliver(message(job_id, rx.url("hooks.example"), "failed"),
-                      settings=make_settings(webhook_allow_hosts="hooks.example"), jobs=jobs, store=store,
+                      settings=make_settings(webhook_allow_hosts="hooks.example"), jobs=jobs, store=store, deliveries=deliveries,
                       resolve=fake_dns({"hooks.example": ["127.0.0.1"]}))
     assert outcome.state == "delivered" and rx.requests[0]["headers"]["Host"] == f"hooks.example:{rx.port}"
 
@@ -361,7 +368,7 @@ def self_signed(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, str]:
     return ctx, str(cert_path)
 
 
-def test_https_verifies_the_url_host_while_connecting_to_the_checked_address(jobs, store, tmp_path, receiver_factory):
+def test_https_verifies_the_url_host_while_connecting_to_the_checked_address(jobs, store, deliveries, tmp_path, receiver_factory):
     pytest.importorskip("cryptography")
     ctx, ca = self_signed(tmp_path, "hooks.example")
     rx = receiver_factory(tls=ctx)
@@ -369,10 +376,10 @@ def test_https_verifies_the_url_host_while_connecting_to_the_checked_address(job
     dns = fake_dns({"hooks.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
     settings = make_settings(webhook_allow_hosts="hooks.example,other.example")
     ok = deliver(message(job_id, rx.url("hooks.example", scheme="https")), settings=settings, jobs=jobs,
-                 store=store, resolve=dns, ca_certs=ca)
+                 store=store, deliveries=deliveries, resolve=dns, ca_certs=ca)
     assert ok.state == "delivered" and rx.requests[0]["valid"]
     wrong_name = deliver(message(job_id, rx.url("other.example", scheme="https"), "failed"), settings=settings,
-                         jobs=jobs, store=store, resolve=dns, ca_certs=ca)
+                         jobs=jobs, store=store, deliveries=deliveries, resolve=dns, ca_certs=ca)
     assert wrong_name.state == "retrying" and len(rx.requests) == 1
 
 
@@ -385,38 +392,37 @@ class FakeCelery:
         self.sent.append({"name": name, "args": args, "queue": queue})
 
 
-def test_enqueue_respects_filters_and_dedupes(jobs):
+def test_enqueue_respects_filters_and_dedupes(jobs, deliveries):
     app, spec = FakeCelery(), WebhookSpec(url="http://127.0.0.1:9/", events=["completed", "started"])
     settings = make_settings(key_prefix=jobs.prefix)
-    assert enqueue_event(app, settings, "j1", "failed", spec, redis_client=jobs.r) is None  # filtered out
-    delivery = enqueue_event(app, settings, "j1", "completed", spec, redis_client=jobs.r)
+    assert enqueue_event(app, settings, "j1", "failed", spec, deliveries=deliveries) is None  # filtered out
+    delivery = enqueue_event(app, settings, "j1", "completed", spec, deliveries=deliveries)
     assert delivery == delivery_id_for("j1", "completed")
-    assert enqueue_event(app, settings, "j1", "completed", spec, redis_client=jobs.r) is None  # a redelivered job
-    assert enqueue_event(app, make_settings(webhook_secret=""), "j2", "completed", spec, redis_client=jobs.r) is None
+    assert enqueue_event(app, settings, "j1", "completed", spec, deliveries=deliveries) is None  # a redelivered job
+    assert enqueue_event(app, make_settings(webhook_secret=""), "j2", "completed", spec, deliveries=deliveries) is None
     (sent,) = app.sent
     assert sent["name"] == WEBHOOK_TASK and sent["queue"] == WEBHOOK_QUEUE
     msg = WebhookMessage.model_validate(sent["args"][0])
     assert msg.attempt == 1 and msg.delivery_id == delivery and msg.url == spec.url
-    assert delivery_status(jobs.r, jobs.prefix, delivery)["state"] == "queued"
+    assert delivery_status(deliveries, delivery)["state"] == "queued"
 
 
-def test_notify_maps_record_status_to_events_once(jobs):
+def test_notify_maps_record_status_to_events_once(jobs, deliveries):
     app, settings = FakeCelery(), make_settings(key_prefix=jobs.prefix)
     job_id = new_job_id()
-    jobs.create(job_id, kind="decompose", queue="decompose", params={}, input_key=keys.input_key(job_id))
     spec = WebhookSpec(url="http://127.0.0.1:9/", events=["started", "completed"])
-    jobs.r.hset(jobs.job_key(job_id), "webhook", spec.model_dump_json())  # how the API stores it
-    assert notify(app, settings, jobs.get(job_id), redis_client=jobs.r) is None  # queued: no event
+    jobs.create_many([NewJob(job_id, {}, keys.input_key(job_id), webhook=spec.model_dump())])  # how the API stores it
+    assert notify(app, settings, jobs.get(job_id), deliveries=deliveries) is None  # queued: no event
     jobs.begin_attempt(job_id, max_deliveries=3)
-    assert notify(app, settings, jobs.get(job_id), redis_client=jobs.r) == delivery_id_for(job_id, "started")
+    assert notify(app, settings, jobs.get(job_id), deliveries=deliveries) == delivery_id_for(job_id, "started")
     jobs.begin_attempt(job_id, max_deliveries=3)  # redelivered job: running again, no second event
-    assert notify(app, settings, jobs.get(job_id), redis_client=jobs.r) is None
+    assert notify(app, settings, jobs.get(job_id), deliveries=deliveries) is None
     jobs.succeed(job_id, {"layers": [], "exports": []}, {"total": 1.0})
     rec = jobs.get(job_id)
-    assert notify(app, settings, rec, redis_client=jobs.r) == delivery_id_for(job_id, "completed")
+    assert notify(app, settings, rec, deliveries=deliveries) == delivery_id_for(job_id, "completed")
     assert [m["args"][0]["event"] for m in app.sent] == ["started", "completed"]
     assert app.sent[1]["args"][0]["created_at"] == rec["finished_at"]
-    assert notify(app, settings, {"id": "x", "status": "failed"}, redis_client=jobs.r) is None  # no webhook
+    assert notify(app, settings, {"id": "x", "status": "failed"}, deliveries=deliveries) is None  # no webhook
 
 
 # --- through a real Celery worker on the cpu queue -----------------------------------------------
@@ -432,7 +438,7 @@ app.worker_main(["worker", "--pool=solo", "-Q", "cpu", "-n", "wh@%h", "--logleve
 """
 
 
-def test_real_worker_retries_until_delivered(jobs, redis_url, tmp_path, receiver_factory):
+def test_real_worker_retries_until_delivered(jobs, deliveries, redis_url, tmp_path, receiver_factory):
     from layerq.celery_app import make_celery
 
     rx = receiver_factory([(500, {}), (500, {})])
@@ -445,11 +451,11 @@ def test_real_worker_retries_until_delivered(jobs, redis_url, tmp_path, receiver
     try:
         job_id = finished_job(jobs)
         spec = WebhookSpec(url=rx.url())
-        delivery = enqueue_event(make_celery(settings), settings, job_id, "completed", spec)
+        delivery = enqueue_event(make_celery(settings), settings, job_id, "completed", spec, deliveries=deliveries)
         wait_for(lambda: len(rx.requests) >= 3 or proc.poll() is not None, 20, what="3 delivery attempts")
         assert [r["valid"] for r in rx.requests] == [True] * 3
         # The attempt is recorded just after the receiver answered.
-        wait_for(lambda: delivery_status(jobs.r, jobs.prefix, delivery)["state"] == "delivered", 20,
+        wait_for(lambda: delivery_status(deliveries, delivery)["state"] == "delivered", 20,
                  what="delivery recorded as delivered")
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from layerq import keys
+from layerq import objects as keys
 from layerq.celery_app import make_celery
 from layerq.client import LayerqClient
 from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK, DecomposeMessage

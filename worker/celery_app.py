@@ -6,10 +6,11 @@ from celery import Celery
 
 from layerq.celery_app import make_celery
 from layerq.config import Settings
+from layerq.queues import DECOMPOSE_QUEUE
 from worker import tasks, webhooks
 
 
-def make_worker_app(settings: Settings | None = None, queues: str = "decompose") -> Celery:
+def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QUEUE) -> Celery:
     app = make_celery(settings)
     app.conf.layerq_queues = [q.strip() for q in queues.split(",") if q.strip()]
     tasks.register(app)

@@ -14,10 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import redis
 from PIL import Image
 
-from layerq import keys, metrics
+from layerq import metrics
+from layerq import objects as keys
+from layerq.config import Settings
 from layerq.errors import (
     InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed, ValidationFailed,
 )
@@ -26,6 +27,7 @@ from layerq.logs import bind_log_context
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
 from storage.base import Pieces
+from storage.client import is_transient
 from worker import exports
 from worker.liveness import dead_after_s
 from worker.runtime import WorkerRuntime
@@ -33,25 +35,11 @@ from worker.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 KIND = "decompose"
-_THREADS = 8
+_UPLOAD_THREADS = 8  # storage writes are I/O bound: more of them than encoding threads
 
 
 class TransientJobError(Exception):
     """Raised when a job hit a fault worth retrying later: storage or Redis unreachable."""
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Storage or Redis unreachable after their own in-process retries: worth a later retry."""
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
-
-    from storage.base import StorageUnavailable
-
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError,
-                        StorageUnavailable, BotoConnectionError, HTTPClientError)):
-        return True
-    if isinstance(exc, ClientError):  # throttling or a 5xx that outlasted botocore's retries
-        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-    return False
 
 
 class StageClock:
@@ -85,7 +73,7 @@ def parse_message(raw: Any) -> DecomposeMessage:
         raise ValidationFailed(f"malformed decompose message: {exc}") from exc
 
 
-def load_input(data: bytes, settings: Any) -> Image.Image:
+def load_input(data: bytes, settings: Settings) -> Image.Image:
     # Uploaded inputs reach the worker unchecked (the API does not read them), so they get the very
     # checks the API applies to multipart uploads.
     from layerq.images import normalise_image
@@ -144,14 +132,14 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
     except JobCanceled:
         return _cancel(rt, msg.job_id, clock.total())
     except (JobTimedOut, LayerqError) as exc:
-        if _is_transient(exc):  # StorageUnavailable is a LayerqError but not the job's fault
+        if is_transient(exc):  # StorageUnavailable is a LayerqError but not the job's fault
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         code = exc.code
         if isinstance(exc, PipelineFailed) and "OutOfMemoryError" in type(exc.__cause__).__name__:
             code = "out_of_memory"  # permanent at this size: retrying on the same card fails again
         return _end_failed(rt, msg.job_id, code, exc.message, clock.total())
     except Exception as exc:
-        if _is_transient(exc):
+        if is_transient(exc):
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("job %s failed unexpectedly", msg.job_id)
         return _end_failed(rt, msg.job_id, "internal", f"{type(exc).__name__}: {exc}", clock.total())
@@ -164,7 +152,7 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
         return _cancel(rt, msg.job_id, timings)
     rt.stats.record(msg.params.model_dump(), timings)
     metrics.observe_stages("decompose", timings)
-    _index_for_cache(rt, msg.job_id)
+    rt.services.cache.remember(msg.job_id)  # identical later requests are answered by this job
     _notify(rt, msg.job_id)
     return "succeeded"
 
@@ -195,21 +183,25 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     manifest = _manifest(msg, params, layers, rt.settings.model, formats)
     # Each object is stored as soon as it is encoded, so storage writes overlap the encoding of the
     # rest; the manifest is written only after every other object is stored.
-    with ThreadPoolExecutor(_THREADS) as uploads:
+    with ThreadPoolExecutor(_UPLOAD_THREADS) as uploads, \
+            ThreadPoolExecutor(rt.settings.encode_thread_count, thread_name_prefix="exports") as encoders:
         pending = []
 
         def store(name: str, data: bytes | Pieces) -> None:
             key, content_type = _object_for(msg.job_id, name)
             pending.append(uploads.submit(rt.store.put, key, data, content_type))
 
-        exports.encode_all(layers, manifest, formats, on_ready=store, pieces=True)
+        exports.encode_all(layers, manifest, formats, pool=encoders, on_ready=store, pieces=True)
         clock.lap("exporting")
         _set_stage(rt, msg.job_id, "uploading", params)
         for future in pending:
             future.result()
     rt.store.put(keys.manifest_key(msg.job_id), json.dumps(manifest, indent=2).encode(), "application/json")
     clock.lap("uploading")
-    return {"layers": manifest["layers"], "exports": list(manifest["exports"]), "steps": params.num_inference_steps}
+    # Every object by its key: a job answered from the cache later signs these very keys.
+    return {"layers": manifest["layers"], "composite": manifest["composite"],
+            "manifest": keys.manifest_key(msg.job_id), "exports": dict(manifest["exports"]),
+            "steps": params.num_inference_steps}
 
 
 class _StepTimes:
@@ -322,14 +314,6 @@ def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings
     return "failed"
 
 
-def _index_for_cache(rt: WorkerRuntime, job_id: str) -> None:
-    """Let identical later requests (same tenant, input bytes and params) be answered by this job."""
-    rec = rt.jobs.r.hmget(rt.jobs.job_key(job_id), ["cache_key"])
-    if rec and rec[0]:
-        ttl = rt.jobs.r.ttl(rt.jobs.job_key(job_id))
-        rt.jobs.r.set(rec[0], job_id, ex=ttl if ttl and ttl > 0 else rt.settings.job_ttl_s)
-
-
 def _notify(rt: WorkerRuntime, job_id: str) -> None:
     """Send the webhook event the job's current status stands for, if the job asked for one. `notify`
     sends each (job, event) at most once and never raises: a webhook problem must not fail the job."""
@@ -340,4 +324,4 @@ def _notify(rt: WorkerRuntime, job_id: str) -> None:
     except JobNotFound:
         return
     if rec.get("webhook"):
-        notify(rt.app, rt.settings, rec, redis_client=rt.jobs.r)
+        notify(rt.app, rt.settings, rec, deliveries=rt.services.deliveries)

@@ -16,7 +16,10 @@ import time
 
 from celery import Celery
 
+from layerq.messages import DecomposeMessage
+from layerq.queues import DECOMPOSE_TASK
 from storage.jobs import JobStore
+from storage.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +32,20 @@ def dead_after_s(heartbeat_s: float) -> float:
 
 class Liveness:
     def __init__(
-        self, jobs: JobStore, app: Celery, queue: str, name: str, heartbeat_s: float, enqueue_grace_s: float = 60.0
+        self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queue: str, name: str, heartbeat_s: float,
+        enqueue_grace_s: float = 60.0,
     ) -> None:
-        self.jobs, self.app, self.queue, self.name = jobs, app, queue, name
+        self.jobs, self.workers, self.app, self.queue, self.name = jobs, workers, app, queue, name
         self.heartbeat_s = heartbeat_s
         self.enqueue_grace_s = enqueue_grace_s
         self._stop = threading.Event()
 
-    def holding_key(self, worker: str) -> str:
-        return f"{self.jobs.prefix}:holding:{self.queue}:{worker}"
-
     def hold(self, job_id: str, delivery_tag: str | None) -> None:
         """Record the message this worker is running (for reaping if the worker dies)."""
-        self.jobs.r.hset(self.holding_key(self.name), mapping={"job_id": job_id, "delivery_tag": delivery_tag or ""})
+        self.workers.hold(self.queue, self.name, job_id, delivery_tag)
 
     def release(self) -> None:
-        self.jobs.r.delete(self.holding_key(self.name))
+        self.workers.release(self.queue, self.name)
 
     def start(self) -> None:
         self.beat()
@@ -53,12 +54,12 @@ class Liveness:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.jobs.worker_gone(self.queue, self.name)
+            self.workers.gone(self.queue, self.name)
         except Exception:  # shutting down; Redis may be gone already
             pass
 
     def beat(self) -> None:
-        self.jobs.worker_heartbeat(self.queue, self.name)
+        self.workers.heartbeat(self.queue, self.name)
 
     def _run(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -71,19 +72,16 @@ class Liveness:
 
     def reap(self) -> list[str]:
         """Put back the messages of workers silent for MISSED_BEATS beats; return their names."""
-        r = self.jobs.r
         cutoff = time.time() - dead_after_s(self.heartbeat_s)
         reaped = []
-        for worker in r.zrangebyscore(self.jobs.workers_key(self.queue), 0, cutoff):
-            # One reaper per dead worker, even with many live workers watching.
-            if not r.set(f"{self.jobs.prefix}:reaping:{worker}", self.name, nx=True, ex=60):
+        for worker in self.workers.silent_since(self.queue, cutoff):
+            if not self.workers.claim_reaping(worker, self.name):
                 continue
-            held = r.hgetall(self.holding_key(worker))
+            held = self.workers.held_by(self.queue, worker)
             if held.get("delivery_tag"):
                 self._restore(held["delivery_tag"])
                 log.warning("worker %s is gone; job %s put back on the queue", worker, held.get("job_id"))
-            r.delete(self.holding_key(worker))
-            r.zrem(self.jobs.workers_key(self.queue), worker)
+            self.workers.forget(self.queue, worker)
             reaped.append(worker)
         return reaped
 
@@ -91,10 +89,7 @@ class Liveness:
         """Send the message of every job the API recorded but never confirmed sending (it died in
         between). Sending twice is harmless: JobStore.begin_attempt skips finished jobs and refuses
         duplicates of running ones."""
-        from layerq.messages import DECOMPOSE_TASK, DecomposeMessage
-
-        r = self.jobs.r
-        if not r.set(f"{self.jobs.prefix}:sending-unsent", self.name, nx=True, ex=max(5, int(self.heartbeat_s))):
+        if not self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s))):
             return 0
         job_ids = self.jobs.unsent_since(self.enqueue_grace_s, self.queue)
         sent = 0

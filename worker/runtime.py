@@ -1,5 +1,5 @@
-"""What one worker process holds for its whole life: settings, stores, liveness and (on GPU queues)
-the loaded pipeline.
+"""What one worker process holds for its whole life: its `Services` (settings, stores, Celery app),
+liveness and (on GPU queues) the loaded pipeline.
 
 The pipeline is loaded once at worker start, before the worker takes its first message, so the first
 job does not pay for the model load and a broken model fails the worker loudly instead of every job."""
@@ -18,9 +18,10 @@ from celery import Celery
 
 from layerq import metrics
 from layerq.config import Settings
+from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 from storage.base import ObjectStore
-from storage.factory import open_object_store
-from storage.jobs import JobStore, connect
+from storage.jobs import JobStore
+from storage.services import Services
 from storage.stats import ServiceTimes
 from worker.liveness import Liveness
 
@@ -29,26 +30,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GPU_QUEUES = {"decompose"}
-
 
 @dataclass
 class WorkerRuntime:
-    settings: Settings
-    store: ObjectStore
-    jobs: JobStore
-    stats: ServiceTimes
+    services: Services
     liveness: Liveness | None
     pipeline: "DecomposePipeline | None"
     name: str
-    app: Celery
+
+    # The stores a job uses most, by their short names.
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.services.store
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.services.jobs
+
+    @property
+    def stats(self) -> ServiceTimes:
+        return self.services.stats
+
+    @property
+    def app(self) -> Celery:
+        return self.services.celery
 
 
 _runtime: WorkerRuntime | None = None
 
 
 def start(settings: Settings, app: Celery, queues: set[str], name: str | None = None) -> WorkerRuntime:
-    """Open the stores and, for GPU queues, load the pipeline; idempotent within a process."""
+    """Open the services and, for GPU queues, load the pipeline; idempotent within a process."""
     global _runtime
     if _runtime is not None:
         return _runtime
@@ -67,22 +83,15 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         metrics.MODEL_LOAD_SECONDS.labels(settings.model).set(load_s)
         metrics.track_gpu_memory()
     metrics.serve_worker_metrics(settings.worker_metrics_port)
-    client = connect(settings.redis_url)
-    jobs = JobStore(client, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
+    services = Services.open(settings, celery=app)
     # Unique per process, even when a restarted pod reuses its hostname: a dead worker's heartbeat
     # entry must never be refreshed by its successor, or its job would never be put back.
     name = f"{name or socket.gethostname()}#{os.getpid()}-{secrets.token_hex(3)}"
-    _runtime = WorkerRuntime(
-        settings=settings,
-        store=open_object_store(settings),
-        jobs=jobs,
-        stats=ServiceTimes(client, settings.key_prefix),
-        liveness=Liveness(jobs, app, "decompose", name, settings.worker_heartbeat_s, settings.enqueue_grace_s)
-        if pipeline else None,
-        pipeline=pipeline,
-        name=name,
-        app=app,
-    )
+    liveness = None
+    if pipeline:
+        liveness = Liveness(services.jobs, services.workers, app, DECOMPOSE_QUEUE, name,
+                            settings.worker_heartbeat_s, settings.enqueue_grace_s)
+    _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name)
     return _runtime
 
 

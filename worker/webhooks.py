@@ -27,13 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from layerq import metrics
+from layerq.config import Settings
 from layerq.errors import JobNotFound
+from layerq.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from layerq.webhooks import (
-    WEBHOOK_QUEUE, WEBHOOK_TASK, Event, Resolver, Target, WebhookTargetRefused, WebhookUnresolvable,
-    delivery_headers, delivery_key, enqueue_event, event_payload, iso, plan_retries, resolve_target,
+    Event, Resolver, Target, WebhookTargetRefused, WebhookUnresolvable, delivery_headers, enqueue_event,
+    event_payload, iso, plan_retries, resolve_target,
 )
 from layerq.results import signed_result
+from storage.base import ObjectStore
+from storage.deliveries import WebhookDeliveries
 from storage.jobs import JobStore
+from storage.services import Services
 
 __all__ = ["WebhookMessage", "Outcome", "deliver", "post", "register", "enqueue_event", "delivery_status"]
 
@@ -74,12 +79,11 @@ class Outcome:
 
 
 # --- the work ------------------------------------------------------------------------------------
-def deliver(msg: WebhookMessage, *, settings: Any, jobs: JobStore, store: Any, resolve: Resolver | None = None,
-            ca_certs: str | None = None) -> Outcome:
+def deliver(msg: WebhookMessage, *, settings: Settings, jobs: JobStore, store: ObjectStore,
+            deliveries: WebhookDeliveries, resolve: Resolver | None = None, ca_certs: str | None = None) -> Outcome:
     """Make attempt `msg.attempt` of one delivery and record it; never raises for receiver faults."""
-    key = delivery_key(jobs.prefix, msg.delivery_id)
-    state, done = jobs.r.hmget(key, "state", "attempts")
-    if state in FINAL_STATES or int(done or 0) >= msg.attempt:
+    state, done = deliveries.progress(msg.delivery_id)
+    if state in FINAL_STATES or done >= msg.attempt:
         # A redelivered message (worker lost after recording): the attempt already happened.
         return Outcome("skipped", error=f"delivery is {state} after {done} attempts")
     started = time.time()
@@ -90,7 +94,7 @@ def deliver(msg: WebhookMessage, *, settings: Any, jobs: JobStore, store: Any, r
             outcome = dataclasses.replace(outcome, state="retrying", retry_in=plan[msg.attempt])
         else:
             outcome = dataclasses.replace(outcome, state="failed")
-    _record(jobs, key, msg, outcome, started, int(getattr(settings, "job_ttl_s", 7 * 24 * 3600)))
+    _record(deliveries, msg, outcome, started)
     metrics.WEBHOOK_DELIVERIES.labels(str(msg.event), outcome.state).inc()
     log_fn = log.info if outcome.state in ("delivered", "retrying") else log.warning
     log_fn("webhook %s attempt %d for job %s: %s %s", msg.delivery_id, msg.attempt, msg.job_id, outcome.state,
@@ -98,9 +102,9 @@ def deliver(msg: WebhookMessage, *, settings: Any, jobs: JobStore, store: Any, r
     return outcome
 
 
-def _attempt(msg: WebhookMessage, settings: Any, jobs: JobStore, store: Any, resolve: Resolver | None,
-             ca_certs: str | None) -> Outcome:
-    secret = getattr(settings, "webhook_secret", "")
+def _attempt(msg: WebhookMessage, settings: Settings, jobs: JobStore, store: ObjectStore,
+             resolve: Resolver | None, ca_certs: str | None) -> Outcome:
+    secret = settings.webhook_secret
     if not secret:
         return Outcome("failed", error="LAYERQ_WEBHOOK_SECRET is unset")
     try:
@@ -108,17 +112,17 @@ def _attempt(msg: WebhookMessage, settings: Any, jobs: JobStore, store: Any, res
     except JobNotFound:
         return Outcome("failed", error="job record expired")
     try:
-        target = resolve_target(msg.url, getattr(settings, "webhook_allow_hosts", ""), resolve)
+        target = resolve_target(msg.url, settings.webhook_allow_hosts, resolve)
     except WebhookUnresolvable as exc:  # DNS trouble passes: try again later
         return Outcome("retry", error=exc.message)
     except WebhookTargetRefused as exc:  # now resolves somewhere forbidden: never send there
         return Outcome("refused", error=exc.message)
-    view = job_snapshot(rec, store, int(getattr(settings, "url_ttl_s", 3600)))
+    view = job_snapshot(rec, store, settings.url_ttl_s)
     payload = event_payload(msg.event, view, msg.delivery_id, msg.created_at)
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {**delivery_headers(secret, body, msg.event, msg.delivery_id), "Layerq-Attempt": str(msg.attempt)}
     try:
-        status = post(target, body, headers, float(getattr(settings, "webhook_timeout_s", 10.0)), ca_certs=ca_certs)
+        status = post(target, body, headers, settings.webhook_timeout_s, ca_certs=ca_certs)
     except (HTTPError, OSError) as exc:  # refused, reset, timed out, TLS failure
         return Outcome("retry", error=f"{type(exc).__name__}: {exc}"[:500])
     if 200 <= status < 300:
@@ -163,42 +167,28 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout_s: float,
     raise last
 
 
-def _record(jobs: JobStore, key: str, msg: WebhookMessage, outcome: Outcome, started: float, ttl_s: int) -> None:
+def _record(deliveries: WebhookDeliveries, msg: WebhookMessage, outcome: Outcome, started: float) -> None:
     entry = {"attempt": msg.attempt, "at": iso(started), "state": outcome.state, "status_code": outcome.status_code,
              "error": outcome.error, "duration_s": round(time.time() - started, 3)}
     summary = {"job_id": msg.job_id, "event": msg.event, "url": msg.url, "state": outcome.state,
                "attempts": msg.attempt, "last_status": outcome.status_code or "", "last_error": outcome.error or "",
                "next_attempt_at": iso(started + outcome.retry_in) if outcome.retry_in is not None else ""}
-    pipe = jobs.r.pipeline(transaction=True)
-    pipe.hset(key, mapping=summary)
-    pipe.rpush(key + ":attempts", json.dumps(entry))
-    pipe.expire(key, ttl_s)
-    pipe.expire(key + ":attempts", ttl_s)
-    pipe.execute()
+    deliveries.record(msg.delivery_id, summary, entry)
 
 
-def delivery_status(r: Any, prefix: str, delivery_id: str) -> dict[str, Any] | None:
+def delivery_status(deliveries: WebhookDeliveries, delivery_id: str) -> dict[str, Any] | None:
     """The summary and every attempt of one delivery (for the API or an operator), or None."""
-    key = delivery_key(prefix, delivery_id)
-    summary = r.hgetall(key)
-    if not summary:
-        return None
-    return {**summary, "id": delivery_id, "attempts": int(summary.get("attempts") or 0),
-            "history": [json.loads(e) for e in r.lrange(key + ":attempts", 0, -1)]}
+    return deliveries.status(delivery_id)
 
 
-def retry_plan(settings: Any) -> list[float]:
-    """The delays of every attempt of one delivery, from Settings (`plan_retries` defaults)."""
-    return plan_retries(
-        int(getattr(settings, "webhook_max_attempts", 6)),
-        float(getattr(settings, "webhook_backoff_base_s", 30.0)),
-        float(getattr(settings, "webhook_backoff_factor", 3.0)),
-        float(getattr(settings, "webhook_backoff_cap_s", 1200.0)),
-    )
+def retry_plan(settings: Settings) -> list[float]:
+    """The delays of every attempt of one delivery, from Settings."""
+    return plan_retries(settings.webhook_max_attempts, settings.webhook_backoff_base_s,
+                        settings.webhook_backoff_factor, settings.webhook_backoff_cap_s)
 
 
 # --- the job as a receiver sees it -----------------------------------------------------------------
-def job_snapshot(rec: dict[str, Any], store: Any, url_ttl_s: int) -> dict[str, Any]:
+def job_snapshot(rec: dict[str, Any], store: ObjectStore, url_ttl_s: int) -> dict[str, Any]:
     """A job-view-shaped dict from a raw JobStore record (what a worker has instead of api.views)."""
     view = {k: rec.get(k) for k in ("id", "kind", "status", "batch_id", "error", "progress")}
     view.update({k: iso(rec.get(k)) for k in ("created_at", "started_at", "finished_at")})
@@ -208,26 +198,22 @@ def job_snapshot(rec: dict[str, Any], store: Any, url_ttl_s: int) -> dict[str, A
 
 
 # --- the Celery task -------------------------------------------------------------------------------
-_stores: tuple[JobStore, Any] | None = None
+_services: Services | None = None
 
 
-def _open_stores(settings: Any) -> tuple[JobStore, Any]:
-    # The worker runtime's stores when worker_init started one (one Redis pool per process); else
+def _open_services(settings: Settings, app: Celery) -> Services:
+    # The worker runtime's services when worker_init started one (one Redis pool per process); else
     # opened lazily in the process that runs tasks (after any fork), once.
     from worker import runtime
 
     try:
-        rt = runtime.current()
-        return rt.jobs, rt.store
+        return runtime.current().services
     except RuntimeError:
         pass
-    global _stores
-    if _stores is None:
-        from storage.factory import open_object_store
-
-        jobs = JobStore.from_url(settings.redis_url, key_prefix=settings.key_prefix, ttl_s=settings.job_ttl_s)
-        _stores = (jobs, open_object_store(settings))
-    return _stores
+    global _services
+    if _services is None:
+        _services = Services.open(settings, celery=app)
+    return _services
 
 
 def register(app: Celery) -> None:
@@ -236,7 +222,7 @@ def register(app: Celery) -> None:
     app.conf.task_routes = {**(app.conf.task_routes or {}), WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}}
     # Limits a little above the worst single attempt, not the hour-long job limits of the app
     # (prefork pools enforce them; solo does not). Celery wants soft <= hard.
-    soft_s = 3 * float(getattr(settings, "webhook_timeout_s", 10.0)) + 30
+    soft_s = 3 * settings.webhook_timeout_s + 30
 
     @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
               soft_time_limit=soft_s, time_limit=soft_s + 10)
@@ -246,8 +232,8 @@ def register(app: Celery) -> None:
         except ValidationError as exc:
             log.error("malformed webhook message dropped: %s", exc)
             return "malformed"
-        jobs, store = _open_stores(settings)
-        outcome = deliver(msg, settings=settings, jobs=jobs, store=store)
+        svc = _open_services(settings, app)
+        outcome = deliver(msg, settings=settings, jobs=svc.jobs, store=svc.store, deliveries=svc.deliveries)
         if outcome.state == "retrying":
             # Jitter: thousands of jobs that failed together against one receiver must not retry in lockstep.
             countdown = (outcome.retry_in or 0.0) * random.uniform(0.9, 1.1)

@@ -1,0 +1,95 @@
+"""Every Redis key layerq writes, in one place (rq's `keys.py` is the model).
+
+Only `storage/` speaks Redis; its stores take their key names from here, so a record's keys, its
+lifetime and its owner can be read off one module (the README's state table lists them). Every key
+starts with `Settings.key_prefix`, so several deployments can share one Redis. Object-store keys
+(inputs, layers, exports) are not here: they live in `layerq/objects.py`.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Key names under one deployment's prefix. Pure: builds strings, never talks to Redis."""
+
+    def __init__(self, prefix: str = "layerq") -> None:
+        self.prefix = prefix
+
+    # --- jobs (storage/jobs.py) ---------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (status, params, result, ...)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_log(self, job_id: str) -> str:
+        """List: the job's status transitions, `old>new@time`."""
+        return f"{self.prefix}:job:{job_id}:log"
+
+    def queued(self, queue: str) -> str:
+        """Sorted set: queued job ids by enqueue time (queue positions)."""
+        return f"{self.prefix}:queued:{queue}"
+
+    def unsent(self, queue: str) -> str:
+        """Sorted set: jobs recorded but not yet confirmed on the broker."""
+        return f"{self.prefix}:unsent:{queue}"
+
+    # --- batches (storage/batches.py) ---------------------------------------------------------
+    @property
+    def batch_prefix(self) -> str:
+        """What the Lua scripts prepend to a job's batch id to reach the batch's counters."""
+        return f"{self.prefix}:batch:"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash: batch settings and per-status counters."""
+        return f"{self.batch_prefix}{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """List: the batch's job ids in item order."""
+        return f"{self.batch_prefix}{batch_id}:jobs"
+
+    # --- result cache, idempotency, uploads ---------------------------------------------------
+    def cache(self, tenant: str, digest: str) -> str:
+        """String: id of the finished job that answers (tenant, input bytes, params, model)."""
+        return f"{self.prefix}:cache:{tenant}:{digest}"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        """String (JSON): a submission's fingerprint and, once answered, its response."""
+        return f"{self.prefix}:idem:{tenant}:{key_digest}"
+
+    def upload(self, upload_id: str) -> str:
+        """String: the tenant that asked for upload `uploads/<upload_id>/...`."""
+        return f"{self.prefix}:upload:{upload_id}"
+
+    # --- webhooks (storage/deliveries.py) -----------------------------------------------------
+    def webhook(self, delivery_id: str) -> str:
+        """Hash: one (job, event) delivery: job_id, event, url, state, attempts, last_*."""
+        return f"{self.prefix}:webhook:{delivery_id}"
+
+    def webhook_attempts(self, delivery_id: str) -> str:
+        """List (JSON entries): every attempt of one delivery."""
+        return f"{self.prefix}:webhook:{delivery_id}:attempts"
+
+    # --- workers (storage/workers.py) ---------------------------------------------------------
+    def workers(self, queue: str) -> str:
+        """Sorted set: worker name → last heartbeat (unix seconds)."""
+        return f"{self.prefix}:workers:{queue}"
+
+    def holding(self, queue: str, worker: str) -> str:
+        """Hash: the job and broker delivery tag a worker is running."""
+        return f"{self.prefix}:holding:{queue}:{worker}"
+
+    def reaping(self, worker: str) -> str:
+        """String (lock, 60 s): which live worker is putting a dead worker's job back."""
+        return f"{self.prefix}:reaping:{worker}"
+
+    def sending_unsent(self) -> str:
+        """String (lock, one heartbeat): which worker sweeps the unsent jobs now."""
+        return f"{self.prefix}:sending-unsent"
+
+    # --- service times (storage/stats.py) -----------------------------------------------------
+    def stats(self, kind: str) -> str:
+        """Hash: median stage times per bucket (`640x4:step_s`, ...)."""
+        return f"{self.prefix}:stats:{kind}"
+
+    def stats_samples(self, kind: str) -> str:
+        """Hash (JSON lists): the last samples behind each median."""
+        return f"{self.prefix}:stats:{kind}:samples"

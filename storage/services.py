@@ -1,0 +1,65 @@
+"""Everything a layerq process talks to, opened one way: `Services.open(settings)`.
+
+The API, the GPU worker and the CPU worker each hold one `Services` for their whole life: one Redis
+connection pool shared by every store, the object store the settings name, and the Celery app that
+sends messages. The stores keep the Redis client to themselves; nothing outside `storage/` speaks
+Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+
+from layerq.config import Settings
+from storage.base import ObjectStore
+from storage.batches import BatchStore
+from storage.cache import ResultCache
+from storage.client import connect
+from storage.deliveries import WebhookDeliveries
+from storage.factory import open_object_store
+from storage.idempotency import IdempotencyStore
+from storage.jobs import JobStore
+from storage.stats import ServiceTimes
+from storage.uploads import UploadStore
+from storage.workers import WorkerRegistry
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: ObjectStore
+    """Inputs, layers, exports and manifests (S3 or local disk)."""
+    jobs: JobStore
+    batches: BatchStore
+    cache: ResultCache
+    idempotency: IdempotencyStore
+    deliveries: WebhookDeliveries
+    workers: WorkerRegistry
+    uploads: UploadStore
+    stats: ServiceTimes
+    celery: Celery
+
+    @classmethod
+    def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
+        """Open every store on one Redis client; `celery` defaults to the shared app built from `settings`."""
+        if celery is None:
+            from layerq.celery_app import make_celery
+
+            celery = make_celery(settings)
+        client = connect(settings.redis_url)
+        prefix = settings.key_prefix
+        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s)
+        return cls(
+            settings=settings,
+            store=open_object_store(settings),
+            jobs=jobs,
+            batches=BatchStore(client, jobs),
+            cache=ResultCache(client, jobs),
+            idempotency=IdempotencyStore(client, key_prefix=prefix, ttl_s=settings.idempotency_ttl_s),
+            deliveries=WebhookDeliveries(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
+            workers=WorkerRegistry(client, key_prefix=prefix),
+            uploads=UploadStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
+            stats=ServiceTimes(client, prefix),
+            celery=celery,
+        )

@@ -1,0 +1,112 @@
+"""Tenant isolation end to end (issue 8, bugs 4 and 5): tenant B gets 404 for everything of tenant
+A's (job, batch, job listing, cancels, uploads), cannot turn a URL signed for itself into one of A's
+files, and nothing of A's changes."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+import requests
+
+from layerq.client import LayerqClient
+from layerq.sample import sample_png
+
+pytestmark = pytest.mark.e2e
+
+QUICK = {"layers": 2, "num_inference_steps": 2, "prompt": "tenancy"}
+A = {"Authorization": "Bearer tenant-a-token"}
+B = {"Authorization": "Bearer tenant-b-token"}
+
+
+def client_of(url: str, headers: dict) -> LayerqClient:
+    session = requests.Session()
+    session.headers.update(headers)
+    return LayerqClient(url, session=session)
+
+
+def upload(stack, headers: dict, data: bytes) -> dict:
+    ticket = requests.post(stack.url + "/v1/uploads", json={"content_type": "image/png"}, headers=headers, timeout=10)
+    assert ticket.status_code == 201, ticket.text
+    t = ticket.json()
+    put = requests.request(t["method"], t["url"], data=data, headers=t["headers"], timeout=30)
+    assert put.status_code == 200, put.text
+    return t
+
+
+def stable(job: dict) -> dict:
+    """A job view without what changes on every read (freshly signed URLs)."""
+    return {k: v for k, v in job.items() if k != "result"}
+
+
+def assert_not_found(resp: requests.Response, field: str | None = None) -> None:
+    assert resp.status_code == 404, (resp.request.method, resp.request.url, resp.status_code, resp.text)
+    if field:
+        assert resp.json()["error"]["field"] == field, resp.text
+
+
+def test_tenant_b_sees_nothing_of_tenant_a(local_stack):
+    stack, url = local_stack, local_stack.url
+    client_a, client_b = client_of(url, A), client_of(url, B)
+
+    # Tenant A: an upload, a job on it, a multipart job and a batch; all run to the end.
+    ticket = upload(stack, A, sample_png(128, 96))
+    key_a = ticket["input_key"]
+    on_upload = requests.post(url + "/v1/jobs", json={"input_key": key_a, "params": QUICK}, headers=A, timeout=30)
+    assert on_upload.status_code == 202, on_upload.text  # the owner may use its upload
+    job = requests.post(url + "/v1/jobs", files={"image": ("a.png", sample_png(96, 96), "image/png")},
+                        data={"params": json.dumps({**QUICK, "seed": 5})}, headers=A, timeout=30)
+    assert job.status_code == 202, job.text
+    job_a = job.json()["id"]
+    batch = requests.post(url + "/v1/batches", json={"defaults": QUICK, "items": [{"input_key": key_a}]},
+                          headers=A, timeout=30)
+    assert batch.status_code == 202, batch.text
+    batch_a, batch_jobs = batch.json()["id"], batch.json()["job_ids"]
+    for job_id in (on_upload.json()["id"], job_a, *batch_jobs):
+        assert client_a.wait(job_id, timeout_s=120)["status"] == "succeeded"
+
+    def a_view() -> tuple:
+        jobs = [stable(requests.get(f"{url}/v1/jobs/{j}", headers=A, timeout=10).json())
+                for j in (job_a, *batch_jobs)]
+        summary = requests.get(f"{url}/v1/batches/{batch_a}", headers=A, timeout=10).json()
+        return jobs, summary["counts"], summary["count"]
+
+    before = a_view()
+    a_job = requests.get(f"{url}/v1/jobs/{job_a}", headers=A, timeout=10).json()
+
+    # Tenant B: reads, listings and cancels of A's records are 404s, as if they did not exist.
+    assert_not_found(requests.get(f"{url}/v1/jobs/{job_a}", headers=B, timeout=10), "id")
+    assert_not_found(requests.post(f"{url}/v1/jobs/{job_a}/cancel", headers=B, timeout=10), "id")
+    assert_not_found(requests.get(f"{url}/v1/batches/{batch_a}", headers=B, timeout=10), "batch")
+    assert_not_found(requests.get(f"{url}/v1/jobs", params={"batch": batch_a}, headers=B, timeout=10), "batch")
+    assert_not_found(requests.post(f"{url}/v1/batches/{batch_a}/cancel", headers=B, timeout=10), "batch")
+    # ...and so are A's uploads, alone or in a batch; a caller without a token is another tenant too.
+    for headers in (B, {}):
+        assert_not_found(requests.post(url + "/v1/jobs", json={"input_key": key_a, "params": QUICK},
+                                       headers=headers, timeout=10), "input_key")
+    assert_not_found(requests.post(url + "/v1/batches", json={"items": [{"input_key": key_a}]}, headers=B,
+                                   timeout=10), "items.0.input_key")
+    # An upload key nobody was handed out reads the same.
+    assert_not_found(requests.post(url + "/v1/jobs", json={"input_key": "uploads/0123abcd/input"}, headers=B,
+                                   timeout=10), "input_key")
+    # Identical input and parameters do not answer B from A's result cache.
+    same = requests.post(url + "/v1/jobs", files={"image": ("a.png", sample_png(96, 96), "image/png")},
+                         data={"params": json.dumps({**QUICK, "seed": 5})}, headers=B, timeout=30)
+    assert same.status_code == 202 and same.json()["cached_from"] is None
+
+    # Files: URLs are signed per key, so B's own signatures open none of A's objects.
+    own = requests.post(url + "/v1/uploads", json={"content_type": "image/png"}, headers=B, timeout=10).json()
+    own_url = urllib.parse.urlsplit(own["url"])
+    a_objects = [key_a, urllib.parse.urlsplit(a_job["result"]["composite"]).path.removeprefix("/files/")]
+    for key in a_objects:
+        guess = f"{url}/files/{key}?{own_url.query}"
+        assert requests.put(guess, data=b"overwritten", headers={"Content-Type": "image/png"},
+                            timeout=10).status_code in (403, 404)
+        assert requests.get(guess, timeout=10).status_code in (403, 404)
+    # A's own links still work, and still serve A's bytes.
+    assert requests.get(a_job["result"]["composite"], timeout=10).status_code == 200
+
+    # Nothing of A's changed.
+    assert a_view() == before
+    assert client_b.wait(same.json()["id"], timeout_s=120)["status"] == "succeeded"
