@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import redis
 from flask import Flask, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from api import contract
 from layerq import errors as e
+from storage.client import STORE_DOWN
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,15 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException):
         return error_response(exc.name.lower().replace(" ", "_"), exc.description or exc.name, exc.code or 500)
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
     def _redis_down(exc: Exception):
         # The job store is out (the client already retried with backoff): a retryable 503, not a 500.
         log.warning("redis unavailable: %s", exc)
         resp, status = error_response("unavailable", "the job store is unavailable; try again", 503)
         resp.headers["Retry-After"] = "5"
         return resp, status
+
+    for fault in STORE_DOWN:
+        app.register_error_handler(fault, _redis_down)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

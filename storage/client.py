@@ -10,6 +10,10 @@ from redis.retry import Retry
 from layerq.errors import TransientError
 
 
+STORE_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+"""What the job store raises once its own retries are spent; the API maps these to 503."""
+
+
 def connect(url: str) -> redis.Redis:
     """A client that rides out a Redis restart: connection errors are retried with backoff for
     about ten seconds before they reach the caller."""
@@ -30,4 +34,4 @@ def ping(url: str) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Storage or Redis unreachable after their own in-process retries: worth a later retry of the
     job, not the job's fault. Object stores raise `StorageUnavailable` (a TransientError)."""
-    return isinstance(exc, (TransientError, redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError))
+    return isinstance(exc, (TransientError, *STORE_DOWN, ConnectionError, TimeoutError))
