@@ -30,6 +30,13 @@ class DecomposeParams(BaseModel):
     use_en_prompt: bool = Field(True, description="Caption in English (else Chinese) when `prompt` is empty.")
     cfg_normalize: bool = Field(True, description="Renormalise the CFG output to the conditional norm.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent.")
+    quality: Literal["exact", "balanced", "fast"] = Field(
+        "exact",
+        description=(
+            "exact: the authors' computation. balanced: step caching (~30 % less transformer work). "
+            "fast: 60 % of the steps plus step caching. balanced and fast change the output; see BENCHMARKS.md."
+        ),
+    )
 
     def with_seed(self) -> "DecomposeParams":
         """These parameters with a seed fixed, so the recorded job can be reproduced exactly."""
