@@ -61,6 +61,10 @@ class SpeedOptions:
     caption_max_cache_len: int = 2048
     """Static-cache length in tokens (prompt + 512 new); fixed so every call reuses one compiled graph.
     Real tokenizer: ~1.2 k at the 640 bucket, ~2.0 k at 1024. A longer input grows it and recompiles."""
+    caption_batch_invariant: bool = False
+    """Caption every image in a shape fixed by its own prompt length (batch padded to the largest of
+    `caption_batch_sizes`, prompt left-padded to the cache's prompt room, vision tower per image), so an
+    image gets the same tokens alone or in any batch (not the authors' tokens: bf16 rounds differently)."""
     caption_cache_entries: int = 0
     """Size of the caption cache keyed by image content hash and language; 0 turns it off."""
 
