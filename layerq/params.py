@@ -77,6 +77,13 @@ class DecomposeParams(BaseModel):
     seed: Annotated[int | None, BeforeValidator(_integral)] = Field(
         None, ge=0, le=MAX_SEED, description="Chosen and recorded when absent."
     )
+    quality: Literal["exact", "balanced", "fast"] = Field(
+        "exact",
+        description=(
+            "exact: the authors' computation. balanced: step caching (~30 % less transformer work). "
+            "fast: 60 % of the steps plus step caching. balanced and fast change the output; see BENCHMARKS.md."
+        ),
+    )
 
     @property
     def layer_count(self) -> int:

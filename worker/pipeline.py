@@ -10,6 +10,7 @@ torch and diffusers are imported lazily (inside functions), so importing this mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerq.errors import JobCanceled, JobTimedOut, PipelineFailed, ValidationFailed
 from layerq.params import DecomposeParams
+from worker.accel.quality import mode as quality_mode
 
 if TYPE_CHECKING:
     import torch
@@ -216,16 +218,25 @@ class DecomposePipeline:
 
         # Whitespace-only counts as empty: the pipeline then writes its own caption (None, "" or " ").
         prompt = params.prompt if params.prompt.strip() else None
+        # `quality` other than "exact" runs fewer steps and/or reuses transformer outputs (lossy).
+        mode = quality_mode(params.quality)
+        steps = mode.steps(params.num_inference_steps)
+        step_cache = mode.step_cache()
         started = time.monotonic()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), contextlib.ExitStack() as stack:
+                if step_cache is not None:
+                    # Two transformer calls per step with CFG: the pipeline's `do_true_cfg`, since the
+                    # negative prompt is always a string here.
+                    calls = 2 if params.true_cfg_scale > 1 else 1
+                    stack.enter_context(step_cache.active(self.pipe.transformer, steps, calls))
                 output = (self.runner or self.pipe)(
                     image=image,
                     prompt=prompt,
                     negative_prompt=params.negative_prompt,
                     true_cfg_scale=params.true_cfg_scale,
                     layers=params.layer_count,
-                    num_inference_steps=params.num_inference_steps,
+                    num_inference_steps=steps,
                     resolution=params.resolution,
                     cfg_normalize=params.cfg_normalize,
                     use_en_prompt=params.use_en_prompt,

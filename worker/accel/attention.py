@@ -5,6 +5,10 @@ set per model with `set_attention_backend`. Which backends exist depends on the 
 FA3 packages are optional; cuDNN attention needs a recent cuDNN), so "auto" probes the candidates on
 the job's real shape, keeps those within bf16 rounding of SDPA's math reference, with and without a
 text-padding mask, and takes the fastest.
+
+"fa4" is FlashAttention-4 (the optional `fa4` extra, worker/accel/fa4.py), which has no diffusers
+backend name: it runs unmasked calls, and masked ones stay on SDPA. Choosing it installs layerq's
+joint-attention processor (worker/accel/joint_attention.py) instead of setting a diffusers backend.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 log = logging.getLogger(__name__)
 
 # Tried in this order; "native" (SDPA's own choice, the authors' path) is always a candidate.
-CANDIDATES = ("_native_cudnn", "_flash_3", "flash", "_native_flash", "_native_efficient", "native")
+FA4 = "fa4"
+CANDIDATES = (FA4, "_native_cudnn", "_flash_3", "flash", "_native_flash", "_native_efficient", "native")
 # A backend must match the float32 math reference this closely (bf16 inputs; ~4e-3 is typical).
 MAX_REL_ERR = 2e-2
 # Heads per chunk of the float32 math reference (bounds its memory, see probe_backends).
@@ -100,8 +105,21 @@ def probe_backends(
         return [BackendProbe("native", True, note=f"no reference: {type(exc).__name__}")]
     results = []
     for name in candidates:
+        if name == FA4:
+            from . import fa4
+
+            why_not = fa4.available() if device != "cpu" else "no CUDA device"
+            if why_not is not None:
+                results.append(BackendProbe(name, False, note=why_not))
+                continue
         try:
             def run(attn_mask=None, name=name):
+                if name == FA4:  # unmasked: FA4; masked: SDPA's own choice (see the module docstring)
+                    from . import fa4
+
+                    if attn_mask is None:
+                        return fa4.attention(q, k, v)
+                    name = "native"
                 return dispatch_attention_fn(q, k, v, attn_mask=attn_mask, backend=name)
 
             err = _rel_err(run(), ref)
@@ -125,5 +143,6 @@ def choose_backend(probes: list[BackendProbe]) -> str:
 
 
 def apply_backend(transformer, name: str | None) -> None:
-    """Set `name` on every attention processor of `transformer` (None or "native": SDPA default)."""
-    transformer.set_attention_backend(name or "native")
+    """Set `name` on every attention processor of `transformer` (None or "native": SDPA default;
+    "fa4": SDPA's default for masked calls, the FA4 kernel is the joint-attention processor's)."""
+    transformer.set_attention_backend("native" if name in (None, FA4) else name)

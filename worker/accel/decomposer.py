@@ -16,12 +16,18 @@ import time
 
 import torch
 
-from . import attention
+from . import attention, joint_attention
 from .captioner import Captioner
 from .options import SpeedOptions
 from .rope import disable_real_rope, enable_real_rope
 from .step_cache import StepCache
-from .transformer import compile_blocks, quantize_fp8, uncompile_blocks
+from .transformer import (
+    compile_blocks,
+    fuse_gelu_epilogue,
+    quantize_fp8,
+    uncompile_blocks,
+    unfuse_gelu_epilogue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class FastDecomposer:
         self.warmup_s: dict[str, float] = {}
         self._negative: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_step_cache: StepCache | None = None
+        self._replaced_processors: dict = {}
 
     # --- setup -----------------------------------------------------------------------------------
     def apply(self) -> "FastDecomposer":
@@ -58,19 +65,40 @@ class FastDecomposer:
             self.attention_backend = attention.choose_backend(self.attention_probes)
         else:
             self.attention_backend = o.attention_backend
+        if o.fused_qkv:
+            joint_attention.fuse_qkv(transformer)
+        if o.fused_qkv or self.attention_backend == attention.FA4:
+            unmasked = None
+            if self.attention_backend == attention.FA4:
+                from . import fa4
+
+                why_not = fa4.available()
+                if why_not is not None:
+                    raise RuntimeError(f"attention_backend='fa4' but FA4 cannot run here: {why_not}")
+                unmasked = fa4.attention
+            self._replaced_processors = joint_attention.install(transformer, unmasked)
         if self.attention_backend is not None:
             attention.apply_backend(transformer, self.attention_backend)
+        if o.gelu_epilogue and on_cuda:
+            fuse_gelu_epilogue(transformer)
         if o.real_rope:
             enable_real_rope(transformer)
         if o.compile_blocks:
-            compile_blocks(transformer, dynamic=o.compile_dynamic, cuda_graphs=o.cuda_graphs, mode=o.compile_mode)
+            compile_blocks(transformer, dynamic=o.compile_dynamic, cuda_graphs=o.cuda_graphs, mode=o.compile_mode,
+                           tune_kernels=o.compile_tune_kernels)
         return self
 
     def restore(self) -> None:
-        """Undo the reversible switches (eager blocks, default attention); FP8 stays."""
-        uncompile_blocks(self.pipe.transformer)
-        disable_real_rope(self.pipe.transformer)
-        attention.apply_backend(self.pipe.transformer, None)
+        """Undo the reversible switches (eager blocks, default attention, authors' processors); FP8 stays.
+        Fused Q/K/V weights stay shared: the original projections are views into them."""
+        transformer = self.pipe.transformer
+        uncompile_blocks(transformer)
+        disable_real_rope(transformer)
+        unfuse_gelu_epilogue(transformer)
+        joint_attention.uninstall(self._replaced_processors)
+        self._replaced_processors = {}
+        joint_attention.unfuse_qkv(transformer)
+        attention.apply_backend(transformer, None)
 
     def _bucket_seq_len(self, resolution: int, layers: int) -> int:
         """Joint sequence length of a square job at `resolution` (image tokens + ~64 text tokens)."""

@@ -35,9 +35,19 @@ class SpeedOptions:
     """torch.compile mode for the regional compile (e.g. "max-autotune-no-cudagraphs"); None: the default
     mode, or "reduce-overhead" when `cuda_graphs` is on. Needs `compile_blocks`; set with `cuda_graphs`,
     this mode wins. Off by default (measurement in bench/GPU_NOTES.md)."""
+    compile_tune_kernels: bool = False
+    """Inductor's coordinate-descent tuning of the compiled blocks' own kernels: same arithmetic, other
+    launch shapes; −2.3 ms per step on an H200 for ~20 s more compiling at start (bench/GPU_NOTES.md)."""
     attention_backend: str | None = None
-    """A diffusers attention backend name, "auto" (fastest that matches SDPA on this GPU), or None (as is).
-    On H200 + torch 2.11 "auto" keeps "native": SDPA's own pick is already the fastest kernel."""
+    """A diffusers attention backend name, "fa4" (FlashAttention-4, the optional `fa4` extra), "auto"
+    (the fastest candidate that matches SDPA on this GPU, FA4 included where it imports), or None (as is).
+    Without FA4, "auto" keeps "native" on H200/H100 + torch 2.11 (SDPA's own pick is cuDNN's kernel)."""
+    fused_qkv: bool = False
+    """One GEMM per stream for the joint attention's q, k, v (worker/accel/joint_attention.py). Off: no
+    gain inside the compiled blocks on an H200 (runs 9-10), though the GEMMs alone are 3-5 % faster."""
+    gelu_epilogue: bool = False
+    """The feed-forward's fc1 + tanh-GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only):
+    −12 ms per step on an H200 (run 9)."""
     cache_negative_embeds: bool = False
     """Encode each negative prompt once and pass `negative_prompt_embeds` afterwards."""
 
@@ -51,6 +61,10 @@ class SpeedOptions:
     caption_max_cache_len: int = 2048
     """Static-cache length in tokens (prompt + 512 new); fixed so every call reuses one compiled graph.
     Real tokenizer: ~1.2 k at the 640 bucket, ~2.0 k at 1024. A longer input grows it and recompiles."""
+    caption_batch_invariant: bool = False
+    """Caption every image in a shape fixed by its own prompt length (batch padded to the largest of
+    `caption_batch_sizes`, prompt left-padded to the cache's prompt room, vision tower per image), so an
+    image gets the same tokens alone or in any batch (not the authors' tokens: bf16 rounds differently)."""
     caption_cache_entries: int = 0
     """Size of the caption cache keyed by image content hash and language; 0 turns it off."""
 
@@ -76,6 +90,8 @@ class SpeedOptions:
         return cls(
             compile_blocks=True,
             real_rope=True,
+            gelu_epilogue=True,
+            compile_tune_kernels=True,
             attention_backend="auto",
             cache_negative_embeds=True,
             caption_static_cache=True,
