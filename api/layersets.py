@@ -165,8 +165,9 @@ def combine_layers():
         body = parse_model(CombineRequest, json_object())
         params, keys = body.params, body.input_keys
         webhook = check_webhook(body.webhook, svc)
-        check_uploads(svc, tenant(), [Item(params=None, field=f"input_keys.{i}", input_key=key)  # type: ignore[arg-type]
-                                      for i, key in enumerate(keys)])
+        uploads = [Item(params=None, field=f"input_keys.{i}", input_key=key)  # type: ignore[arg-type]
+                   for i, key in enumerate(keys)]
+        check_uploads(svc, tenant(), uploads)  # another tenant's upload reads as absent: 404
     _check_placements(params, len(keys))
     job = NewJob(job_id, params.model_dump(mode="json"), keys[0], kind="combine", queue=LAYERSET_QUEUE,
                  tenant=tenant(), webhook=webhook)

@@ -94,7 +94,8 @@ def test_a_layer_decomposed_again_nests_in_the_exports(client, parent):
     if "ora" in done["result"]["exports"]:
         ora = zipfile.ZipFile(io.BytesIO(fetch(done["result"]["exports"]["ora"])))
         root = ElementTree.fromstring(ora.read("stack.xml"))[0]
-        assert [(el.tag, el.get("name")) for el in root] == [("layer", "Layer 3"), ("stack", "Layer 2"), ("layer", "Layer 1")]
+        assert [(el.tag, el.get("name")) for el in root] == \
+            [("layer", "Layer 3"), ("stack", "Layer 2"), ("layer", "Layer 1")]
 
     # The parent lists the child; the child's own children list starts empty.
     assert child["id"] in client.get(parent["id"])["children"]
