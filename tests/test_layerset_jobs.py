@@ -185,3 +185,24 @@ def test_combine_stacks_uploaded_layers_bottom_first(client):
     with pytest.raises(LayerqApiError) as err:
         client.combine(pngs[:1], {"placements": [{"x": 0}, {"x": 1}]})
     assert (err.value.status, err.value.field) == (400, "params.placements.1")
+
+
+def test_combine_takes_uploaded_inputs_by_key(client):
+    keys = []
+    for colour in ((200, 0, 0, 255), (0, 0, 200, 128)):
+        buf = io.BytesIO()
+        shape_layer((48, 48), (8, 8, 40, 40), colour).save(buf, format="PNG")
+        ticket = requests.post(f"{client.base_url}/v1/uploads", json={"filename": "layer.png"}, timeout=30).json()
+        put = requests.request(ticket["method"], ticket["url"], data=buf.getvalue(), headers=ticket["headers"],
+                               timeout=30)
+        assert put.status_code in (200, 204), put.text
+        keys.append(ticket["input_key"])
+    job = client._post("/v1/layersets/combine", {"input_keys": keys, "params": {"canvas": {"width": 64, "height": 48}}})
+    done = client.wait(job["id"], timeout_s=300)
+    assert done["status"] == "succeeded", done
+    assert [(layer["width"], layer["height"]) for layer in done["result"]["layers"]] == [(64, 48), (64, 48)]
+    other = LayerqClient(client.base_url)
+    other.http.headers["Authorization"] = "Bearer someone-else"
+    with pytest.raises(LayerqApiError) as err:
+        other._post("/v1/layersets/combine", {"input_keys": keys})
+    assert (err.value.status, err.value.field) == (404, "input_keys.0")
