@@ -13,7 +13,9 @@ import layerq
 from api.form import FLAG_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
+from api import layersets_doc
 from layerq.jobs import JobStatus, JobView
+from layerq.layersets import CombineRequest, ComposeRequest, LayerDecomposeRequest
 from layerq.params import DecomposeParams
 from layerq.requests import BatchRequest, JobRequest, UploadRequest
 from layerq.webhooks import WebhookSpec
@@ -95,6 +97,7 @@ class Health(BaseModel):
 MODELS: list[type[BaseModel]] = [
     DecomposeParams, JobView, ErrorResponse, Health, JobRequest, BatchRequest, UploadRequest, CancelResult,
     BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket,
+    LayerDecomposeRequest, ComposeRequest, CombineRequest,
 ]
 
 
@@ -174,6 +177,7 @@ def _tighten(schemas: dict[str, Any]) -> None:
     schemas["WebhookSpec"]["properties"]["url"] = WEBHOOK_URL
     upload = schemas["UploadRequest"]["properties"]["filename"]
     upload["not"] = {"pattern": r"^\.{1,2}$"}
+    layersets_doc.tighten(schemas, UPLOAD_KEY)
 
 
 IMAGE_TYPES = "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"
@@ -342,6 +346,9 @@ def build_document() -> dict[str, Any]:
         },
         "components": {"schemas": defs["$defs"]},
     }
+    doc["paths"].update(layersets_doc.paths(
+        ref=_ref, json=_json, errors=_errors, idempotency=IDEMPOTENCY, job_view=JobView, job_links=JOB_LINKS,
+        upload_key=UPLOAD_KEY, image_types=IMAGE_TYPES))
     for operations in doc["paths"].values():
         for operation in operations.values():
             # Any request can carry an over-long target (api/contract.py answers it).

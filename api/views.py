@@ -8,6 +8,7 @@ from typing import Any
 from flask import request
 
 from layerq.jobs import JobStatus, JobView
+from layerq.queues import WEBHOOK_QUEUE
 from layerq.results import iso, signed_result
 from storage.services import Services
 
@@ -31,9 +32,11 @@ def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> di
         "batch_id": rec.get("batch_id") or None,
         "cached_from": rec.get("cached_from") or None,
     }
+    if with_eta:  # one read more per job: single-job answers only, not pages of a listing
+        view["parent"], view["children"] = svc.lineage.of(rec["id"])
     if status is JobStatus.QUEUED:
         view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
-    if not status.is_terminal() and with_eta:
+    if not status.is_terminal() and with_eta and rec.get("queue") != WEBHOOK_QUEUE:  # measured: GPU jobs only
         view["eta_s"] = _eta(rec, view["queue_position"], svc)
     view["timings"] = rec.get("timings")
     if status is JobStatus.SUCCEEDED and rec.get("result"):

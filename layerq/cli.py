@@ -10,11 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from layerq import cli_layersets
 from layerq.config import Settings
 from layerq.logs import setup_logging
 from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 
-SUBCOMMANDS = ("up", "api", "worker", "submit", "demo")
+SUBCOMMANDS = ("up", "api", "worker", "submit", "demo", "compose", "combine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,12 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the jobs, with a progress bar")
     s.add_argument("--out", type=Path, help="download results here (implies --wait)")
 
-    d = sub.add_parser("demo", help="start the stack with the tiny model and decompose a generated image")
+    d = sub.add_parser("demo", help="start the stack and decompose a generated poster (classic decomposer)")
     d.add_argument("--out", type=Path, default=Path("layerq-demo-out"))
-    d.add_argument("--model", default="tiny")
+    # classic: layers that mean something on any machine (the tiny model's are noise; `--model tiny`
+    # runs the real pipeline classes instead).
+    d.add_argument("--model", default="classic", help="classic (default; no GPU, no weights), tiny, or a hub id")
     d.add_argument("--layers", type=int, default=4)
     d.add_argument("--steps", type=int, default=20)
     _add_stop_timeout(d)
+    cli_layersets.add_parsers(sub)
     return p
 
 
@@ -79,7 +83,8 @@ def _layer_count(text: str) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("LAYERQ_LOG_FORMAT", "text"))  # before Settings, which may log
-    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo}
+    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo,
+               "compose": cli_layersets.cmd_compose, "combine": cli_layersets.cmd_combine}
     return handler[args.command](args)
 
 

@@ -44,6 +44,26 @@ class LayerqClient:
         )
         return self._json(resp)
 
+    def decompose_layer(self, job_id: str, layer: int, params: dict[str, Any] | None = None) -> dict:
+        """Decompose layer `layer` of a finished job's set into sub-layers (a new job)."""
+        return self._post("/v1/layersets/decompose", {"source": {"job_id": job_id, "layer": layer},
+                                                      "params": params or {}})
+
+    def compose(self, job_id: str, ops: list[dict[str, Any]]) -> dict:
+        """Apply `ops` (hide, delete, reorder, move, scale, recolour, opacity) to a finished job's set."""
+        return self._post("/v1/layersets/compose", {"source": {"job_id": job_id}, "params": {"ops": ops}})
+
+    def combine(self, layers: list[bytes | str | Path], params: dict[str, Any] | None = None) -> dict:
+        """Stack RGBA images (bottom first) into a layer set (a new job)."""
+        files = [("layers", (f"layer{i}.png", data if isinstance(data, bytes) else Path(data).read_bytes(),
+                             "application/octet-stream")) for i, data in enumerate(layers)]
+        resp = self.http.post(f"{self.base_url}/v1/layersets/combine", files=files,
+                              data={"params": json.dumps(params or {})}, timeout=self.timeout_s)
+        return self._json(resp)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict:
+        return self._json(self.http.post(f"{self.base_url}{path}", json=body, timeout=self.timeout_s))
+
     def get(self, job_id: str) -> dict:
         return self._json(self.http.get(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout_s))
 

@@ -71,6 +71,13 @@ class JobResult(BaseModel):
     expires_at: str
 
 
+class JobParent(BaseModel):
+    """The finished job a job was made from, and the layer of it when one layer was used."""
+
+    job_id: str
+    layer: int | None = None
+
+
 class JobView(BaseModel):
     """What `GET /v1/jobs/{id}` answers."""
 
@@ -90,3 +97,7 @@ class JobView(BaseModel):
     timings: dict[str, float] | None = Field(None, description="Seconds per stage of the last attempt.")
     batch_id: str | None = None
     cached_from: str | None = Field(None, description="Set when answered from an identical finished job.")
+    parent: JobParent | None = Field(None, description="The layer set this job was made from (recursive "
+                                     "decomposition, compose); null for a job made from an image.")
+    children: list[str] | None = Field(None, description="Ids of the jobs made from this job's layer set; "
+                                       "null in listings, which do not read them.")

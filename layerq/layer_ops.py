@@ -67,7 +67,7 @@ class Scale(_Op):
     box: the layer's non-transparent pixels) where it is."""
 
     op: Literal["scale"]
-    factor: float = Field(gt=0, description=f"{MIN_SCALE_FACTOR} to {MAX_SCALE_FACTOR}.")
+    factor: float = Field(ge=MIN_SCALE_FACTOR, le=MAX_SCALE_FACTOR, description="How much larger (0.5: half the size).")
     anchor: Anchor = "center"
 
 

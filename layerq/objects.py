@@ -27,3 +27,8 @@ def export_key(job_id: str, fmt: str) -> str:
 
 def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}/manifest.json"
+
+
+def layer_input_key(job_id: str, index: int) -> str:
+    """Layer `index` (0 = bottom) uploaded with a combine job's request."""
+    return f"jobs/{job_id}/inputs/{index:02d}.png"

@@ -11,5 +11,10 @@ WEBHOOK_QUEUE = "cpu"
 """Webhook deliveries; consumed by CPU workers (thread pool, no model)."""
 WEBHOOK_TASK = "layerq.webhook"
 
+LAYERSET_QUEUE = WEBHOOK_QUEUE
+"""Compose and combine jobs (layer sets built from layer sets or uploads): CPU work, no model."""
+COMPOSE_TASK = "layerq.compose"
+COMBINE_TASK = "layerq.combine"
+
 GPU_QUEUES = frozenset({DECOMPOSE_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""

@@ -59,6 +59,15 @@ class Keys:
         """String: the tenant that asked for upload `uploads/<upload_id>/...`."""
         return f"{self.prefix}:upload:{upload_id}"
 
+    # --- lineage (storage/lineage.py) ---------------------------------------------------------
+    def parent(self, job_id: str) -> str:
+        """String (JSON): the job and layer a job was made from (`{"job_id", "layer"}`)."""
+        return f"{self.prefix}:job:{job_id}:parent"
+
+    def children(self, job_id: str) -> str:
+        """List: ids of the jobs made from a job's layer set, in submission order."""
+        return f"{self.prefix}:job:{job_id}:children"
+
     # --- webhooks (storage/deliveries.py) -----------------------------------------------------
     def webhook(self, delivery_id: str) -> str:
         """Hash: one (job, event) delivery: job_id, event, url, state, attempts, last_*."""

@@ -20,6 +20,7 @@ from storage.deliveries import WebhookDeliveries
 from storage.factory import open_object_store
 from storage.idempotency import IdempotencyStore
 from storage.jobs import JobStore
+from storage.lineage import Lineage
 from storage.stats import ServiceTimes
 from storage.uploads import UploadStore
 from storage.workers import WorkerRegistry
@@ -39,6 +40,8 @@ class Services:
     uploads: UploadStore
     stats: ServiceTimes
     celery: Celery
+    lineage: Lineage
+    """Parents and children of layer-set jobs."""
 
     @classmethod
     def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
@@ -62,4 +65,5 @@ class Services:
             uploads=UploadStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
             stats=ServiceTimes(client, prefix),
             celery=celery,
+            lineage=Lineage(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
         )

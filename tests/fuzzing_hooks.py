@@ -9,7 +9,10 @@ JSON Schema can state, so that "schema-valid request rejected" keeps meaning a r
   request, and schemathesis sends parts the schema does not name (`additionalProperties`) without
   a filename: positive multipart batches name an uploaded input instead (multipart batches with
   files are covered by tests/test_e2e.py);
-- an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP).
+- an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP);
+- a combine's `layers` are file parts, but schemathesis sends the items of an array of binaries
+  without a filename (form fields, not files): positive multipart combines name an upload in JSON
+  instead (multipart combines with files are covered by tests/test_layerset_jobs.py).
 """
 
 from __future__ import annotations
@@ -67,4 +70,9 @@ def map_case(ctx, case):
     _point_webhook(body.get("batch"))
     if case.operation.path == "/v1/batches" and case.media_type == "multipart/form-data":
         _use_uploads(body)
+    if case.operation.path == "/v1/layersets/combine" and case.media_type == "multipart/form-data":
+        case.media_type = "application/json"
+        case.multipart_content_types = None
+        case.body = {"input_keys": ["uploads/fuzz/input.png"],
+                     **{k: v for k, v in body.items() if k in ("params", "webhook")}}
     return case

@@ -8,6 +8,7 @@ from layerq.celery_app import make_celery
 from layerq.config import Settings
 from layerq.queues import DECOMPOSE_QUEUE
 from worker import tasks, webhooks
+from worker.layersets import jobs as layerset_jobs
 
 
 def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QUEUE) -> Celery:
@@ -15,4 +16,5 @@ def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QU
     app.conf.layerq_queues = [q.strip() for q in queues.split(",") if q.strip()]
     tasks.register(app)
     webhooks.register(app)
+    layerset_jobs.register(app)
     return app

@@ -179,8 +179,18 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     clock.skip()  # the pipeline's time is in its parts above
 
     _set_stage(rt, msg.job_id, "exporting", params)
+    from worker.layersets.jobs import decompose_tree, drop_layers
+
+    layers, dropped = drop_layers(params, layers)  # `layers: "auto"`, `drop_empty: true`
     formats = rt.settings.export_format_list
     manifest = _manifest(msg, params, layers, rt.settings.model, formats)
+    if dropped is not None:
+        manifest["dropped"] = dropped
+    parent = rt.services.lineage.parent(msg.job_id)
+    if parent is not None and parent.get("layer") is not None:  # a layer of a finished set, decomposed again
+        result = decompose_tree(rt, msg.job_id, parent, layers, manifest)
+        clock.lap("exporting")
+        return {**result, "steps": params.num_inference_steps}
     # Each object is stored as soon as it is encoded, so storage writes overlap the encoding of the
     # rest; the manifest is written only after every other object is stored.
     with ThreadPoolExecutor(_UPLOAD_THREADS) as uploads, \

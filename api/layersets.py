@@ -1,0 +1,181 @@
+"""Layer-set job routes: decompose a layer of a finished set again, compose (operations on a finished
+set) and combine (uploaded layers stacked). Kind-specific parsing lives here; jobs are created with
+the shared stores (`JobStore.create_many`, plus the parent link in `Lineage`) and, for recursive
+decompositions, sent by the shared `enqueue`.
+
+A source is a succeeded job of the caller: another tenant's or an unknown one is 404 naming
+`source.job_id`; one not finished yet is 409; a failed or canceled one (no layer set) is 400."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+
+from api.bodies import json_field, json_object, parse_model
+from api.context import services
+from api.idempotency import idempotent
+from api.submission import check_uploads, check_webhook, enqueue, Item
+from api.tenancy import tenant
+from api.views import job_view
+from layerq import objects
+from layerq.errors import IllegalTransition, JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
+from layerq.images import normalise_image, png_bytes
+from layerq.jobs import JobStatus
+from layerq.layer_ops import CombineParams, ComposeParams, check_ops
+from layerq.layersets import (
+    MAX_COMBINE_LAYERS, CombineMessage, CombineRequest, ComposeMessage, ComposeRequest, LayerDecomposeRequest,
+)
+from layerq.queues import COMBINE_TASK, COMPOSE_TASK, DECOMPOSE_QUEUE, LAYERSET_QUEUE
+from layerq.results import with_object_keys
+from layerq.webhooks import WebhookSpec
+from storage.jobs import NewJob, new_job_id
+from storage.services import Services
+
+log = logging.getLogger(__name__)
+bp = Blueprint("layersets", __name__)
+
+COMBINE_FORM_FIELDS = {"layers", "params", "webhook"}
+
+
+class SourceNotFinished(IllegalTransition):
+    """The source job has not finished yet (409): try again once it has."""
+
+    code = "not_finished"
+
+
+def source_layers(svc: Services, job_id: str) -> list[dict[str, Any]]:
+    """The caller's finished job's layers as its result names them ({index, key, width, height})."""
+    try:
+        rec = svc.jobs.get(job_id)
+    except JobNotFound:
+        rec = None
+    if rec is None or rec.get("tenant", "") not in ("", tenant()):
+        raise JobNotFound(f"no job with id {job_id!r}", field="source.job_id")
+    status = JobStatus(rec["status"])
+    if not status.is_terminal():
+        raise SourceNotFinished(f"job {job_id} is {status.value}; its layer set is not ready yet",
+                                field="source.job_id")
+    layers = (with_object_keys(rec.get("result") or {}, job_id).get("layers") or []) \
+        if status is JobStatus.SUCCEEDED else []
+    if not layers:
+        raise ValidationFailed(f"job {job_id} is {status.value} and has no layer set", field="source.job_id")
+    return layers
+
+
+def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, send: Callable[[], None]):
+    """Write the job (and its parent link) in one round trip, answer it as accepted, then send it."""
+    pipe = svc.jobs.pipeline()
+    svc.jobs.create_many([job], pipe=pipe)
+    if parent is not None:
+        svc.lineage.link(job.job_id, parent[0], parent[1], pipe=pipe)
+    pipe.execute()
+    view = job_view(svc.jobs.get(job.job_id), svc)
+    send()
+    resp = jsonify(view)
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("jobs.get_job", job_id=job.job_id)
+    return resp
+
+
+def _send_cpu(svc: Services, job: NewJob, task: str, message: dict[str, Any]) -> None:
+    """Send one layer-set message to the `cpu` queue; fail the job if the broker is unreachable."""
+    try:
+        svc.celery.send_task(task, args=[message], queue=job.queue, task_id=job.job_id)
+    except Exception as exc:
+        log.exception("enqueue of %s failed", job.job_id)
+        try:
+            svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
+        except LayerqError:
+            pass
+        raise QueueUnavailable("the job queue is unavailable; try again") from exc
+    finally:
+        try:
+            svc.jobs.mark_sent([job.job_id], job.queue)
+        except Exception:
+            log.warning("could not mark %s as sent", job.job_id, exc_info=True)
+
+
+@bp.post("/v1/layersets/decompose")
+@idempotent
+def decompose_layer():
+    """A `decompose` job whose input is layer `source.layer` of a finished set."""
+    svc = services()
+    body = parse_model(LayerDecomposeRequest, json_object())
+    layers = source_layers(svc, body.source.job_id)
+    if body.source.layer >= len(layers):
+        raise ValidationFailed(f"layer {body.source.layer} does not exist; job {body.source.job_id} has "
+                               f"{len(layers)} layers", field="source.layer")
+    webhook = check_webhook(body.webhook, svc)
+    job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
+                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE)
+    return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: enqueue(svc, [job]))
+
+
+@bp.post("/v1/layersets/compose")
+@idempotent
+def compose_layers():
+    """A `compose` job: the source set after `params.ops`, as a new layer set."""
+    svc = services()
+    raw = json_object()
+    # The ops first, by hand: pydantic would name a bad field `params.ops.0.move.dx`.
+    params = ComposeParams.from_request(raw.get("params", {}))
+    body = parse_model(ComposeRequest, raw)
+    layers = source_layers(svc, body.source.job_id)
+    check_ops(params.ops, len(layers), layers[0]["width"], layers[0]["height"])
+    webhook = check_webhook(body.webhook, svc)
+    job = NewJob(new_job_id(), params.model_dump(mode="json"), "", kind="compose", queue=LAYERSET_QUEUE,
+                 tenant=tenant(), webhook=webhook)
+    message = ComposeMessage(job_id=job.job_id, parent_id=body.source.job_id,
+                             layer_keys=[layer["key"] for layer in layers], params=params)
+    return _accept(svc, job, (body.source.job_id, None),
+                   lambda: _send_cpu(svc, job, COMPOSE_TASK, message.model_dump(mode="json")))
+
+
+@bp.post("/v1/layersets/combine")
+@idempotent
+def combine_layers():
+    """A `combine` job: RGBA layers, bottom first, as one layer set. JSON: `input_keys` (uploads);
+    multipart: `layers` file parts in order, `params` and `webhook` as JSON fields."""
+    svc = services()
+    job_id = new_job_id()
+    if request.mimetype.startswith("multipart/form-data"):
+        unknown = sorted((set(request.files) | set(request.form)) - COMBINE_FORM_FIELDS)
+        if unknown:
+            raise ValidationFailed(f"unknown form field {unknown[0]!r}", field=unknown[0])
+        params = parse_model(CombineParams, json_field(request.form.get("params"), "params"), prefix="params")
+        hook = request.form.get("webhook")
+        spec = None if hook is None else parse_model(WebhookSpec, json_field(hook, "webhook"), prefix="webhook")
+        webhook = check_webhook(spec, svc)
+        files = request.files.getlist("layers")
+        if not files:
+            raise ValidationFailed("at least one `layers` file is required", field="layers")
+        if len(files) > MAX_COMBINE_LAYERS:
+            raise ValidationFailed(f"at most {MAX_COMBINE_LAYERS} layers", field="layers")
+        _check_placements(params, len(files))
+        images = [normalise_image(f.read(), max_pixels=svc.settings.max_image_pixels,
+                                  max_side_px=svc.settings.max_image_side_px, field=f"layers.{i}")
+                  for i, f in enumerate(files)]
+        keys = [objects.layer_input_key(job_id, i) for i in range(len(images))]
+        for key, image in zip(keys, images):
+            svc.store.put(key, png_bytes(image), "image/png")
+    else:
+        body = parse_model(CombineRequest, json_object())
+        params, keys = body.params, body.input_keys
+        webhook = check_webhook(body.webhook, svc)
+        uploads = [Item(params=None, field=f"input_keys.{i}", input_key=key)  # type: ignore[arg-type]
+                   for i, key in enumerate(keys)]
+        check_uploads(svc, tenant(), uploads)  # another tenant's upload reads as absent: 404
+    _check_placements(params, len(keys))
+    job = NewJob(job_id, params.model_dump(mode="json"), keys[0], kind="combine", queue=LAYERSET_QUEUE,
+                 tenant=tenant(), webhook=webhook)
+    message = CombineMessage(job_id=job_id, input_keys=keys, params=params)
+    return _accept(svc, job, None, lambda: _send_cpu(svc, job, COMBINE_TASK, message.model_dump(mode="json")))
+
+
+def _check_placements(params: CombineParams, count: int) -> None:
+    if len(params.placements) > count:
+        raise ValidationFailed(f"{len(params.placements)} placements for {count} layers",
+                               field=f"params.placements.{count}")
