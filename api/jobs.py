@@ -71,8 +71,9 @@ def cancel_job(job_id: str):
     """Queued → canceled at once; running → canceling (stops at the next denoising step). Cancelling
     a finished or already-canceled job changes nothing and says so."""
     svc = services()
-    before = owned_job(job_id)["status"]
-    outcome = svc.jobs.cancel([job_id])
+    rec = owned_job(job_id)
+    before = rec["status"]
+    outcome = svc.jobs.cancel([job_id], queue=rec.get("queue") or rec["kind"])
     rec = svc.jobs.get(job_id)
     if outcome["canceled"]:  # no worker will ever see this job: the API sends its webhook
         notify(svc.celery, svc.settings, rec, deliveries=svc.deliveries)

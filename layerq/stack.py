@@ -202,6 +202,8 @@ class LocalStack:
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
     cpu_workers: list[subprocess.Popen] = field(default_factory=list)
+    edit_workers: list[subprocess.Popen] = field(default_factory=list)
+    """Workers on the `edit` queue (`Settings.edit_model`); a worker holds one pipeline kind."""
     _spawned: int = 0
 
     @property
@@ -210,7 +212,7 @@ class LocalStack:
 
     def start(
         self, *, workers: int = 1, cpu_workers: int = 1, start_redis: bool | None = None, persist_redis: bool = False,
-        timeout_s: float = 300,
+        timeout_s: float = 300, edit_workers: int = 0,
     ) -> "LocalStack":
         """Start everything and return once the API answers and the workers have loaded their model."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +229,33 @@ class LocalStack:
                 "--name", f"cpu{len(self.cpu_workers)}@%h"]))
         for _ in range(workers):
             self.add_worker()
+        for _ in range(edit_workers):
+            self.add_edit_worker()
         wait_until(self._healthy(workers), timeout_s, "layerq stack", interval_s=0.25)
+        wait_until(lambda: self._live_on("edit") >= edit_workers, timeout_s, "edit workers", interval_s=0.25)
         return self
+
+    def add_edit_worker(self) -> subprocess.Popen:
+        n = self._spawned
+        self._spawned += 1
+        proc = self._spawn(f"edit-worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--queues", "edit",
+                                                "--name", f"e{n}@%h"])
+        self.edit_workers.append(proc)
+        return proc
+
+    def replace_edit_worker(self, index: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+        """`replace_worker` for the edit workers: kill one, start a fresh one, wait until it is ready."""
+        stop_process(self.edit_workers.pop(index), sig, timeout_s=30)
+        name = f"e{self._spawned}@"
+        proc = self.add_edit_worker()
+        wait_until(lambda: self._worker_ready(name, "edit"), 300, "replacement edit worker", interval_s=0.2)
+        return proc
+
+    def _live_on(self, queue: str) -> int:
+        import redis
+
+        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        return int(r.zcount(f"{self.settings.key_prefix}:workers:{queue}", time.time() - 30, "+inf"))
 
     def add_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         n = self._spawned
@@ -250,11 +277,11 @@ class LocalStack:
             wait_until(lambda: self._worker_ready(name), 120, "replacement worker", interval_s=0.1)
         return proc
 
-    def _worker_ready(self, name_prefix: str) -> bool:
+    def _worker_ready(self, name_prefix: str, queue: str = "decompose") -> bool:
         import redis
 
         r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        members = r.zrange(f"{self.settings.key_prefix}:workers:decompose", 0, -1)
+        members = r.zrange(f"{self.settings.key_prefix}:workers:{queue}", 0, -1)
         return any(m.startswith(name_prefix) for m in members)
 
     def restart_api(self, timeout_s: float = 60) -> None:
@@ -272,7 +299,7 @@ class LocalStack:
         Workers and API get SIGTERM together (Celery's warm shutdown: the running job finishes;
         gunicorn finishes its requests); what still runs after `timeout_s` is killed. Redis stops
         last, so the workers can ack or hand back their jobs first."""
-        stop_processes([*self.workers, *self.cpu_workers, self.api],
+        stop_processes([*self.workers, *self.edit_workers, *self.cpu_workers, self.api],
                        timeout_s=self.stop_timeout_s if timeout_s is None else timeout_s)
         if self.redis:
             self.redis.stop()
@@ -280,14 +307,14 @@ class LocalStack:
     def wait_any(self, poll_s: float = 0.5) -> subprocess.Popen:
         """Block until the API or a worker exits; return that process."""
         while True:
-            for proc in [self.api, *self.workers, *self.cpu_workers]:
+            for proc in [self.api, *self.workers, *self.edit_workers, *self.cpu_workers]:
                 if proc is not None and proc.poll() is not None:
                     return proc
             time.sleep(poll_s)
 
     def _healthy(self, workers: int):
         def check() -> bool:
-            for proc in [self.api, *self.workers, *self.cpu_workers]:
+            for proc in [self.api, *self.workers, *self.edit_workers, *self.cpu_workers]:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"a layerq process exited with {proc.returncode}; logs in {self.run_dir}")
             body = requests.get(self.url + "/healthz", timeout=2).json()

@@ -39,6 +39,11 @@ class Services:
     uploads: UploadStore
     stats: ServiceTimes
     celery: Celery
+    edit_stats: ServiceTimes | None = None
+    """Service times of edit jobs (their own buckets: an edit's cost does not depend on layer counts)."""
+
+    def stats_of(self, kind: str) -> ServiceTimes:
+        return self.edit_stats if kind == "edit" and self.edit_stats is not None else self.stats
 
     @classmethod
     def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
@@ -62,4 +67,5 @@ class Services:
             uploads=UploadStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
             stats=ServiceTimes(client, prefix),
             celery=celery,
+            edit_stats=ServiceTimes(client, prefix, "edit"),
         )
