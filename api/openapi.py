@@ -13,6 +13,7 @@ import layerq
 from api.form import FLAG_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
+from layerq.edits import EditParams, EditRequest
 from layerq.jobs import JobStatus, JobView
 from layerq.params import DecomposeParams
 from layerq.requests import BatchRequest, JobRequest, UploadRequest
@@ -94,7 +95,7 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     DecomposeParams, JobView, ErrorResponse, Health, JobRequest, BatchRequest, UploadRequest, CancelResult,
-    BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket,
+    BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket, EditParams, EditRequest,
 ]
 
 
@@ -171,6 +172,12 @@ def _tighten(schemas: dict[str, Any]) -> None:
     item["description"] = ("Exactly one of `input_key` (an upload) or `file` (the name of a file part of this "
                            "multipart request).")
     schemas["JobRequest"]["properties"]["input_key"] = UPLOAD_KEY
+    edit = schemas["EditRequest"]
+    edit["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}
+    edit["oneOf"] = [  # exactly one source (null counts as absent)
+        {"required": ["source"], "properties": {"source": {"type": "object"}, "input_key": {"type": "null"}}},
+        {"required": ["input_key"], "properties": {"input_key": {"type": "string"}, "source": {"type": "null"}}},
+    ]
     schemas["WebhookSpec"]["properties"]["url"] = WEBHOOK_URL
     upload = schemas["UploadRequest"]["properties"]["filename"]
     upload["not"] = {"pattern": r"^\.{1,2}$"}
@@ -249,6 +256,38 @@ def build_document() -> dict[str, Any]:
                         "202": {**_json(JobView, "Accepted; poll the Location"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": JOB_LINKS},
                         "200": _json(JobView, "Answered at once from an identical finished job (`cached_from`)"),
+                        **_errors(*SUBMIT),
+                    },
+                }
+            },
+            "/v1/edits": {
+                "post": {
+                    "summary": "Edit one layer of a finished job (or an uploaded image) from an instruction",
+                    "description": "The job's result is a new layer set: the source job's stack with the edited "
+                                   "layer in its place, re-composited and re-exported; its manifest names the "
+                                   "parent and the changed layer. Read and cancel it as any job. A source job "
+                                   "that has not succeeded, or a layer it does not have, is 400; `matte: model` "
+                                   "is 400 where the server configures no matte model.",
+                    "operationId": "submitEdit",
+                    "parameters": [IDEMPOTENCY],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref(EditRequest)},
+                        "multipart/form-data": {
+                            "schema": {"type": "object", "required": ["image", "params"], "additionalProperties": False,
+                                       "properties": {
+                                           "image": {"type": "string", "format": "binary",
+                                                     "description": "The RGBA layer to edit (a one-layer set)"},
+                                           "params": _ref(EditParams), "webhook": _ref(WebhookSpec),
+                                           "cache": {"type": "string", "pattern": FLAG_PATTERN}}},
+                            "encoding": {"image": {"contentType": IMAGE_TYPES},
+                                         "params": {"contentType": "application/json"},
+                                         "webhook": {"contentType": "application/json"}},
+                        },
+                    }},
+                    "responses": {
+                        "202": {**_json(JobView, "Accepted; poll the Location"),
+                                "headers": {"Location": {"schema": {"type": "string"}}}, "links": JOB_LINKS},
+                        "200": _json(JobView, "Answered at once from an identical finished edit (`cached_from`)"),
                         **_errors(*SUBMIT),
                     },
                 }

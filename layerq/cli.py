@@ -171,8 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from layerq.stack import LocalStack, Shutdown, stop_on_signals
 
     settings = Settings.from_env(model=args.model)
-    edit_model = args.edit_model or ("tiny" if settings.model == "tiny" and not os.environ.get("LAYERQ_EDIT_MODEL") else None)
-    settings = settings.replace(edit_model=edit_model or settings.edit_model)
+    settings = _with_up_edit_model(settings, args.edit_model)
     private_redis = _wants_private_redis()
     stack = LocalStack(settings, run_dir=Path(".layerq/run"), host=args.host, port=args.port,
                        stop_timeout_s=args.stop_timeout)
@@ -194,6 +193,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"a layerq process (pid {gone.pid}) exited with {gone.returncode}; stopping "
               f"(logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
         return 1
+
+
+def _with_up_edit_model(settings: Settings, explicit: str | None) -> Settings:
+    """`up` pairs a tiny decompose model (`tiny`, or a directory the model builder stamped tiny) with the
+    tiny edit model, built next to it, unless an edit model is named; else LAYERQ_EDIT_MODEL's."""
+    if explicit or os.environ.get("LAYERQ_EDIT_MODEL"):
+        return settings.replace(edit_model=explicit or settings.edit_model)
+    stamp = Path(settings.model) / "layerq-model.json"
+    if settings.model == "tiny":
+        return settings.replace(edit_model="tiny")
+    try:
+        tiny_dir = json.loads(stamp.read_text()).get("size") == "tiny"
+    except (OSError, ValueError):
+        tiny_dir = False
+    if not tiny_dir:
+        return settings
+    cache = settings.model_cache_dir if os.environ.get("LAYERQ_MODEL_CACHE_DIR") else str(Path(settings.model).parent)
+    return settings.replace(edit_model="tiny", model_cache_dir=cache)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

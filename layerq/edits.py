@@ -26,7 +26,8 @@ class EditParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="The edit instruction.")
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S",
+                        description="The edit instruction (required, not blank).")
     negative_prompt: str = Field(" ", max_length=2000, description="A non-empty negative prompt turns CFG on.")
     true_cfg_scale: float = Field(4.0, ge=1.0, le=20.0, description="Classifier-free guidance scale.")
     num_inference_steps: JsonInt = Field(
@@ -40,13 +41,6 @@ class EditParams(BaseModel):
         "the green backdrop (`chroma`), or a segmentation model (`model`, only where the server configures one).",
     )
 
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank: the edit instruction")
-        return v
-
     def with_seed(self) -> "EditParams":
         if self.seed is not None:
             return self
@@ -58,7 +52,8 @@ class EditSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    job_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    job_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]{1,64}$",
+                        description="A succeeded job of the caller's (a decomposition or an edit).")
     layer: JsonInt = Field(..., ge=0, le=1000, description="Index of the layer, 0 = bottom.")
 
 

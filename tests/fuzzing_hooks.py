@@ -9,7 +9,9 @@ JSON Schema can state, so that "schema-valid request rejected" keeps meaning a r
   request, and schemathesis sends parts the schema does not name (`additionalProperties`) without
   a filename: positive multipart batches name an uploaded input instead (multipart batches with
   files are covered by tests/test_e2e.py);
-- an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP).
+- an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP);
+- an edit's `matte: "model"` needs a matte model the server is configured with: positive cases use
+  `chroma` instead.
 """
 
 from __future__ import annotations
@@ -67,4 +69,7 @@ def map_case(ctx, case):
     _point_webhook(body.get("batch"))
     if case.operation.path == "/v1/batches" and case.media_type == "multipart/form-data":
         _use_uploads(body)
+    if case.operation.path == "/v1/edits" and isinstance(body.get("params"), dict) \
+            and body["params"].get("matte") == "model":
+        body["params"]["matte"] = "chroma"  # `model` needs a server-configured matte model
     return case
