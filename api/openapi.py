@@ -159,18 +159,32 @@ WEBHOOK_URL = {"type": "string", "maxLength": 2048,
 def _tighten(schemas: dict[str, Any]) -> None:
     """Constraints the routes enforce that the pydantic models leave to code."""
     params = _ref(DecomposeParams)
-    batch = schemas["BatchRequest"]["properties"]
-    batch["defaults"] = {**params, "description": "DecomposeParams shared by every item."}
+    batch = schemas["BatchRequest"]
+    batch["properties"]["defaults"] = {"type": "object", "description": "DecomposeParams (EditParams for `kind: "
+                                       "\"edit\"`) shared by every item."}
     item = schemas["BatchItem"]
-    item["properties"]["params"] = {**params, "description": "Overrides of the batch's defaults."}
+    item["properties"]["params"] = {"type": "object", "description": "Overrides of the batch's defaults."}
     item["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}
-    # Exactly one of input_key / file (null counts as absent).
-    item["oneOf"] = [
-        {"required": ["input_key"], "properties": {"input_key": {"type": "string"}, "file": {"type": "null"}}},
-        {"required": ["file"], "properties": {"file": {"type": "string"}, "input_key": {"type": "null"}}},
-    ]
-    item["description"] = ("Exactly one of `input_key` (an upload) or `file` (the name of a file part of this "
-                           "multipart request).")
+    # Exactly one of input_key / file / source (null counts as absent).
+    others = {"input_key": {"type": "null"}, "file": {"type": "null"}, "source": {"type": "null"}}
+    item["oneOf"] = [{"required": [name], "properties": {**others, name: {"type": ["string", "object"]}}}
+                     for name in ("input_key", "file", "source")]
+    item["description"] = ("Exactly one of `input_key` (an upload), `file` (the name of a file part of this "
+                           "multipart request) or, in edit batches, `source` (a layer of a finished job).")
+    # Edit batches: EditParams, with the instruction in `defaults` or in every item; decompose batches:
+    # DecomposeParams and no `source`.
+    overrides = {k: v for k, v in schemas["EditParams"].items() if k != "required"}
+    schemas["EditParamsOverrides"] = {**overrides, "title": "EditParamsOverrides"}
+    edit_overrides = {"$ref": "#/components/schemas/EditParamsOverrides"}
+    batch["if"] = {"properties": {"kind": {"const": "edit"}}, "required": ["kind"]}
+    batch["then"] = {
+        "properties": {"defaults": edit_overrides, "items": {"items": {"properties": {"params": edit_overrides}}}},
+        "anyOf": [{"required": ["defaults"], "properties": {"defaults": {"required": ["prompt"]}}},
+                  {"properties": {"items": {"items": {"required": ["params"],
+                                                      "properties": {"params": {"required": ["prompt"]}}}}}}],
+    }
+    batch["else"] = {"properties": {"defaults": params, "items": {"items": {"properties": {
+        "params": params, "source": {"type": "null"}}}}}}
     schemas["JobRequest"]["properties"]["input_key"] = UPLOAD_KEY
     edit = schemas["EditRequest"]
     edit["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}

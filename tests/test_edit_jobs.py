@@ -148,3 +148,22 @@ def test_sigkilled_edit_worker_mid_job_finishes_exactly_once(stack, client, pare
     assert final["attempts"] == 2  # the killed delivery and the one that finished
     assert len(terminal_transitions(stack, job["id"])) == 1, transition_log(stack, job["id"])
     wait_for(lambda: len(job_objects(stack, job["id"])) >= 3 + 1 + 1 + 4, 10, what="every object")
+
+
+def test_edit_batch_one_instruction_over_many_layers_with_a_dry_run(stack, client, parent):
+    body = {"kind": "edit", "defaults": {"prompt": "make it gold", "num_inference_steps": 2, "matte": "keep"},
+            "items": [{"source": {"job_id": parent["id"], "layer": 0}},
+                      {"source": {"job_id": parent["id"], "layer": 2}, "params": {"prompt": "make it silver"}}]}
+    estimate = requests.post(f"{stack.url}/v1/batches", json={**body, "dry_run": True}, timeout=30)
+    assert estimate.status_code == 200 and estimate.json()["estimated_gpu_s"] > 0, estimate.text
+    bad = {**body, "items": [*body["items"], {"source": {"job_id": parent["id"], "layer": 9}}]}
+    resp = requests.post(f"{stack.url}/v1/batches", json=bad, timeout=30)
+    assert resp.status_code == 400 and resp.json()["error"]["field"] == "items.2.source.layer"
+    resp = requests.post(f"{stack.url}/v1/batches", json=body, timeout=30)
+    assert resp.status_code == 202, resp.text
+    finals = [client.wait(j, timeout_s=400) for j in resp.json()["job_ids"]]
+    assert [f["status"] for f in finals] == ["succeeded"] * 2, [f.get("error") for f in finals]
+    assert [f["params"]["prompt"] for f in finals] == ["make it gold", "make it silver"]
+    assert [f["params"]["source"]["layer"] for f in finals] == [0, 2]
+    batch = requests.get(f"{stack.url}/v1/batches/{resp.json()['id']}", timeout=30).json()
+    assert batch["counts"]["succeeded"] == 2
