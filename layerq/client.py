@@ -63,7 +63,8 @@ class LayerqClient:
         if not isinstance(image, bytes):
             filename = Path(image).name
             image = Path(image).read_bytes()
-        resp = self.http.post(f"{self.base_url}/v1/edits", files={"image": (filename, image, "application/octet-stream")},
+        resp = self.http.post(f"{self.base_url}/v1/edits",
+                              files={"image": (filename, image, "application/octet-stream")},
                               data={"params": json.dumps({**(params or {}), "prompt": prompt})}, timeout=self.timeout_s)
         return self._json(resp)
 
