@@ -89,6 +89,7 @@ def _die_with_parent(launcher_pid: int) -> None:
     hard. SIGTERM, not SIGKILL, so an orphaned worker still shuts down warm. The signal follows the
     *thread* that spawned the child, so stacks must be started from a thread that outlives them
     (the main thread, everywhere in layerq). The ctypes lookup happens before the fork (below)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked around the fork by _popen
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != launcher_pid:
@@ -107,10 +108,26 @@ def _load_prctl():
 _prctl = _load_prctl()
 
 
-def _popen(args: list[str], **kwargs) -> subprocess.Popen:
-    """Popen in a process group of its own that dies with this process (see `_die_with_parent`)."""
-    return subprocess.Popen(args, start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                            **kwargs)
+def _popen(args: list[str], on_start=None, **kwargs) -> subprocess.Popen:
+    """Popen in a process group of its own that dies with this process (see `_die_with_parent`).
+
+    The stop signals are blocked in the launcher around the fork and until `on_start` has recorded
+    the child: a signal landing in Python's at-fork hooks would be swallowed there ("Exception
+    ignored"), and one raised before the child is recorded would leave it unknown to `stop()`. The
+    child unblocks them in `_die_with_parent`."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if main else None
+    try:
+        proc = subprocess.Popen(args, start_new_session=True,
+                                preexec_fn=functools.partial(_die_with_parent, os.getpid()), **kwargs)
+        if on_start is not None:
+            on_start(proc)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return proc
 
 
 class Shutdown(BaseException):
@@ -176,7 +193,7 @@ class RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
         with open(self.data_dir / "redis.log", "ab") as log:
-            self.proc = _popen(args, stdout=log, stderr=subprocess.STDOUT)
+            _popen(args, on_start=lambda p: setattr(self, "proc", p), stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
         return self
 
@@ -222,11 +239,11 @@ class LocalStack:
         if self.settings.storage == "local" and not self.settings.signing_secret:
             self.settings = self.settings.replace(signing_secret=persistent_secret(self.run_dir / "signing-secret"))
         self.port = self.port or free_port()
-        self.api = self._spawn_api()
+        self._spawn_api()
         for _ in range(cpu_workers):
-            self.cpu_workers.append(self._spawn(f"cpu-{len(self.cpu_workers)}", [
+            self._spawn(f"cpu-{len(self.cpu_workers)}", [
                 sys.executable, "-m", "layerq.cli", "worker", "--queues", "cpu",
-                "--name", f"cpu{len(self.cpu_workers)}@%h"]))
+                "--name", f"cpu{len(self.cpu_workers)}@%h"], into=self.cpu_workers)
         for _ in range(workers):
             self.add_worker()
         for _ in range(edit_workers):
@@ -239,8 +256,7 @@ class LocalStack:
         n = self._spawned
         self._spawned += 1
         proc = self._spawn(f"edit-worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--queues", "edit",
-                                                "--name", f"e{n}@%h"])
-        self.edit_workers.append(proc)
+                                                "--name", f"e{n}@%h"], into=self.edit_workers)
         return proc
 
     def replace_edit_worker(self, index: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
@@ -261,8 +277,7 @@ class LocalStack:
         n = self._spawned
         self._spawned += 1
         proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--name", f"w{n}@%h"],
-                           extra_env)
-        self.workers.append(proc)
+                           extra_env, into=self.workers)
         return proc
 
     def replace_worker(self, index: int, sig: int = signal.SIGKILL, wait: bool = True) -> subprocess.Popen:
@@ -287,7 +302,7 @@ class LocalStack:
     def restart_api(self, timeout_s: float = 60) -> None:
         """Stop the API process and start a new one on the same port (state lives in Redis and storage)."""
         stop_process(self.api)
-        self.api = self._spawn_api()
+        self._spawn_api()
         wait_until(self._healthy(1), timeout_s, "restarted API", interval_s=0.2)
 
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
@@ -323,13 +338,17 @@ class LocalStack:
         return check
 
     def _spawn_api(self) -> subprocess.Popen:
-        return self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
-                                   "--port", str(self.port), "--workers", str(self.api_workers)])
+        return self._spawn("api", into=None, on_start=lambda p: setattr(self, "api", p), args=[
+            sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
+            "--port", str(self.port), "--workers", str(self.api_workers)])
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None, *,
+               into: list[subprocess.Popen] | None = None, on_start=None) -> subprocess.Popen:
+        """Start a child; `into` (or `on_start`) records it before a stop signal can interrupt (`_popen`)."""
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(self.run_dir / f"{name}.log", "ab") as log:
-            return _popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            return _popen(args, on_start=on_start or (into.append if into is not None else None), env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "LocalStack":
         return self
