@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 
-from api import batches, contract, errors, files, jobs, layersets, observability, openapi, uploads, web
+from api import batches, contract, edits, errors, files, jobs, layersets, observability, openapi, uploads, web
 from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(layersets.bp)
+    app.register_blueprint(edits.bp)
     app.register_blueprint(uploads.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)

@@ -18,7 +18,7 @@ from api.views import iso
 from layerq.errors import ValidationFailed
 from layerq.images import normalise_image
 from layerq.params import DecomposeParams
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE
 from layerq.requests import BatchRequest
 from layerq.webhooks import notify
 
@@ -36,6 +36,13 @@ def submit_batch():
     svc = services()
     body = _batch_request()
     webhook = check_webhook(body.webhook, svc)
+    if body.kind == "edit":
+        from api.edit_batches import edit_items
+
+        params, items = edit_items(svc, body, _item_file)
+        if body.dry_run:
+            return jsonify(_estimate(params, "edit"))
+        return _accepted(svc, body, webhook, params, items)
     params = [_item_params(body, i) for i in range(len(body.items))]
     if body.dry_run:
         return jsonify(_estimate(params))
@@ -49,8 +56,12 @@ def submit_batch():
             items.append(Item(params=p, field=f"items.{i}.file", data=data, image=image))
         else:
             items.append(Item(params=p, field=f"items.{i}.input_key", input_key=item.input_key))
+    return _accepted(svc, body, webhook, params, items)
+
+
+def _accepted(svc, body: BatchRequest, webhook, params: list, items: list[Item]):
     batch_id = uuid.uuid4().hex
-    meta = {"webhook": webhook, "params": params[0].model_dump()}
+    meta = {"webhook": webhook, "params": params[0].model_dump(), "kind": body.kind}
     done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta)
     resp = jsonify({"id": batch_id, "count": len(done.job_ids), "job_ids": done.job_ids, "cached": len(done.cached)})
     resp.status_code = 202
@@ -72,8 +83,11 @@ def get_batch(batch_id: str):
                 partial += (prog.get("step") or 0) / (prog.get("total") or 1)
     remaining = batch["count"] - done
     means = svc.stats.snapshot()
-    per_job = svc.stats.estimate_s(batch["meta"].get("params") or DecomposeParams().model_dump(), means)
-    workers = max(1, svc.workers.live_count(DECOMPOSE_QUEUE))
+    kind = batch["meta"].get("kind") or "decompose"
+    stats = svc.stats_of(kind)
+    means = stats.snapshot() if kind != "decompose" else means
+    per_job = stats.estimate_s(batch["meta"].get("params") or DecomposeParams().model_dump(), means)
+    workers = max(1, svc.workers.live_count(_queue(kind)))
     eta = None if per_job is None or remaining == 0 else round((remaining - partial) * per_job / workers, 1)
     return jsonify({
         "id": batch_id, "count": batch["count"], "counts": counts, "created_at": iso(batch["created_at"]),
@@ -87,7 +101,7 @@ def cancel_batch(batch_id: str):
     svc = services()
     batch = owned_batch(batch_id)
     ids = svc.batches.job_ids(batch_id)
-    outcome = svc.jobs.cancel(ids)
+    outcome = svc.jobs.cancel(ids, queue=_queue(batch["meta"].get("kind") or "decompose"))
     if outcome["canceled"] and batch["meta"].get("webhook"):
         # Jobs canceled while queued never reach a worker: their `canceled` webhooks go from here.
         for rec in svc.jobs.get_many(ids):
@@ -96,16 +110,23 @@ def cancel_batch(batch_id: str):
     return jsonify({"id": batch_id, **outcome})
 
 
-def _estimate(params: list[DecomposeParams]) -> dict:
-    """Dry run: GPU-seconds of the batch and when it would finish behind the current queue."""
+def _queue(kind: str) -> str:
+    return EDIT_QUEUE if kind == "edit" else DECOMPOSE_QUEUE
+
+
+def _estimate(params: list, kind: str = "decompose") -> dict:
+    """Dry run: GPU-seconds of the batch and when it would finish behind the current queue (of its kind,
+    from that kind's measured service times)."""
     svc = services()
-    means = svc.stats.snapshot()
-    estimates = [svc.stats.estimate_s(p.model_dump(), means) for p in params]
+    stats = svc.stats_of(kind)
+    means = stats.snapshot()
+    estimates = [stats.estimate_s(p.model_dump(), means) for p in params]
     if any(e is None for e in estimates):
-        raise ValidationFailed("no measured service times yet: run a job first, then ask again", field="dry_run")
-    workers = max(1, svc.workers.live_count(DECOMPOSE_QUEUE))
+        raise ValidationFailed(f"no measured service times yet: run a {kind} job first, then ask again",
+                               field="dry_run")
+    workers = max(1, svc.workers.live_count(_queue(kind)))
     gpu_s = sum(estimates)
-    ahead = svc.jobs.queued_count(DECOMPOSE_QUEUE) * (gpu_s / len(estimates))
+    ahead = svc.jobs.queued_count(_queue(kind)) * (gpu_s / len(estimates))
     completion_s = (ahead + gpu_s) / workers
     return {"dry_run": True, "count": len(params), "estimated_gpu_s": round(gpu_s, 2),
             "queue_ahead_gpu_s": round(ahead, 2), "workers": workers,
@@ -120,6 +141,8 @@ def _batch_request() -> BatchRequest:
 
 def _item_params(body: BatchRequest, i: int) -> DecomposeParams:
     item = body.items[i]
+    if item.source is not None:
+        raise ValidationFailed('`source` is for edit batches (`kind: "edit"`)', field=f"items.{i}.source")
     if (item.input_key is None) == (item.file is None):
         raise ValidationFailed("each item needs exactly one of input_key or file", field=f"items.{i}")
     return parse_params({**body.defaults, **item.params}, field=f"items.{i}.params").with_seed()

@@ -73,7 +73,7 @@ def cancel_job(job_id: str):
     svc = services()
     rec = owned_job(job_id)
     before = rec["status"]
-    outcome = svc.jobs.cancel([job_id], **({"queue": rec["queue"]} if rec.get("queue") else {}))
+    outcome = svc.jobs.cancel([job_id], queue=rec.get("queue") or rec["kind"])
     rec = svc.jobs.get(job_id)
     if outcome["canceled"]:  # no worker will ever see this job: the API sends its webhook
         notify(svc.celery, svc.settings, rec, deliveries=svc.deliveries)

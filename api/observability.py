@@ -17,10 +17,11 @@ from layerq.logs import bind_log_context
 
 JOB_ROUTE = "/v1/jobs"
 BATCH_ROUTE = "/v1/batches"
+EDIT_ROUTE = "/v1/edits"
 
 
 def register(app: Flask, queued_count) -> None:
-    depth = metrics.QueueDepth(queued_count)
+    depth = metrics.QueueDepth(queued_count, ("decompose", "edit"))
 
     @app.get("/metrics")
     def prometheus_metrics():
@@ -50,9 +51,9 @@ def register(app: Flask, queued_count) -> None:
 
 
 def _count_submissions(route: str, response: Response) -> None:
-    if route == JOB_ROUTE:
+    if route in (JOB_ROUTE, EDIT_ROUTE):
         source = "job" if response.status_code == 202 else "cached"
-        metrics.JOBS_SUBMITTED.labels("decompose", source).inc()
+        metrics.JOBS_SUBMITTED.labels("edit" if route == EDIT_ROUTE else "decompose", source).inc()
     elif route == BATCH_ROUTE and response.status_code == 202:
         body = response.get_json(silent=True) or {}
         cached = int(body.get("cached", 0) or 0)

@@ -14,6 +14,7 @@ from api.form import FLAG_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
 from api import layersets_doc
+from layerq.edits import EditParams, EditRequest
 from layerq.jobs import JobStatus, JobView
 from layerq.layersets import CombineRequest, ComposeRequest, LayerDecomposeRequest
 from layerq.params import DecomposeParams
@@ -96,7 +97,7 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     DecomposeParams, JobView, ErrorResponse, Health, JobRequest, BatchRequest, UploadRequest, CancelResult,
-    BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket,
+    BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket, EditParams, EditRequest,
     LayerDecomposeRequest, ComposeRequest, CombineRequest,
 ]
 
@@ -161,19 +162,39 @@ WEBHOOK_URL = {"type": "string", "maxLength": 2048,
 def _tighten(schemas: dict[str, Any]) -> None:
     """Constraints the routes enforce that the pydantic models leave to code."""
     params = _ref(DecomposeParams)
-    batch = schemas["BatchRequest"]["properties"]
-    batch["defaults"] = {**params, "description": "DecomposeParams shared by every item."}
+    batch = schemas["BatchRequest"]
+    batch["properties"]["defaults"] = {"type": "object", "description": "DecomposeParams (EditParams for `kind: "
+                                       "\"edit\"`) shared by every item."}
     item = schemas["BatchItem"]
-    item["properties"]["params"] = {**params, "description": "Overrides of the batch's defaults."}
+    item["properties"]["params"] = {"type": "object", "description": "Overrides of the batch's defaults."}
     item["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}
-    # Exactly one of input_key / file (null counts as absent).
-    item["oneOf"] = [
-        {"required": ["input_key"], "properties": {"input_key": {"type": "string"}, "file": {"type": "null"}}},
-        {"required": ["file"], "properties": {"file": {"type": "string"}, "input_key": {"type": "null"}}},
-    ]
-    item["description"] = ("Exactly one of `input_key` (an upload) or `file` (the name of a file part of this "
-                           "multipart request).")
+    # Exactly one of input_key / file / source (null counts as absent).
+    others = {"input_key": {"type": "null"}, "file": {"type": "null"}, "source": {"type": "null"}}
+    item["oneOf"] = [{"required": [name], "properties": {**others, name: {"type": ["string", "object"]}}}
+                     for name in ("input_key", "file", "source")]
+    item["description"] = ("Exactly one of `input_key` (an upload), `file` (the name of a file part of this "
+                           "multipart request) or, in edit batches, `source` (a layer of a finished job).")
+    # Edit batches: EditParams, with the instruction in `defaults` or in every item; decompose batches:
+    # DecomposeParams and no `source`.
+    overrides = {k: v for k, v in schemas["EditParams"].items() if k != "required"}
+    schemas["EditParamsOverrides"] = {**overrides, "title": "EditParamsOverrides"}
+    edit_overrides = {"$ref": "#/components/schemas/EditParamsOverrides"}
+    batch["if"] = {"properties": {"kind": {"const": "edit"}}, "required": ["kind"]}
+    batch["then"] = {
+        "properties": {"defaults": edit_overrides, "items": {"items": {"properties": {"params": edit_overrides}}}},
+        "anyOf": [{"required": ["defaults"], "properties": {"defaults": {"required": ["prompt"]}}},
+                  {"properties": {"items": {"items": {"required": ["params"],
+                                                      "properties": {"params": {"required": ["prompt"]}}}}}}],
+    }
+    batch["else"] = {"properties": {"defaults": params, "items": {"items": {"properties": {
+        "params": params, "source": {"type": "null"}}}}}}
     schemas["JobRequest"]["properties"]["input_key"] = UPLOAD_KEY
+    edit = schemas["EditRequest"]
+    edit["properties"]["input_key"] = {"anyOf": [UPLOAD_KEY, {"type": "null"}]}
+    edit["oneOf"] = [  # exactly one source (null counts as absent)
+        {"required": ["source"], "properties": {"source": {"type": "object"}, "input_key": {"type": "null"}}},
+        {"required": ["input_key"], "properties": {"input_key": {"type": "string"}, "source": {"type": "null"}}},
+    ]
     schemas["WebhookSpec"]["properties"]["url"] = WEBHOOK_URL
     upload = schemas["UploadRequest"]["properties"]["filename"]
     upload["not"] = {"pattern": r"^\.{1,2}$"}
@@ -253,6 +274,38 @@ def build_document() -> dict[str, Any]:
                         "202": {**_json(JobView, "Accepted; poll the Location"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}, "links": JOB_LINKS},
                         "200": _json(JobView, "Answered at once from an identical finished job (`cached_from`)"),
+                        **_errors(*SUBMIT),
+                    },
+                }
+            },
+            "/v1/edits": {
+                "post": {
+                    "summary": "Edit one layer of a finished job (or an uploaded image) from an instruction",
+                    "description": "The job's result is a new layer set: the source job's stack with the edited "
+                                   "layer in its place, re-composited and re-exported; its manifest names the "
+                                   "parent and the changed layer. Read and cancel it as any job. A source job "
+                                   "that has not succeeded, or a layer it does not have, is 400; `matte: model` "
+                                   "is 400 where the server configures no matte model.",
+                    "operationId": "submitEdit",
+                    "parameters": [IDEMPOTENCY],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref(EditRequest)},
+                        "multipart/form-data": {
+                            "schema": {"type": "object", "required": ["image", "params"], "additionalProperties": False,
+                                       "properties": {
+                                           "image": {"type": "string", "format": "binary",
+                                                     "description": "The RGBA layer to edit (a one-layer set)"},
+                                           "params": _ref(EditParams), "webhook": _ref(WebhookSpec),
+                                           "cache": {"type": "string", "pattern": FLAG_PATTERN}}},
+                            "encoding": {"image": {"contentType": IMAGE_TYPES},
+                                         "params": {"contentType": "application/json"},
+                                         "webhook": {"contentType": "application/json"}},
+                        },
+                    }},
+                    "responses": {
+                        "202": {**_json(JobView, "Accepted; poll the Location"),
+                                "headers": {"Location": {"schema": {"type": "string"}}}, "links": JOB_LINKS},
+                        "200": _json(JobView, "Answered at once from an identical finished edit (`cached_from`)"),
                         **_errors(*SUBMIT),
                     },
                 }

@@ -18,8 +18,9 @@ from PIL import Image
 from layerq import objects
 from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
 from layerq.images import png_bytes
-from layerq.messages import DECOMPOSE_TASK, DecomposeMessage
+from layerq.messages import message_for
 from layerq.params import DecomposeParams
+from layerq.queues import DECOMPOSE_QUEUE
 from layerq.webhooks import WebhookSpec, check_request, notify
 from storage.jobs import NewJob, new_job_id
 from storage.services import Services
@@ -32,12 +33,22 @@ class Item:
     """One job to create: its parameters and its input, either an upload (`input_key`) or image
     bytes sent with the request (`data`, already decoded and checked as `image`)."""
 
-    params: DecomposeParams
+    params: DecomposeParams | Any
+    """DecomposeParams, or EditJobParams for an edit."""
     field: str
     """Where the item's input came from, for errors: `input_key`, `items.3.input_key`."""
     input_key: str | None = None
     data: bytes | None = None
     image: Image.Image | None = None
+    kind: str = "decompose"
+    queue: str = DECOMPOSE_QUEUE
+    source_key: str | None = None
+    """An object already checked to belong to the caller (the layer an edit changes): read by the
+    worker as the job's input; no upload check, nothing stored."""
+    source_digest: str | None = None
+    """What stands for the input bytes in the result-cache key when they are not read here."""
+    model: str | None = None
+    """The model in the result-cache key (default: the decompose model)."""
 
 
 @dataclass
@@ -86,20 +97,26 @@ def submit(
         job_id = new_job_id()
         out.job_ids.append(job_id)
         params = item.params.model_dump()
-        if item.data is None:  # an upload: its bytes are not read here, so no cache key
+        kind = {"kind": item.kind, "queue": item.queue}
+        if item.data is None and item.source_digest is None:  # an upload: bytes unread here, so no cache key
             runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
-                                   webhook=webhook))
+                                   webhook=webhook, **kind))
             continue
-        ckey = svc.cache.key_for(tenant, hashlib.sha256(item.data).hexdigest(), params, svc.settings.model)
+        digest = item.source_digest or hashlib.sha256(item.data or b"").hexdigest()
+        ckey = svc.cache.key_for(tenant, digest, params, item.model or svc.settings.model)
         source = svc.cache.lookup(ckey, tenant) if use_cache else None
         if source is not None:
             cached.append((job_id, params, source))
             out.cached.add(job_id)
             continue
+        if item.source_key is not None:
+            runnable.append(NewJob(job_id, params, item.source_key, batch_id=batch_id, tenant=tenant,
+                                   cache_key=ckey, webhook=webhook, **kind))
+            continue
         assert item.image is not None
         svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
         runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
-                               cache_key=ckey, webhook=webhook))
+                               cache_key=ckey, webhook=webhook, **kind))
     if batch_id:
         svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
                            cached=cached)
@@ -129,9 +146,8 @@ def enqueue(svc: Services, jobs: list[NewJob]) -> None:
     try:
         with svc.celery.producer_or_acquire() as producer:
             for job in jobs:
-                msg = DecomposeMessage(job_id=job.job_id, input_key=job.input_key, params=job.params)
-                svc.celery.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=job.queue,
-                                     task_id=job.job_id, producer=producer)
+                task, body = message_for(job.queue, job.job_id, job.input_key, job.params)
+                svc.celery.send_task(task, args=[body], queue=job.queue, task_id=job.job_id, producer=producer)
                 sent += 1
     except Exception as exc:
         log.exception("enqueue failed after %d of %d jobs", sent, len(jobs))

@@ -55,7 +55,7 @@ def absolute(url: str) -> str:
 def _eta(rec: dict[str, Any], position: int | None, svc: Services) -> float | None:
     """Seconds until this job ends: its own estimated time (measured per step and per bucket), plus,
     while queued, the estimated work ahead of it shared among the live workers."""
-    own = svc.stats.estimate_s(rec["params"])
+    own = svc.stats_of(rec["kind"]).estimate_s(rec["params"])
     if own is None:
         return None
     if rec["status"] == JobStatus.QUEUED.value:

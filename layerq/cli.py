@@ -15,7 +15,7 @@ from layerq.config import Settings
 from layerq.logs import setup_logging
 from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 
-SUBCOMMANDS = ("up", "api", "worker", "submit", "demo", "compose", "combine")
+SUBCOMMANDS = ("up", "api", "worker", "submit", "edit", "demo", "compose", "combine")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
     up.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    up.add_argument("--edit-workers", type=int, default=1, help="edit worker processes (they hold the edit model)")
+    up.add_argument("--edit-model", help="edit model: hub id, local dir or 'tiny' (default: LAYERQ_EDIT_MODEL; "
+                                         "'tiny' when --model is tiny)")
     _add_stop_timeout(up)
 
     api = sub.add_parser("api", help="the HTTP API under gunicorn")
@@ -56,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the jobs, with a progress bar")
     s.add_argument("--out", type=Path, help="download results here (implies --wait)")
 
+    from layerq.edit_cli import add_edit_parser
+
+    add_edit_parser(sub)
+
     d = sub.add_parser("demo", help="start the stack and decompose a generated poster (classic decomposer)")
     d.add_argument("--out", type=Path, default=Path("layerq-demo-out"))
     # classic: layers that mean something on any machine (the tiny model's are noise; `--model tiny`
@@ -83,8 +90,10 @@ def _layer_count(text: str) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("LAYERQ_LOG_FORMAT", "text"))  # before Settings, which may log
-    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo,
-               "compose": cli_layersets.cmd_compose, "combine": cli_layersets.cmd_combine}
+    from layerq.edit_cli import cmd_edit
+
+    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "edit": cmd_edit,
+               "demo": cmd_demo, "compose": cli_layersets.cmd_compose, "combine": cli_layersets.cmd_combine}
     return handler[args.command](args)
 
 
@@ -136,6 +145,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)
+    if "edit" in args.queues.split(",") and args.model:  # an edit worker's --model is its edit model
+        settings = settings.replace(edit_model=args.model)
     app = make_worker_app(settings, queues=args.queues)
     # Solo pool: the model lives in the process that runs the jobs, CUDA is never initialised before
     # a fork, and concurrency is 1 (one worker per GPU).
@@ -164,6 +175,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from layerq.stack import LocalStack, Shutdown, stop_on_signals
 
     settings = Settings.from_env(model=args.model)
+    settings = _with_up_edit_model(settings, args.edit_model)
     private_redis = _wants_private_redis()
     stack = LocalStack(settings, run_dir=Path(".layerq/run"), host=args.host, port=args.port,
                        stop_timeout_s=args.stop_timeout)
@@ -174,7 +186,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     # queued jobs and jobs handed back by a killed worker survive a restart of `layerq up`.
     with stop_on_signals(), stack:
         try:
-            stack.start(workers=args.workers, start_redis=private_redis, persist_redis=True, timeout_s=1800)
+            stack.start(workers=args.workers, start_redis=private_redis, persist_redis=True, timeout_s=1800,
+                        edit_workers=args.edit_workers)
             print(f"layerq is up at {stack.url}  (logs in {stack.run_dir}; Ctrl-C or SIGTERM stops)", flush=True)
             gone = stack.wait_any()
         except Shutdown as sig:
@@ -184,6 +197,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"a layerq process (pid {gone.pid}) exited with {gone.returncode}; stopping "
               f"(logs in {stack.run_dir}) ...", file=sys.stderr, flush=True)
         return 1
+
+
+def _with_up_edit_model(settings: Settings, explicit: str | None) -> Settings:
+    """`up` pairs a tiny decompose model (`tiny`, or a directory the model builder stamped tiny) with the
+    tiny edit model, built next to it, unless an edit model is named; else LAYERQ_EDIT_MODEL's."""
+    if explicit or os.environ.get("LAYERQ_EDIT_MODEL"):
+        return settings.replace(edit_model=explicit or settings.edit_model)
+    stamp = Path(settings.model) / "layerq-model.json"
+    if settings.model == "tiny":
+        return settings.replace(edit_model="tiny")
+    try:
+        tiny_dir = json.loads(stamp.read_text()).get("size") == "tiny"
+    except (OSError, ValueError):
+        tiny_dir = False
+    if not tiny_dir:
+        return settings
+    cache = settings.model_cache_dir if os.environ.get("LAYERQ_MODEL_CACHE_DIR") else str(Path(settings.model).parent)
+    return settings.replace(edit_model="tiny", model_cache_dir=cache)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

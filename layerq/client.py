@@ -64,6 +64,30 @@ class LayerqClient:
     def _post(self, path: str, body: dict[str, Any]) -> dict:
         return self._json(self.http.post(f"{self.base_url}{path}", json=body, timeout=self.timeout_s))
 
+    def edit(
+        self, job_id: str, layer: int, prompt: str, params: dict[str, Any] | None = None, *, cache: bool = True,
+        webhook: dict[str, Any] | None = None,
+    ) -> dict:
+        """Edit layer `layer` of the finished job `job_id` from an instruction; return the edit job as
+        accepted. Its result is a new layer set: the parent's stack with that layer replaced."""
+        body: dict[str, Any] = {"source": {"job_id": job_id, "layer": layer},
+                                "params": {**(params or {}), "prompt": prompt}, "cache": cache}
+        if webhook:
+            body["webhook"] = webhook
+        return self._json(self.http.post(f"{self.base_url}/v1/edits", json=body, timeout=self.timeout_s))
+
+    def edit_image(
+        self, image: bytes | str | Path, prompt: str, params: dict[str, Any] | None = None, filename: str = "image.png",
+    ) -> dict:
+        """Edit an uploaded RGBA image (a one-layer set)."""
+        if not isinstance(image, bytes):
+            filename = Path(image).name
+            image = Path(image).read_bytes()
+        resp = self.http.post(f"{self.base_url}/v1/edits",
+                              files={"image": (filename, image, "application/octet-stream")},
+                              data={"params": json.dumps({**(params or {}), "prompt": prompt})}, timeout=self.timeout_s)
+        return self._json(resp)
+
     def get(self, job_id: str) -> dict:
         return self._json(self.http.get(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout_s))
 

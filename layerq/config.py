@@ -101,6 +101,11 @@ class Settings:
     # --- worker --------------------------------------------------------------------------------
     model: str = "Qwen/Qwen-Image-Layered"
     """Hub id, local directory, or `tiny` (the offline tiny model layerq builds and caches)."""
+    edit_model: str = "Qwen/Qwen-Image-Edit-2509"
+    """The edit pipeline (`QwenImageEditPlusPipeline`) of workers on the `edit` queue: hub id, local
+    directory, or `tiny`. Also part of the edit result-cache key, so the API reads it too."""
+    matte_model: str = ""
+    """Segmentation model of the `model` matte (hub id, local dir, or `tiny`); empty: `model` is refused."""
     model_cache_dir: str = ".layerq/models"
     """Where `tiny` is built and cached."""
     device: str = "auto"

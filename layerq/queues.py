@@ -7,6 +7,10 @@ DECOMPOSE_QUEUE = "decompose"
 """Decompose jobs; consumed by GPU workers (solo pool, one per GPU)."""
 DECOMPOSE_TASK = "layerq.decompose"
 
+EDIT_QUEUE = "edit"
+"""Edit jobs; consumed by GPU workers that hold the edit pipeline (a worker holds one pipeline kind)."""
+EDIT_TASK = "layerq.edit"
+
 WEBHOOK_QUEUE = "cpu"
 """Webhook deliveries; consumed by CPU workers (thread pool, no model)."""
 WEBHOOK_TASK = "layerq.webhook"
@@ -16,5 +20,8 @@ LAYERSET_QUEUE = WEBHOOK_QUEUE
 COMPOSE_TASK = "layerq.compose"
 COMBINE_TASK = "layerq.combine"
 
-GPU_QUEUES = frozenset({DECOMPOSE_QUEUE})
+GPU_QUEUES = frozenset({DECOMPOSE_QUEUE, EDIT_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""
+
+TASK_OF_QUEUE = {DECOMPOSE_QUEUE: DECOMPOSE_TASK, EDIT_QUEUE: EDIT_TASK}
+"""The task a job's message is sent as, by the job's queue."""

@@ -3,10 +3,11 @@ validate requests and generate the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from layerq.edits import EditSource
 from layerq.params import DecomposeParams
 from layerq.webhooks import WebhookSpec
 
@@ -41,6 +42,7 @@ class BatchItem(BaseModel):
     input_key: str | None = Field(None, max_length=300, description="An uploaded input.")
     file: str | None = Field(None, max_length=200, description="Name of a multipart file part of this request.")
     params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the batch's defaults.")
+    source: EditSource | None = Field(None, description='`kind: "edit"` only: a layer of a finished job to edit.')
 
     @field_validator("input_key")
     @classmethod
@@ -53,6 +55,10 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    kind: Literal["decompose", "edit"] = Field(
+        "decompose", description='`edit`: every item edits a layer (`source`) or an image; `defaults` are EditParams '
+        "(one instruction for all items, or a `prompt` per item).",
+    )
     items: list[BatchItem] = Field(..., min_length=1, max_length=MAX_BATCH_ITEMS)
     defaults: dict[str, Any] = Field(default_factory=dict, description="DecomposeParams shared by every item.")
     webhook: WebhookSpec | None = None

@@ -89,6 +89,7 @@ def _die_with_parent(launcher_pid: int) -> None:
     hard. SIGTERM, not SIGKILL, so an orphaned worker still shuts down warm. The signal follows the
     *thread* that spawned the child, so stacks must be started from a thread that outlives them
     (the main thread, everywhere in layerq). The ctypes lookup happens before the fork (below)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked around the fork by _popen
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != launcher_pid:
@@ -107,10 +108,26 @@ def _load_prctl():
 _prctl = _load_prctl()
 
 
-def _popen(args: list[str], **kwargs) -> subprocess.Popen:
-    """Popen in a process group of its own that dies with this process (see `_die_with_parent`)."""
-    return subprocess.Popen(args, start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                            **kwargs)
+def _popen(args: list[str], on_start=None, **kwargs) -> subprocess.Popen:
+    """Popen in a process group of its own that dies with this process (see `_die_with_parent`).
+
+    The stop signals are blocked in the launcher around the fork and until `on_start` has recorded
+    the child: a signal landing in Python's at-fork hooks would be swallowed there ("Exception
+    ignored"), and one raised before the child is recorded would leave it unknown to `stop()`. The
+    child unblocks them in `_die_with_parent`."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if main else None
+    try:
+        proc = subprocess.Popen(args, start_new_session=True,
+                                preexec_fn=functools.partial(_die_with_parent, os.getpid()), **kwargs)
+        if on_start is not None:
+            on_start(proc)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return proc
 
 
 class Shutdown(BaseException):
@@ -176,7 +193,7 @@ class RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
         with open(self.data_dir / "redis.log", "ab") as log:
-            self.proc = _popen(args, stdout=log, stderr=subprocess.STDOUT)
+            _popen(args, on_start=lambda p: setattr(self, "proc", p), stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
         return self
 
@@ -202,6 +219,8 @@ class LocalStack:
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
     cpu_workers: list[subprocess.Popen] = field(default_factory=list)
+    edit_workers: list[subprocess.Popen] = field(default_factory=list)
+    """Workers on the `edit` queue (`Settings.edit_model`); a worker holds one pipeline kind."""
     _spawned: int = 0
 
     @property
@@ -210,7 +229,7 @@ class LocalStack:
 
     def start(
         self, *, workers: int = 1, cpu_workers: int = 1, start_redis: bool | None = None, persist_redis: bool = False,
-        timeout_s: float = 300,
+        timeout_s: float = 300, edit_workers: int = 0,
     ) -> "LocalStack":
         """Start everything and return once the API answers and the workers have loaded their model."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,22 +239,45 @@ class LocalStack:
         if self.settings.storage == "local" and not self.settings.signing_secret:
             self.settings = self.settings.replace(signing_secret=persistent_secret(self.run_dir / "signing-secret"))
         self.port = self.port or free_port()
-        self.api = self._spawn_api()
+        self._spawn_api()
         for _ in range(cpu_workers):
-            self.cpu_workers.append(self._spawn(f"cpu-{len(self.cpu_workers)}", [
+            self._spawn(f"cpu-{len(self.cpu_workers)}", [
                 sys.executable, "-m", "layerq.cli", "worker", "--queues", "cpu",
-                "--name", f"cpu{len(self.cpu_workers)}@%h"]))
+                "--name", f"cpu{len(self.cpu_workers)}@%h"], into=self.cpu_workers)
         for _ in range(workers):
             self.add_worker()
+        for _ in range(edit_workers):
+            self.add_edit_worker()
         wait_until(self._healthy(workers), timeout_s, "layerq stack", interval_s=0.25)
+        wait_until(lambda: self._live_on("edit") >= edit_workers, timeout_s, "edit workers", interval_s=0.25)
         return self
+
+    def add_edit_worker(self) -> subprocess.Popen:
+        n = self._spawned
+        self._spawned += 1
+        proc = self._spawn(f"edit-worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--queues", "edit",
+                                                "--name", f"e{n}@%h"], into=self.edit_workers)
+        return proc
+
+    def replace_edit_worker(self, index: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
+        """`replace_worker` for the edit workers: kill one, start a fresh one, wait until it is ready."""
+        stop_process(self.edit_workers.pop(index), sig, timeout_s=30)
+        name = f"e{self._spawned}@"
+        proc = self.add_edit_worker()
+        wait_until(lambda: self._worker_ready(name, "edit"), 300, "replacement edit worker", interval_s=0.2)
+        return proc
+
+    def _live_on(self, queue: str) -> int:
+        import redis
+
+        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        return int(r.zcount(f"{self.settings.key_prefix}:workers:{queue}", time.time() - 30, "+inf"))
 
     def add_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         n = self._spawned
         self._spawned += 1
         proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "layerq.cli", "worker", "--name", f"w{n}@%h"],
-                           extra_env)
-        self.workers.append(proc)
+                           extra_env, into=self.workers)
         return proc
 
     def replace_worker(self, index: int, sig: int = signal.SIGKILL, wait: bool = True) -> subprocess.Popen:
@@ -250,17 +292,17 @@ class LocalStack:
             wait_until(lambda: self._worker_ready(name), 120, "replacement worker", interval_s=0.1)
         return proc
 
-    def _worker_ready(self, name_prefix: str) -> bool:
+    def _worker_ready(self, name_prefix: str, queue: str = "decompose") -> bool:
         import redis
 
         r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        members = r.zrange(f"{self.settings.key_prefix}:workers:decompose", 0, -1)
+        members = r.zrange(f"{self.settings.key_prefix}:workers:{queue}", 0, -1)
         return any(m.startswith(name_prefix) for m in members)
 
     def restart_api(self, timeout_s: float = 60) -> None:
         """Stop the API process and start a new one on the same port (state lives in Redis and storage)."""
         stop_process(self.api)
-        self.api = self._spawn_api()
+        self._spawn_api()
         wait_until(self._healthy(1), timeout_s, "restarted API", interval_s=0.2)
 
     def wait_for_workers(self, count: int, timeout_s: float = 300) -> None:
@@ -272,7 +314,7 @@ class LocalStack:
         Workers and API get SIGTERM together (Celery's warm shutdown: the running job finishes;
         gunicorn finishes its requests); what still runs after `timeout_s` is killed. Redis stops
         last, so the workers can ack or hand back their jobs first."""
-        stop_processes([*self.workers, *self.cpu_workers, self.api],
+        stop_processes([*self.workers, *self.edit_workers, *self.cpu_workers, self.api],
                        timeout_s=self.stop_timeout_s if timeout_s is None else timeout_s)
         if self.redis:
             self.redis.stop()
@@ -280,14 +322,14 @@ class LocalStack:
     def wait_any(self, poll_s: float = 0.5) -> subprocess.Popen:
         """Block until the API or a worker exits; return that process."""
         while True:
-            for proc in [self.api, *self.workers, *self.cpu_workers]:
+            for proc in [self.api, *self.workers, *self.edit_workers, *self.cpu_workers]:
                 if proc is not None and proc.poll() is not None:
                     return proc
             time.sleep(poll_s)
 
     def _healthy(self, workers: int):
         def check() -> bool:
-            for proc in [self.api, *self.workers, *self.cpu_workers]:
+            for proc in [self.api, *self.workers, *self.edit_workers, *self.cpu_workers]:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"a layerq process exited with {proc.returncode}; logs in {self.run_dir}")
             body = requests.get(self.url + "/healthz", timeout=2).json()
@@ -296,13 +338,17 @@ class LocalStack:
         return check
 
     def _spawn_api(self) -> subprocess.Popen:
-        return self._spawn("api", [sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
-                                   "--port", str(self.port), "--workers", str(self.api_workers)])
+        return self._spawn("api", into=None, on_start=lambda p: setattr(self, "api", p), args=[
+            sys.executable, "-m", "layerq.cli", "api", "--host", self.host,
+            "--port", str(self.port), "--workers", str(self.api_workers)])
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None, *,
+               into: list[subprocess.Popen] | None = None, on_start=None) -> subprocess.Popen:
+        """Start a child; `into` (or `on_start`) records it before a stop signal can interrupt (`_popen`)."""
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(self.run_dir / f"{name}.log", "ab") as log:
-            return _popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            return _popen(args, on_start=on_start or (into.append if into is not None else None), env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "LocalStack":
         return self

@@ -42,6 +42,11 @@ class Services:
     celery: Celery
     lineage: Lineage
     """Parents and children of layer-set jobs."""
+    edit_stats: ServiceTimes | None = None
+    """Service times of edit jobs (their own buckets: an edit's cost does not depend on layer counts)."""
+
+    def stats_of(self, kind: str) -> ServiceTimes:
+        return self.edit_stats if kind == "edit" and self.edit_stats is not None else self.stats
 
     @classmethod
     def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
@@ -66,4 +71,5 @@ class Services:
             stats=ServiceTimes(client, prefix),
             celery=celery,
             lineage=Lineage(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
+            edit_stats=ServiceTimes(client, prefix, "edit"),
         )

@@ -13,6 +13,9 @@ JSON Schema can state, so that "schema-valid request rejected" keeps meaning a r
 - a combine's `layers` are file parts, but schemathesis sends the items of an array of binaries
   without a filename (form fields, not files): positive multipart combines name an upload in JSON
   instead (multipart combines with files are covered by tests/test_layerset_jobs.py).
+- an edit's `matte: "model"` needs a matte model the server is configured with: positive cases use
+  `chroma` instead; an edit batch's dry run needs a measured edit job (the fuzz stack has no edit
+  worker): positive edit batches are submitted instead (their sources and uploads do not exist: 404).
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def map_case(ctx, case):
     body = case.body
     if not isinstance(body, dict):
         return case
+    if case.operation.path == "/v1/edits" and not isinstance(body.get("params"), dict):
+        # schemathesis' coverage phase sends the JSON part `params` as "" in a case it marks positive;
+        # an edit's params are required (its instruction), so that case is given a real object.
+        body["params"] = {"prompt": "fuzz"}
     _point_webhook(body)
     _point_webhook(body.get("batch"))
     if case.operation.path == "/v1/batches" and case.media_type == "multipart/form-data":
@@ -75,4 +82,13 @@ def map_case(ctx, case):
         case.multipart_content_types = None
         case.body = {"input_keys": ["uploads/fuzz/input.png"],
                      **{k: v for k, v in body.items() if k in ("params", "webhook")}}
+    # `matte: "model"` needs a server-configured matte model.
+    batch = body.get("batch") if isinstance(body.get("batch"), dict) else body
+    holders = [body.get("params"), batch.get("defaults"),
+               *[i.get("params") for i in batch.get("items") or [] if isinstance(i, dict)]]
+    for holder in holders:
+        if isinstance(holder, dict) and holder.get("matte") == "model":
+            holder["matte"] = "chroma"
+    if batch.get("kind") == "edit" and batch.get("dry_run"):
+        batch["dry_run"] = False  # an edit dry run needs a measured edit job; the fuzz stack runs no edit worker
     return case

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -26,6 +28,7 @@ from layerq.jobs import JobStatus
 from layerq.logs import bind_log_context
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
+from layerq.queues import DECOMPOSE_QUEUE
 from storage.base import Pieces
 from storage.client import is_transient
 from worker import exports
@@ -81,15 +84,30 @@ def load_input(data: bytes, settings: Settings) -> Image.Image:
     return normalise_image(data, max_pixels=settings.max_image_pixels, max_side_px=settings.max_image_side_px)
 
 
-def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = None, retries: int = 0) -> str:
+@dataclass(frozen=True)
+class JobKind:
+    """What differs between job kinds in `run_job`: the message, the queue, the work (edit jobs:
+    worker/edit_job.py). Claiming, cancel, failure, stats and webhooks are shared."""
+
+    name: str
+    queue: str
+    parse: Callable[[Any], Any]
+    execute: Callable[[WorkerRuntime, Any, StageClock], dict[str, Any]]
+
+
+def run_job(
+    rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = None, retries: int = 0,
+    kind: JobKind | None = None,
+) -> str:
     """Run one delivery of a decompose job to its end; return the job's final status.
 
     Never raises for a problem with the job itself: those end the job `failed` (or `canceled`) with a
     code and a readable message, so the worker keeps serving. Transient faults raise
     TransientJobError for the task to retry later."""
+    kind = kind or DECOMPOSE
     job_id = raw_message.get("job_id") if isinstance(raw_message, dict) else None
     try:
-        msg = parse_message(raw_message)
+        msg = kind.parse(raw_message)
     except ValidationFailed as exc:
         if job_id:
             _end_failed(rt, job_id, exc.code, exc.message, {})
@@ -98,7 +116,7 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
     try:
         attempt = rt.jobs.begin_attempt(
             msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
-            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
+            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=kind.queue,
         )
     except JobNotFound:  # expired record, or a message for another deployment: nothing to do
         log.warning("job %s has no record; message dropped", msg.job_id)
@@ -114,10 +132,10 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
     context = bind_log_context(job_id=msg.job_id, tenant=(rt.jobs.get(msg.job_id) or {}).get("tenant"))
-    metrics.JOBS.labels("decompose", "running").inc()
+    metrics.JOBS.labels(kind.name, "running").inc()
     try:
-        status = _run_claimed(rt, msg)
-        metrics.JOBS.labels("decompose", status).inc()
+        status = _run_claimed(rt, msg, kind)
+        metrics.JOBS.labels(kind.name, status).inc()
         return status
     finally:
         context.reset()
@@ -125,10 +143,10 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
             rt.liveness.release()
 
 
-def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
+def _run_claimed(rt: WorkerRuntime, msg: Any, kind: JobKind) -> str:
     clock = StageClock()
     try:
-        result = decompose_job(rt, msg, clock)
+        result = kind.execute(rt, msg, clock)
     except JobCanceled:
         return _cancel(rt, msg.job_id, clock.total())
     except (JobTimedOut, LayerqError) as exc:
@@ -150,8 +168,8 @@ def _run_claimed(rt: WorkerRuntime, msg: DecomposeMessage) -> str:
     except LayerqError:
         # Canceled while we were uploading: the cancel wins and the results go.
         return _cancel(rt, msg.job_id, timings)
-    rt.stats.record(msg.params.model_dump(), timings)
-    metrics.observe_stages("decompose", timings)
+    rt.services.stats_of(kind.name).record(msg.params.model_dump(), timings)
+    metrics.observe_stages(kind.name, timings)
     rt.services.cache.remember(msg.job_id)  # identical later requests are answered by this job
     _notify(rt, msg.job_id)
     return "succeeded"
@@ -212,6 +230,9 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     return {"layers": manifest["layers"], "composite": manifest["composite"],
             "manifest": keys.manifest_key(msg.job_id), "exports": dict(manifest["exports"]),
             "steps": params.num_inference_steps}
+
+
+DECOMPOSE = JobKind(KIND, DECOMPOSE_QUEUE, parse_message, decompose_job)
 
 
 class _StepTimes:

@@ -16,8 +16,7 @@ import time
 
 from celery import Celery
 
-from layerq.messages import DecomposeMessage
-from layerq.queues import DECOMPOSE_TASK
+from layerq.messages import message_for
 from storage.jobs import JobStore
 from storage.workers import WorkerRegistry
 
@@ -95,9 +94,8 @@ class Liveness:
         sent = 0
         for rec in self.jobs.get_many(job_ids):
             if rec and rec["status"] == "queued":
-                msg = DecomposeMessage(job_id=rec["id"], input_key=rec["input_key"], params=rec["params"])
-                self.app.send_task(DECOMPOSE_TASK, args=[msg.model_dump(mode="json")], queue=self.queue,
-                                   task_id=rec["id"])
+                task, body = message_for(self.queue, rec["id"], rec["input_key"], rec["params"])
+                self.app.send_task(task, args=[body], queue=self.queue, task_id=rec["id"])
                 sent += 1
         if job_ids:
             self.jobs.mark_sent(job_ids, self.queue)

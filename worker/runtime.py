@@ -12,13 +12,13 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from layerq import metrics
 from layerq.config import Settings
-from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
+from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, GPU_QUEUES
 from storage.base import ObjectStore
 from storage.jobs import JobStore
 from storage.services import Services
@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 class WorkerRuntime:
     services: Services
     liveness: Liveness | None
-    pipeline: "DecomposePipeline | None"
+    pipeline: "DecomposePipeline | Any | None"
+    """The decompose pipeline, or on `edit` workers `QwenImageEditPlusPipeline`: one kind per worker."""
     name: str
+    matte_model: Any = None
+    """The `model` matte, loaded once on edit workers whose settings name a matte model."""
 
     # The stores a job uses most, by their short names.
     @property
@@ -68,8 +71,12 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     global _runtime
     if _runtime is not None:
         return _runtime
-    pipeline = None
-    if queues & GPU_QUEUES:
+    pipeline = matte = None
+    if EDIT_QUEUE in queues:
+        if queues & GPU_QUEUES - {EDIT_QUEUE}:
+            raise ValueError("a worker holds one pipeline kind: run `edit` workers apart from other GPU queues")
+        pipeline, matte = _load_edit(settings)
+    elif queues & GPU_QUEUES:
         from worker.pipeline import DecomposePipeline  # torch is imported only by GPU workers
 
         t0 = time.perf_counter()
@@ -89,10 +96,35 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     name = f"{name or socket.gethostname()}#{os.getpid()}-{secrets.token_hex(3)}"
     liveness = None
     if pipeline:
-        liveness = Liveness(services.jobs, services.workers, app, DECOMPOSE_QUEUE, name,
+        queue = EDIT_QUEUE if EDIT_QUEUE in queues else DECOMPOSE_QUEUE
+        liveness = Liveness(services.jobs, services.workers, app, queue, name,
                             settings.worker_heartbeat_s, settings.enqueue_grace_s)
-    _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name)
+    _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte)
     return _runtime
+
+
+def _load_edit(settings: Settings) -> tuple[Any, Any]:
+    """The edit pipeline and, when configured, the `model` matte (both loaded before the first job)."""
+    from pathlib import Path
+
+    from worker.edit import load_edit_pipeline
+
+    t0 = time.perf_counter()
+    cache = Path(settings.model_cache_dir)
+    pipeline = load_edit_pipeline(settings.edit_model, device=settings.device, cache_dir=cache)
+    matte = None
+    if settings.matte_model:
+        from worker.matte import get_matte
+        from worker.models.segmenter import resolve_segmenter
+        from worker.pipeline import resolve_device
+
+        device = str(resolve_device(settings.device)[0])
+        matte = get_matte("model", model=resolve_segmenter(settings.matte_model, cache), device=device)
+    load_s = time.perf_counter() - t0
+    log.info("edit pipeline %s loaded in %.1f s", settings.edit_model, load_s)
+    metrics.MODEL_LOAD_SECONDS.labels(settings.edit_model).set(load_s)
+    metrics.track_gpu_memory()
+    return pipeline, matte
 
 
 def current() -> WorkerRuntime:

@@ -8,6 +8,7 @@ import logging
 from celery import Celery, signals
 
 from layerq.messages import DECOMPOSE_TASK
+from layerq.queues import EDIT_TASK
 from worker import runtime
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,26 @@ def register(app: Celery) -> None:
             log.warning("job %s: transient fault (%s); retry in %.0f s", message.get("job_id"), exc, countdown)
             raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
 
+    @app.task(name=EDIT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def edit(self, message: dict) -> str:
+        from worker.decompose import TransientJobError, run_job
+        from worker.edit_job import EDIT
+
+        rt = runtime.current()
+        tag = _delivery_tags.pop(self.request.id, None)
+        try:
+            return run_job(rt, message, delivery_tag=tag, retries=self.request.retries, kind=EDIT)
+        except TransientJobError as exc:
+            countdown = rt.settings.retry_backoff_s * 2**self.request.retries
+            raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
+
     @signals.task_received.connect(weak=False)
     def remember_delivery_tag(request=None, **_kwargs) -> None:
         # Celery does not hand a task its broker delivery tag; the liveness reaper needs it to put
         # the message of a dead worker back, so it is taken from the received message here.
         message = getattr(request, "message", None)
         # Only decompose jobs are reaped; recording others (webhooks) would grow the map forever.
-        if message is not None and getattr(request, "name", None) == DECOMPOSE_TASK:
+        if message is not None and getattr(request, "name", None) in (DECOMPOSE_TASK, EDIT_TASK):
             _delivery_tags[request.id] = message.delivery_tag
 
     @signals.worker_init.connect(weak=False)

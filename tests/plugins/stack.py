@@ -45,8 +45,9 @@ def make_stack(
 ) -> Iterator[Callable[..., LocalStack]]:
     stacks: list[LocalStack] = []
 
-    def start(workers: int = 1, own_redis: bool = False, **overrides) -> LocalStack:
-        """`own_redis`: a private, persistent redis-server for this stack alone (tests that restart it)."""
+    def start(workers: int = 1, own_redis: bool = False, edit_workers: int = 0, **overrides) -> LocalStack:
+        """`own_redis`: a private, persistent redis-server for this stack alone (tests that restart it).
+        `edit_workers`: workers on the `edit` queue with the tiny edit model (opt-in: each loads a model)."""
         name = uuid.uuid4().hex[:8]
         run_dir = tmp_path_factory.mktemp(f"stack-{name}")
         base = dict(
@@ -58,10 +59,13 @@ def make_stack(
             device="cpu",
             storage_dir=str(run_dir / "data"),
         )
+        if edit_workers:  # built next to the tiny decompose model, once per session
+            base.update(edit_model="tiny", model_cache_dir=str(tiny_model_dir.parent))
         settings = Settings.from_env(environ={}, **{**base, **overrides})
         stack = LocalStack(settings, run_dir=run_dir, api_workers=2)
         stacks.append(stack)
-        stack.start(workers=workers, start_redis=own_redis, persist_redis=own_redis, timeout_s=300)
+        stack.start(workers=workers, start_redis=own_redis, persist_redis=own_redis, timeout_s=300,
+                    edit_workers=edit_workers)
         return stack
 
     yield start
