@@ -28,7 +28,13 @@ from pathlib import Path
 
 import requests
 
+from typing import TYPE_CHECKING
+
 from layerq.config import Settings
+from layerq.queues import WEBHOOK_QUEUE
+
+if TYPE_CHECKING:
+    from storage.workers import WorkerRegistry
 
 
 def free_port() -> int:
@@ -186,7 +192,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        import redis
+        from storage.client import ping
 
         self.port = self.port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +200,7 @@ class RedisServer:
                 "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
         with open(self.data_dir / "redis.log", "ab") as log:
             _popen(args, on_start=lambda p: setattr(self, "proc", p), stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
+        wait_until(lambda: ping(self.url), 10, "redis-server")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
@@ -222,6 +228,7 @@ class LocalStack:
     edit_workers: list[subprocess.Popen] = field(default_factory=list)
     """Workers on the `edit` queue (`Settings.edit_model`); a worker holds one pipeline kind."""
     _spawned: int = 0
+    _workers_registry: "WorkerRegistry | None" = None
 
     @property
     def url(self) -> str:
@@ -242,7 +249,7 @@ class LocalStack:
         self._spawn_api()
         for _ in range(cpu_workers):
             self._spawn(f"cpu-{len(self.cpu_workers)}", [
-                sys.executable, "-m", "layerq.cli", "worker", "--queues", "cpu",
+                sys.executable, "-m", "layerq.cli", "worker", "--queues", WEBHOOK_QUEUE,
                 "--name", f"cpu{len(self.cpu_workers)}@%h"], into=self.cpu_workers)
         for _ in range(workers):
             self.add_worker()
@@ -267,11 +274,18 @@ class LocalStack:
         wait_until(lambda: self._worker_ready(name, "edit"), 300, "replacement edit worker", interval_s=0.2)
         return proc
 
-    def _live_on(self, queue: str) -> int:
-        import redis
+    def _registry(self) -> "WorkerRegistry":
+        # The launcher reads worker liveness through the store that owns it, like every process.
+        from storage.client import connect
+        from storage.workers import WorkerRegistry
 
-        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        return int(r.zcount(f"{self.settings.key_prefix}:workers:{queue}", time.time() - 30, "+inf"))
+        if self._workers_registry is None:
+            self._workers_registry = WorkerRegistry(connect(self.settings.redis_url),
+                                                    key_prefix=self.settings.key_prefix)
+        return self._workers_registry
+
+    def _live_on(self, queue: str) -> int:
+        return self._registry().live_count(queue, within_s=30)
 
     def add_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         n = self._spawned
@@ -293,11 +307,7 @@ class LocalStack:
         return proc
 
     def _worker_ready(self, name_prefix: str, queue: str = "decompose") -> bool:
-        import redis
-
-        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
-        members = r.zrange(f"{self.settings.key_prefix}:workers:{queue}", 0, -1)
-        return any(m.startswith(name_prefix) for m in members)
+        return any(m.startswith(name_prefix) for m in self._registry().names(queue))
 
     def restart_api(self, timeout_s: float = 60) -> None:
         """Stop the API process and start a new one on the same port (state lives in Redis and storage)."""

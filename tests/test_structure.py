@@ -8,12 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE_STORAGE = ("api", "worker", "layerq")
-REDIS_ALLOWED = {
-    # The launcher starts its own redis-server and polls it until it answers; it keeps no state
-    # there. storage.client.ping / WorkerRegistry.names are what it should call (left for the
-    # branch that owns layerq/stack.py).
-    "layerq/stack.py",
-}
+REDIS_ALLOWED: set[str] = set()
 
 
 def modules(package: str) -> list[Path]:
