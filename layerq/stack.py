@@ -276,12 +276,11 @@ class LocalStack:
 
     def _registry(self) -> "WorkerRegistry":
         # The launcher reads worker liveness through the store that owns it, like every process.
-        from storage.client import connect
         from storage.workers import WorkerRegistry
 
         if self._workers_registry is None:
-            self._workers_registry = WorkerRegistry(connect(self.settings.redis_url),
-                                                    key_prefix=self.settings.key_prefix)
+            self._workers_registry = WorkerRegistry.from_url(self.settings.redis_url,
+                                                             key_prefix=self.settings.key_prefix)
         return self._workers_registry
 
     def _live_on(self, queue: str) -> int:

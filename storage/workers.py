@@ -17,6 +17,13 @@ class WorkerRegistry:
         self._r = client
         self.keys = Keys(key_prefix)
 
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str) -> "WorkerRegistry":
+        """A registry on its own client, for a launcher that watches workers it started."""
+        from storage.client import connect
+
+        return cls(connect(url), key_prefix=key_prefix)
+
     def heartbeat(self, queue: str, worker: str) -> None:
         self._r.zadd(self.keys.workers(queue), {worker: time.time()})
 
