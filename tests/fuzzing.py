@@ -70,7 +70,12 @@ def run_schemathesis(base_url: str, *, max_examples: int, seed: int, report_dir:
         "--request-timeout", "60", "--no-color",
         "--report", "json", "--report-json-path", str(report),
     ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzzing_hooks", "LAYERQ_FUZZ_WEBHOOK_URL": WEBHOOK_URL}
+    # The hooks live in tests/, which the installed package does not include: put the repository
+    # root on the subprocess's path (it runs from the report folder).
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "SCHEMATHESIS_HOOKS": "tests.fuzzing_hooks",
+           "LAYERQ_FUZZ_WEBHOOK_URL": WEBHOOK_URL}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=report_dir)
     data = json.loads(report.read_text()) if report.exists() else {}
     return FuzzResult(
