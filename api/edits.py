@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request
 
 from api.bodies import json_body, json_field, parse_model
 from api.context import owned_job, services
 from api.form import form_flag
 from api.idempotency import idempotent
-from api.submission import Item, check_webhook, submit
-from api.tenancy import tenant
-from api.views import job_view
+from api.answers import answer_one
+from api.submission import Item, check_webhook
 from layerq.edits import KIND, EditJobParams, EditParams, EditRequest, EditSource
 from layerq.errors import JobNotFound, ValidationFailed
 from layerq.images import normalise_image
@@ -73,15 +72,7 @@ def submit_edit():
     else:
         raise ValidationFailed("send JSON with a `source` or an `input_key`, or multipart/form-data with an `image`",
                                field="body")
-    use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
-
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache,
-                  before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
-    (job_id,) = done.job_ids
-    resp = jsonify(done.answer)
-    resp.status_code = 200 if job_id in done.cached else 202
-    resp.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
-    return resp
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache)
 
 
 def _checked(params: EditParams, svc: Services) -> EditParams:

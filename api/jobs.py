@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, jsonify, request
 
 from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_job, services
 from api.form import form_flag
 from api.idempotency import idempotent
 from api.paging import page_of_jobs
-from api.submission import Item, check_webhook, submit
-from api.tenancy import tenant
+from api.answers import answer_one
+from api.submission import Item, check_webhook
 from api.views import job_view
 from layerq.errors import ValidationFailed
 from layerq.images import normalise_image
@@ -50,15 +50,7 @@ def submit_job():
     else:
         raise ValidationFailed("send multipart/form-data with an `image` file, or JSON with an `input_key`",
                                field="image")
-    use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
-
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache,
-                  before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
-    (job_id,) = done.job_ids
-    resp = jsonify(done.answer)
-    resp.status_code = 200 if job_id in done.cached else 202
-    resp.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
-    return resp
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache)
 
 
 @bp.get("/v1/jobs/<job_id>")
