@@ -14,6 +14,7 @@ from api.form import FLAG_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
 from layerq.jobs import JobStatus, JobView
+from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITIES, PRIORITY_DOC
 from layerq.params import DecomposeParams
 from layerq.requests import BatchRequest, JobRequest, UploadRequest
 from layerq.webhooks import WebhookSpec
@@ -235,6 +236,9 @@ def build_document() -> dict[str, Any]:
                                         "webhook": _ref(WebhookSpec),
                                         "cache": {"type": "string", "pattern": FLAG_PATTERN,
                                                   "description": "false/0/no: do not answer from the result cache"},
+                                        "priority": {"type": "string", "enum": list(PRIORITIES), "description": PRIORITY_DOC},
+                                        "cancel_after_s": {"type": "number", "exclusiveMinimum": 0,
+                                                           "maximum": MAX_CANCEL_AFTER_S, "description": CANCEL_AFTER_DOC},
                                     },
                                 },
                                 "encoding": {"image": {"contentType": IMAGE_TYPES},

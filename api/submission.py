@@ -15,11 +15,12 @@ from typing import Any
 
 from PIL import Image
 
-from layerq import objects
+from layerq import dispatch, objects
 from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
 from layerq.images import png_bytes
 from layerq.messages import DECOMPOSE_TASK, DecomposeMessage
 from layerq.params import DecomposeParams
+from layerq.scheduling import Schedule
 from layerq.webhooks import WebhookSpec, check_request, notify
 from storage.jobs import NewJob, new_job_id
 from storage.services import Services
@@ -71,7 +72,7 @@ def check_uploads(svc: Services, tenant: str, items: list[Item]) -> None:
 def submit(
     svc: Services, tenant: str, items: list[Item], *, webhook: dict[str, Any] | None, use_cache: bool,
     batch_id: str = "", batch_meta: dict[str, Any] | None = None,
-    before_send: Callable[[Submitted], Any] | None = None,
+    before_send: Callable[[Submitted], Any] | None = None, schedule: Schedule = Schedule(),
 ) -> Submitted:
     """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run.
 
@@ -88,7 +89,7 @@ def submit(
         params = item.params.model_dump()
         if item.data is None:  # an upload: its bytes are not read here, so no cache key
             runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
-                                   webhook=webhook))
+                                   webhook=webhook, **schedule.job_fields()))
             continue
         ckey = svc.cache.key_for(tenant, hashlib.sha256(item.data).hexdigest(), params, svc.settings.model)
         source = svc.cache.lookup(ckey, tenant) if use_cache else None
@@ -99,7 +100,7 @@ def submit(
         assert item.image is not None
         svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
         runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
-                               cache_key=ckey, webhook=webhook))
+                               cache_key=ckey, webhook=webhook, **schedule.job_fields()))
     if batch_id:
         svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
                            cached=cached)
@@ -111,7 +112,11 @@ def submit(
         pipe.execute()
     if before_send is not None:
         out.answer = before_send(out)
-    enqueue(svc, runnable)
+    if svc.jobs.fair:  # the jobs wait in their tenant's backlog; admit what fits now
+        for queue in sorted({job.queue for job in runnable}):
+            dispatch.admit(svc, queue)
+    else:
+        enqueue(svc, runnable)
     if webhook and cached:
         # Jobs answered from the cache never reach a worker: their `completed` events go from here.
         for rec in svc.jobs.get_many([job_id for job_id, _, _ in cached]):

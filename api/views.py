@@ -30,9 +30,14 @@ def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> di
         "result": None,
         "batch_id": rec.get("batch_id") or None,
         "cached_from": rec.get("cached_from") or None,
+        "priority": rec.get("priority") or None,
+        "deadline_at": iso(rec.get("deadline")),
     }
     if status is JobStatus.QUEUED:
-        view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
+        if svc.admission.enabled:  # where fair admission will put it, not its place in arrival order
+            view["queue_position"] = svc.admission.position(rec)
+        else:
+            view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
     if not status.is_terminal() and with_eta:
         view["eta_s"] = _eta(rec, view["queue_position"], svc)
     view["timings"] = rec.get("timings")

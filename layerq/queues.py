@@ -13,3 +13,7 @@ WEBHOOK_TASK = "layerq.webhook"
 
 GPU_QUEUES = frozenset({DECOMPOSE_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""
+
+QUEUE_TASKS: dict[str, str] = {DECOMPOSE_QUEUE: DECOMPOSE_TASK}
+"""The task that runs the jobs of each job queue: fair admission (layerq/dispatch.py) sends an
+admitted job's message to it. A new job kind adds its queue here."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from layerq.config import Settings
+from storage.admission import Admission
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
@@ -39,6 +40,8 @@ class Services:
     uploads: UploadStore
     stats: ServiceTimes
     celery: Celery
+    admission: Admission
+    """Fair admission of queued jobs to the broker (a no-op unless `fair_queues`)."""
 
     @classmethod
     def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
@@ -49,7 +52,7 @@ class Services:
             celery = make_celery(settings)
         client = connect(settings.redis_url)
         prefix = settings.key_prefix
-        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s)
+        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s, fair=settings.fair_queues)
         return cls(
             settings=settings,
             store=open_object_store(settings),
@@ -62,4 +65,6 @@ class Services:
             uploads=UploadStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
             stats=ServiceTimes(client, prefix),
             celery=celery,
+            admission=Admission(client, jobs, ahead=settings.admit_ahead, bulk_every=settings.bulk_every,
+                                alive_within_s=settings.worker_heartbeat_s * 3),
         )

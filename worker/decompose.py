@@ -108,6 +108,8 @@ def run_job(rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = N
         if attempt.worker_lost:
             _discard_job(rt, msg.job_id)
             _notify(rt, msg.job_id)
+        elif attempt.status == "expired":  # its cancel_after_s passed while queued: never ran
+            _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
         rt.liveness.hold(msg.job_id, delivery_tag)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from layerq import metrics
+from layerq import dispatch, metrics
 from layerq.config import Settings
 from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 from storage.base import ObjectStore
@@ -90,7 +90,8 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     liveness = None
     if pipeline:
         liveness = Liveness(services.jobs, services.workers, app, DECOMPOSE_QUEUE, name,
-                            settings.worker_heartbeat_s, settings.enqueue_grace_s)
+                            settings.worker_heartbeat_s, settings.enqueue_grace_s,
+                            on_beat=lambda: dispatch.sweep(services))
     _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name)
     return _runtime
 
