@@ -3,8 +3,8 @@ fairness, and dispatch latency (enqueue → job start) with N idle workers.
 
 Each case starts the real stack (private redis-server, API under gunicorn, Celery workers running the
 tiny model on the CPU, local disk) with `fair_queues` on or off:
-- wait: A submits a --batch-job bulk batch (2-step jobs on a small image); once A's first job runs, B
-  submits one bulk job. Measured: B's wait (started_at − created_at), A's jobs started between B's
+- wait: A submits a --batch-job bulk batch (2-step jobs on a small image); once A's first job runs,
+  B submits one bulk job. Measured: B's wait (started_at − created_at), A's jobs started between B's
   submission and B's start, B's queue_position when accepted. Without fairness B queues behind the
   whole batch: the case stops after --cap-s and projects B's wait from A's measured throughput
   (labelled `projected`), so the run stays bounded on a shared CPU.
@@ -117,8 +117,8 @@ def dispatch_case(stack: LocalStack, jobs: int, params: dict) -> dict:
         final = c.wait(job["id"], poll_s=0.1, timeout_s=600)
         if i >= 2:  # the first jobs warm caches
             lat.append(ts(final["started_at"]) - ts(final["created_at"]))
-    return {"jobs": len(lat), "p50_ms": round(1000 * statistics.median(lat), 1), "p99_ms": round(1000 * pct(lat, 0.99), 1),
-            "max_ms": round(1000 * max(lat), 1)}
+    return {"jobs": len(lat), "p50_ms": round(1000 * statistics.median(lat), 1),
+            "p99_ms": round(1000 * pct(lat, 0.99), 1), "max_ms": round(1000 * max(lat), 1)}
 
 
 def main() -> int:

@@ -16,7 +16,8 @@ Priority = Literal["interactive", "bulk"]
 PRIORITIES: tuple[str, ...] = ("interactive", "bulk")
 MAX_CANCEL_AFTER_S = 7 * 24 * 3600.0
 
-PRIORITY_DOC = "`interactive` is admitted ahead of `bulk` (bulk still gets a share); default: interactive for a job, bulk for a batch."
+PRIORITY_DOC = ("`interactive` is admitted ahead of `bulk` (bulk still gets a share); default: interactive for a "
+                "job, bulk for a batch.")
 CANCEL_AFTER_DOC = "Seconds the job may wait in the queue; not started by then, it ends `expired`. Absent: no limit."
 
 
