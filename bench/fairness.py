@@ -8,7 +8,8 @@ tiny model on the CPU, local disk) with `fair_queues` on or off:
   submission and B's start, B's queue_position when accepted. Without fairness B queues behind the
   whole batch: the case stops after --cap-s and projects B's wait from A's measured throughput
   (labelled `projected`), so the run stays bounded on a shared CPU.
-- dispatch: on the same stack once drained, its N workers idle, one job at a time; started_at − created_at per job (p50, p99).
+- dispatch: on the same stack once drained, its N workers idle, one job at a time; started_at −
+  created_at per job (p50, p99).
 
     .venv/bin/python bench/fairness.py --batch 1000 --workers 1 --json out.json
 """
