@@ -9,12 +9,14 @@ from flask import Response, jsonify, request, url_for
 from api.submission import Item, submit
 from api.tenancy import tenant
 from api.views import job_view
+from layerq.scheduling import Schedule
 from storage.services import Services
 
 
-def answer_one(svc: Services, item: Item, *, webhook: dict | None, use_cache: bool) -> Response:
+def answer_one(svc: Services, item: Item, *, webhook: dict | None, use_cache: bool,
+               schedule: Schedule = Schedule()) -> Response:
     use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache,
+    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache, schedule=schedule,
                   before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
     (job_id,) = done.job_ids
     resp = jsonify(done.answer)

@@ -20,6 +20,7 @@ from layerq.images import normalise_image
 from layerq.params import DecomposeParams
 from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE
 from layerq.requests import BatchRequest
+from layerq.scheduling import schedule
 from layerq.webhooks import notify
 
 bp = Blueprint("batches", __name__)
@@ -62,7 +63,8 @@ def submit_batch():
 def _accepted(svc, body: BatchRequest, webhook, params: list, items: list[Item]):
     batch_id = uuid.uuid4().hex
     meta = {"webhook": webhook, "params": params[0].model_dump(), "kind": body.kind}
-    done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta)
+    done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta,
+                  schedule=schedule(body.priority, body.cancel_after_s, default_priority="bulk"))
     resp = jsonify({"id": batch_id, "count": len(done.job_ids), "job_ids": done.job_ids, "cached": len(done.cached)})
     resp.status_code = 202
     resp.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
@@ -74,7 +76,7 @@ def get_batch(batch_id: str):
     svc = services()
     batch = owned_batch(batch_id)
     counts = batch["counts"]
-    done = counts["succeeded"] + counts["failed"] + counts["canceled"]
+    done = counts["succeeded"] + counts["failed"] + counts["canceled"] + counts["expired"]
     partial = 0.0  # running jobs count by the share of their steps done
     if counts["running"]:
         for rec in svc.jobs.get_many(svc.batches.job_ids(batch_id)[:RUNNING_SCAN_MAX]):

@@ -22,19 +22,20 @@ from layerq.errors import JobNotFound, ValidationFailed
 from layerq.images import normalise_image
 from layerq.queues import EDIT_QUEUE
 from layerq.results import with_object_keys
+from layerq.scheduling import schedule, schedule_from_form
 from layerq.webhooks import WebhookSpec
 from storage.services import Services
 
 bp = Blueprint("edits", __name__)
 
-FORM_FIELDS = {"image", "params", "webhook", "cache"}
+FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s"}
 
 
 @bp.post("/v1/edits")
 @idempotent
 def submit_edit():
     """JSON `EditRequest` (a `source` layer or an `input_key`), or multipart: `image` (file),
-    `params` (JSON `EditParams`), optional `webhook` and `cache`. Answers 202 with the job (200 when
+    `params` (JSON `EditParams`), optional `webhook`, `cache`, `priority` and `cancel_after_s`. Answers 202 with the job (200 when
     answered from the result cache)."""
     svc = services()
     if request.mimetype == "application/json":
@@ -44,6 +45,7 @@ def submit_edit():
                                    field="source")
         params = _checked(body.params, svc)
         webhook, use_cache = check_webhook(body.webhook, svc), body.cache
+        sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
         if body.source is not None:
             item = source_item(svc, body.source, params, "source")
         else:
@@ -61,6 +63,7 @@ def submit_edit():
         spec = None if raw_hook is None else parse_model(WebhookSpec, json_field(raw_hook, "webhook"), prefix="webhook")
         webhook = check_webhook(spec, svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
+        sched = schedule_from_form(request.form, default_priority="interactive")
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -72,7 +75,7 @@ def submit_edit():
     else:
         raise ValidationFailed("send JSON with a `source` or an `input_key`, or multipart/form-data with an `image`",
                                field="body")
-    return answer_one(svc, item, webhook=webhook, use_cache=use_cache)
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched)
 
 
 def _checked(params: EditParams, svc: Services) -> EditParams:

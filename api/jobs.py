@@ -16,11 +16,12 @@ from layerq.errors import ValidationFailed
 from layerq.images import normalise_image
 from layerq.jobs import JobStatus
 from layerq.requests import JobRequest
+from layerq.scheduling import schedule, schedule_from_form
 from layerq.webhooks import WebhookSpec, notify
 
 bp = Blueprint("jobs", __name__)
 
-FORM_FIELDS = {"image", "params", "webhook", "cache"}
+FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s"}
 
 
 @bp.post("/v1/jobs")
@@ -33,6 +34,7 @@ def submit_job():
         body = json_body(JobRequest)
         item = Item(params=body.params.with_seed(), field="input_key", input_key=body.input_key)
         webhook, use_cache = check_webhook(body.webhook, svc), False  # bytes unread: no cache key
+        sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
     elif request.mimetype.startswith("multipart/form-data"):
         unknown = sorted((set(request.files) | set(request.form)) - FORM_FIELDS)
         if unknown:
@@ -40,6 +42,7 @@ def submit_job():
         params = parse_params(json_field(request.form.get("params"), "params")).with_seed()
         webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
+        sched = schedule_from_form(request.form, default_priority="interactive")
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -50,7 +53,7 @@ def submit_job():
     else:
         raise ValidationFailed("send multipart/form-data with an `image` file, or JSON with an `input_key`",
                                field="image")
-    return answer_one(svc, item, webhook=webhook, use_cache=use_cache)
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched)
 
 
 @bp.get("/v1/jobs/<job_id>")

@@ -1,7 +1,10 @@
 """Layer-set job routes: decompose a layer of a finished set again, compose (operations on a finished
 set) and combine (uploaded layers stacked). Kind-specific parsing lives here; jobs are created with
 the shared stores (`JobStore.create_many`, plus the parent link in `Lineage`) and, for recursive
-decompositions, sent by the shared `enqueue`.
+decompositions, sent by the shared `send` (fair admission like any decompose job, `interactive`).
+Compose and combine jobs go straight to the `cpu` queue: they are short CPU work on a thread pool,
+never behind a GPU, so they take no part in fair admission, priorities or deadlines
+(docs/decisions.md, "Fair admission and the cpu queue").
 
 A source is a succeeded job of the caller: another tenant's or an unknown one is 404 naming
 `source.job_id`; one not finished yet is 409; a failed or canceled one (no layer set) is 400."""
@@ -17,7 +20,7 @@ from flask import Blueprint, jsonify, request, url_for
 from api.bodies import json_field, json_object, parse_model
 from api.context import services
 from api.idempotency import idempotent
-from api.submission import check_uploads, check_webhook, enqueue, Item
+from api.submission import check_uploads, check_webhook, send, Item
 from api.tenancy import tenant
 from api.views import job_view
 from layerq import objects
@@ -110,8 +113,8 @@ def decompose_layer():
                                f"{len(layers)} layers", field="source.layer")
     webhook = check_webhook(body.webhook, svc)
     job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
-                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE)
-    return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: enqueue(svc, [job]))
+                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE, priority="interactive")
+    return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: send(svc, [job]))
 
 
 @bp.post("/v1/layersets/compose")

@@ -17,11 +17,19 @@ from api import layersets_doc
 from layerq.edits import EditParams, EditRequest
 from layerq.jobs import JobStatus, JobView
 from layerq.layersets import CombineRequest, ComposeRequest, LayerDecomposeRequest
+from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITIES, PRIORITY_DOC
 from layerq.params import DecomposeParams
 from layerq.requests import BatchRequest, JobRequest, UploadRequest
 from layerq.webhooks import WebhookSpec
 
 bp = Blueprint("openapi", __name__)
+
+SCHEDULE_FIELDS = {
+    "priority": {"type": "string", "enum": list(PRIORITIES), "description": PRIORITY_DOC},
+    "cancel_after_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CANCEL_AFTER_S,
+                       "description": CANCEL_AFTER_DOC},
+}
+"""The multipart form fields of a single-job submission that schedule it (layerq/scheduling.py)."""
 
 
 class ErrorBody(BaseModel):
@@ -260,6 +268,7 @@ def build_document() -> dict[str, Any]:
                                         "webhook": _ref(WebhookSpec),
                                         "cache": {"type": "string", "pattern": FLAG_PATTERN,
                                                   "description": "false/0/no: do not answer from the result cache"},
+                                        **SCHEDULE_FIELDS,
                                     },
                                 },
                                 "encoding": {"image": {"contentType": IMAGE_TYPES},
@@ -296,7 +305,8 @@ def build_document() -> dict[str, Any]:
                                            "image": {"type": "string", "format": "binary",
                                                      "description": "The RGBA layer to edit (a one-layer set)"},
                                            "params": _ref(EditParams), "webhook": _ref(WebhookSpec),
-                                           "cache": {"type": "string", "pattern": FLAG_PATTERN}}},
+                                           "cache": {"type": "string", "pattern": FLAG_PATTERN},
+                                           **SCHEDULE_FIELDS}},
                             "encoding": {"image": {"contentType": IMAGE_TYPES},
                                          "params": {"contentType": "application/json"},
                                          "webhook": {"contentType": "application/json"}},

@@ -15,12 +15,13 @@ from typing import Any
 
 from PIL import Image
 
-from layerq import objects
+from layerq import dispatch, objects
 from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
 from layerq.images import png_bytes
 from layerq.messages import message_for
 from layerq.params import DecomposeParams
 from layerq.queues import DECOMPOSE_QUEUE
+from layerq.scheduling import Schedule
 from layerq.webhooks import WebhookSpec, check_request, notify
 from storage.jobs import NewJob, new_job_id
 from storage.services import Services
@@ -82,7 +83,7 @@ def check_uploads(svc: Services, tenant: str, items: list[Item]) -> None:
 def submit(
     svc: Services, tenant: str, items: list[Item], *, webhook: dict[str, Any] | None, use_cache: bool,
     batch_id: str = "", batch_meta: dict[str, Any] | None = None,
-    before_send: Callable[[Submitted], Any] | None = None,
+    before_send: Callable[[Submitted], Any] | None = None, schedule: Schedule = Schedule(),
 ) -> Submitted:
     """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run.
 
@@ -100,7 +101,7 @@ def submit(
         kind = {"kind": item.kind, "queue": item.queue}
         if item.data is None and item.source_digest is None:  # an upload: bytes unread here, so no cache key
             runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
-                                   webhook=webhook, **kind))
+                                   webhook=webhook, **kind, **schedule.job_fields()))
             continue
         digest = item.source_digest or hashlib.sha256(item.data or b"").hexdigest()
         ckey = svc.cache.key_for(tenant, digest, params, item.model or svc.settings.model)
@@ -111,12 +112,12 @@ def submit(
             continue
         if item.source_key is not None:
             runnable.append(NewJob(job_id, params, item.source_key, batch_id=batch_id, tenant=tenant,
-                                   cache_key=ckey, webhook=webhook, **kind))
+                                   cache_key=ckey, webhook=webhook, **kind, **schedule.job_fields()))
             continue
         assert item.image is not None
         svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
         runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
-                               cache_key=ckey, webhook=webhook, **kind))
+                               cache_key=ckey, webhook=webhook, **kind, **schedule.job_fields()))
     if batch_id:
         svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
                            cached=cached)
@@ -128,13 +129,23 @@ def submit(
         pipe.execute()
     if before_send is not None:
         out.answer = before_send(out)
-    enqueue(svc, runnable)
+    send(svc, runnable)
     if webhook and cached:
         # Jobs answered from the cache never reach a worker: their `completed` events go from here.
         for rec in svc.jobs.get_many([job_id for job_id, _, _ in cached]):
             if rec:
                 notify(svc.celery, svc.settings, rec, deliveries=svc.deliveries)
     return out
+
+
+def send(svc: Services, jobs: list[NewJob]) -> None:
+    """Start written jobs on their way to a worker: with fair queues they wait in their tenant's
+    backlog and what fits is admitted now (layerq/dispatch.py); otherwise every message goes now."""
+    if svc.jobs.fair:
+        for queue in sorted({job.queue for job in jobs}):
+            dispatch.admit(svc, queue)
+    else:
+        enqueue(svc, jobs)
 
 
 def enqueue(svc: Services, jobs: list[NewJob]) -> None:

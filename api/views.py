@@ -8,7 +8,7 @@ from typing import Any
 from flask import request
 
 from layerq.jobs import JobStatus, JobView
-from layerq.queues import WEBHOOK_QUEUE
+from layerq.queues import TASK_OF_QUEUE, WEBHOOK_QUEUE
 from layerq.results import iso, signed_result
 from storage.services import Services
 
@@ -31,11 +31,17 @@ def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> di
         "result": None,
         "batch_id": rec.get("batch_id") or None,
         "cached_from": rec.get("cached_from") or None,
+        "priority": rec.get("priority") or None,
+        "deadline_at": iso(rec.get("deadline")),
     }
     if with_eta:  # one read more per job: single-job answers only, not pages of a listing
         view["parent"], view["children"] = svc.lineage.of(rec["id"])
     if status is JobStatus.QUEUED:
-        view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
+        if svc.admission.enabled and rec.get("queue", rec["kind"]) in TASK_OF_QUEUE:
+            # where fair admission will put it, not its place in arrival order
+            view["queue_position"] = svc.admission.position(rec)
+        else:
+            view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])
     if not status.is_terminal() and with_eta and rec.get("queue") != WEBHOOK_QUEUE:  # measured: GPU jobs only
         view["eta_s"] = _eta(rec, view["queue_position"], svc)
     view["timings"] = rec.get("timings")

@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
 
 class LayerqApiError(Exception):

@@ -134,6 +134,14 @@ class Settings:
     enqueue_grace_s: float = 60.0
     """A job created but not on the broker this long later (its API process died mid-request) is
     sent by a worker; a duplicate message is harmless."""
+    fair_queues: bool = True
+    """Per-tenant backlogs admitted to the broker a few at a time, round robin, interactive first
+    (storage/admission.py); off: every job goes to the broker at once, first come first served."""
+    admit_ahead: int = 0
+    """Fair queues: jobs on the broker beyond one waiting per live worker (more: less idle time
+    between jobs, more of one tenant's jobs ahead of another's newly submitted one)."""
+    bulk_every: int = 4
+    """Fair queues: every Nth admission prefers bulk over interactive, so bulk is never starved."""
     worker_heartbeat_s: float = 10.0
     """Workers beat this often; a worker silent for 3 beats is dead and its job is put back at once."""
     encode_threads: int = 0

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from layerq.params import MAX_SEED, JsonInt, _integral
+from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, Priority
 from layerq.webhooks import WebhookSpec
 
 KIND = "edit"
@@ -74,6 +75,8 @@ class EditRequest(BaseModel):
     params: EditParams
     webhook: WebhookSpec | None = None
     cache: bool = Field(True, description="Answer from an identical finished edit of the same tenant, if any.")
+    priority: Priority | None = Field(None, description=PRIORITY_DOC)
+    cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
 
     @field_validator("input_key")
     @classmethod

@@ -17,17 +17,19 @@ class JobStatus(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"
+    """Not started within its `cancel_after_s`; never reached a GPU."""
 
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
 
 # Which statuses each status may move to. Terminal statuses move nowhere; a redelivered job may
 # go from running to running again (a new attempt).
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED, JobStatus.EXPIRED}),
     JobStatus.RUNNING: frozenset(
         {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELING, JobStatus.CANCELED}
     ),
@@ -36,6 +38,7 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
 }
 
 
@@ -101,3 +104,5 @@ class JobView(BaseModel):
                                      "decomposition, compose); null for a job made from an image.")
     children: list[str] | None = Field(None, description="Ids of the jobs made from this job's layer set; "
                                        "null in listings, which do not read them.")
+    priority: str | None = Field(None, description="`interactive` or `bulk` (null for jobs made before priorities).")
+    deadline_at: str | None = Field(None, description="When a job still queued ends `expired` (its `cancel_after_s`).")

@@ -23,5 +23,9 @@ COMBINE_TASK = "layerq.combine"
 GPU_QUEUES = frozenset({DECOMPOSE_QUEUE, EDIT_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""
 
-TASK_OF_QUEUE = {DECOMPOSE_QUEUE: DECOMPOSE_TASK, EDIT_QUEUE: EDIT_TASK}
-"""The task a job's message is sent as, by the job's queue."""
+TASK_OF_QUEUE: dict[str, str] = {DECOMPOSE_QUEUE: DECOMPOSE_TASK, EDIT_QUEUE: EDIT_TASK}
+"""The job queues whose jobs are sent from their records, and the task each is sent as: the API's
+enqueue, the unsent-jobs sweeper and fair admission (layerq/dispatch.py) all use it. The `cpu`
+queue's compose and combine jobs are not here: their messages carry more than the record (the
+source's layer keys), so they are sent once, by their route (docs/decisions.md, "Fair admission
+and the cpu queue")."""

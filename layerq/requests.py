@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from layerq.edits import EditSource
 from layerq.params import DecomposeParams
+from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, Priority
 from layerq.webhooks import WebhookSpec
 
 MAX_BATCH_ITEMS = 10_000
@@ -32,6 +33,8 @@ class JobRequest(BaseModel):
     params: DecomposeParams = Field(default_factory=DecomposeParams)
     webhook: WebhookSpec | None = None
     cache: bool = Field(True, description="Answer from an identical finished job of the same tenant, if any.")
+    priority: Priority | None = Field(None, description=PRIORITY_DOC)
+    cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
 
     _key = field_validator("input_key")(_check_upload_key)
 
@@ -64,6 +67,8 @@ class BatchRequest(BaseModel):
     webhook: WebhookSpec | None = None
     cache: bool = True
     dry_run: bool = Field(False, description="Estimate GPU-seconds and completion time; enqueue nothing.")
+    priority: Priority | None = Field(None, description=PRIORITY_DOC)
+    cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
 
 
 class UploadRequest(BaseModel):

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_URL_CHARS = 2048
-Event = Literal["completed", "failed", "canceled", "started"]
-DEFAULT_EVENTS: tuple[Event, ...] = ("completed", "failed", "canceled")
+Event = Literal["completed", "failed", "canceled", "expired", "started"]
+DEFAULT_EVENTS: tuple[Event, ...] = ("completed", "failed", "canceled", "expired")
 EVENT_FOR_STATUS: dict[str, Event] = {
-    "running": "started", "succeeded": "completed", "failed": "failed", "canceled": "canceled",
+    "running": "started", "succeeded": "completed", "failed": "failed", "canceled": "canceled", "expired": "expired",
 }
 USER_AGENT = f"layerq-webhooks/{__version__}"
 # A namespace of our own, so delivery ids never collide with uuid5s other software derives from job ids.

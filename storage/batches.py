@@ -12,7 +12,7 @@ import redis
 from layerq.errors import JobNotFound
 from storage.jobs import JobStore, NewJob
 
-STATUSES = ("queued", "running", "canceling", "succeeded", "failed", "canceled")
+STATUSES = ("queued", "running", "canceling", "succeeded", "failed", "canceled", "expired")
 
 
 class BatchStore:

@@ -19,12 +19,13 @@ import redis
 
 from layerq.errors import IllegalTransition, JobNotFound
 from layerq.jobs import ALLOWED, JobStatus
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, TASK_OF_QUEUE
 from layerq.results import with_object_keys
 from storage import lua
 from storage.client import connect
 from storage.keys import Keys
 
+EXPIRED_ERROR = json.dumps({"code": "expired", "message": "the job did not start within its cancel_after_s"})
 JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
 TIME_FIELDS = ("created_at", "started_at", "finished_at")
 
@@ -53,6 +54,10 @@ class NewJob:
     tenant: str = ""
     cache_key: str = ""
     webhook: dict[str, Any] | None = None
+    priority: str = "bulk"
+    """`interactive` or `bulk` (storage/admission.py admits interactive first)."""
+    cancel_after_s: float = 0.0
+    """Time allowed in the queue: not started by then, the job ends `expired` (0: no deadline)."""
 
 
 def new_job_id() -> str:
@@ -63,8 +68,11 @@ class JobStore:
     """Owns the job records, their transition logs and the queued/unsent sets. Kind-agnostic: a job
     of any kind is one hash; its `kind` and `queue` are fields."""
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str = "layerq", ttl_s: int = 7 * 24 * 3600):
+    def __init__(self, client: redis.Redis, *, key_prefix: str = "layerq", ttl_s: int = 7 * 24 * 3600,
+                 fair: bool = False):
         self._r = client
+        self.fair = fair
+        """Jobs wait in per-tenant backlogs until admitted to the broker (storage/admission.py)."""
         self.prefix = key_prefix
         self.keys = Keys(key_prefix)
         self.ttl_s = ttl_s
@@ -98,6 +106,7 @@ class JobStore:
         own = pipe is None
         pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
         by_queue: dict[str, dict[str, float]] = {}
+        backlogs: dict[tuple[str, str, str], list[str]] = {}
         for n, job in enumerate(jobs):
             key = self.keys.job(job.job_id)
             record: dict[str, Any] = {
@@ -108,15 +117,29 @@ class JobStore:
             }
             if job.webhook:
                 record["webhook"] = json.dumps(job.webhook)
+            if job.queue in TASK_OF_QUEUE:  # admitted queues only: compose/combine have no priority
+                record["priority"] = job.priority
+            if job.cancel_after_s:
+                record["deadline"] = repr(now + job.cancel_after_s)
+                pipe.zadd(self.keys.deadlines(job.queue), {job.job_id: now + job.cancel_after_s})
             pipe.hset(key, mapping=record)
             pipe.expire(key, self.ttl_s)
             # Same-instant jobs keep their submission order in the queue.
             by_queue.setdefault(job.queue, {})[job.job_id] = now + n * 1e-6
+            if self.fair and job.queue in TASK_OF_QUEUE:
+                backlogs.setdefault((job.queue, job.priority, job.tenant), []).append(job.job_id)
+        for (queue, priority, tenant), ids in backlogs.items():
+            for i in range(0, len(ids), 5000):
+                pipe.rpush(self.keys.backlog(queue, priority, tenant), *ids[i : i + 5000])
+            # A tenant new to the round goes first (score 0); one already in it keeps its turn.
+            pipe.zadd(self.keys.backlog_tenants(queue, priority), {tenant: 0}, nx=True)
         for queue, members in by_queue.items():
             pipe.zadd(self.keys.queued(queue), members)
-            # Until its message is on the broker a job is also "unsent": if the API process dies
-            # between this write and the send, a worker finds it here and sends it (mark_sent).
-            pipe.zadd(self.keys.unsent(queue), members)
+            if not (self.fair and queue in TASK_OF_QUEUE):
+                # Until its message is on the broker a job is also "unsent": if the API process dies
+                # between this write and the send, a worker finds it here and sends it (mark_sent).
+                # Fair queues mark a job unsent when it is admitted (storage/admission.py).
+                pipe.zadd(self.keys.unsent(queue), members)
         if own:
             pipe.execute()
 
@@ -217,8 +240,8 @@ class JobStore:
         error = json.dumps(
             {"code": "worker_lost", "message": f"job was delivered {max_deliveries} times without finishing"}
         )
-        keys = [self.keys.job(job_id), self.keys.queued(queue), self.keys.workers(queue)]
-        args = [*self._common(), max_deliveries, error, worker, time.time() - alive_within_s]
+        keys = [self.keys.job(job_id), self.keys.queued(queue), self.keys.workers(queue), self.keys.admitted(queue)]
+        args = [*self._common(), max_deliveries, error, worker, time.time() - alive_within_s, EXPIRED_ERROR]
         outcome, detail = self._begin(keys=keys, args=args)
         if outcome == "run":
             return Attempt(run=True, attempts=int(detail), status="running")
@@ -272,6 +295,8 @@ def decode_record(raw: dict[str, str]) -> dict[str, Any]:
     for name in JSON_FIELDS:
         if rec.get(name):
             rec[name] = json.loads(rec[name])
+    if rec.get("deadline"):
+        rec["deadline"] = float(rec["deadline"])
     for name in TIME_FIELDS:
         if rec.get(name):
             rec[name] = float(rec[name])

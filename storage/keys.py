@@ -32,6 +32,31 @@ class Keys:
         """Sorted set: jobs recorded but not yet confirmed on the broker."""
         return f"{self.prefix}:unsent:{queue}"
 
+    # --- fair admission (storage/admission.py) ------------------------------------------------
+    def backlog_prefix(self, queue: str) -> str:
+        """What the admission script appends `<priority>:<tenant>` to."""
+        return f"{self.prefix}:backlog:{queue}:"
+
+    def backlog(self, queue: str, priority: str, tenant: str) -> str:
+        """List: one tenant's job ids of one priority not yet admitted to the broker, in order."""
+        return f"{self.backlog_prefix(queue)}{priority}:{tenant}"
+
+    def backlog_tenants(self, queue: str, priority: str) -> str:
+        """Sorted set: tenants with a backlog of this priority, by their turn (lowest served next)."""
+        return f"{self.prefix}:backlog-tenants:{queue}:{priority}"
+
+    def admitted(self, queue: str) -> str:
+        """Sorted set: jobs admitted to the broker and not yet taken by a worker, by admission time."""
+        return f"{self.prefix}:admitted:{queue}"
+
+    def admit_turn(self, queue: str) -> str:
+        """Counter: admissions so far (every Nth prefers bulk, so bulk is never starved)."""
+        return f"{self.prefix}:admit-turn:{queue}"
+
+    def deadlines(self, queue: str) -> str:
+        """Sorted set: queued jobs with a `cancel_after_s`, by the time they expire."""
+        return f"{self.prefix}:deadlines:{queue}"
+
     # --- batches (storage/batches.py) ---------------------------------------------------------
     @property
     def batch_prefix(self) -> str:

@@ -19,7 +19,9 @@ local function move(job, cur, new)
     redis.call('HINCRBY', ARGV[2] .. batch, 'n_' .. new, 1)
   end
 end
-local function is_terminal(s) return s == 'succeeded' or s == 'failed' or s == 'canceled' end
+local function is_terminal(s)
+  return s == 'succeeded' or s == 'failed' or s == 'canceled' or s == 'expired'
+end
 """
 
 # KEYS: job hash, queue zset. ARGV[3]: allowed current statuses (",a,b,"), ARGV[4]: new status,
@@ -34,14 +36,24 @@ if ARGV[4] ~= 'queued' then redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[
 return {'ok', cur}
 """
 
-# Claim one delivery of a job. KEYS: job hash, queue zset, workers zset.
+# Claim one delivery of a job. KEYS: job hash, queue zset, workers zset, admitted zset (fair
+# queues: jobs on the broker not yet started; a message taken leaves it whatever becomes of it).
 # ARGV[3]: max deliveries, ARGV[4]: worker_lost error json, ARGV[5]: this worker,
-# ARGV[6]: heartbeats at or after this time mean "alive".
+# ARGV[6]: heartbeats at or after this time mean "alive", ARGV[7]: the `expired` error json.
 # Returns {"run", attempts} | {"skip", status} | {"duplicate", owner} | {"lost", attempts} | {"missing", ""}.
 BEGIN_ATTEMPT = _MOVE + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', ''} end
+redis.call('ZREM', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
 if is_terminal(cur) then return {'skip', cur} end
+-- A deadline (`cancel_after_s`) passed while queued: the job ends without touching a GPU.
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '0') or 0
+if cur == 'queued' and deadline > 0 and tonumber(ARGV[1]) > deadline then
+  redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+  move(KEYS[1], cur, 'expired')
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[1], 'error', ARGV[7])
+  return {'skip', 'expired'}
+end
 if cur == 'running' then
   -- Another delivery of a job that is running: take it over only if its worker is dead; a live
   -- owner means this message is a duplicate (restored early, or re-sent) and must not run twice.
@@ -96,4 +108,82 @@ PROGRESS = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur == 'running' then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
 return cur or ''
+"""
+
+# Fair admission (storage/admission.py). KEYS: admitted zset, workers zset, interactive tenants
+# zset, bulk tenants zset, turn counter, unsent zset, queued zset. ARGV[3]: backlog key prefix
+# (`…:backlog:<queue>:`), ARGV[4]: heartbeats since this time count as live workers, ARGV[5]: jobs
+# allowed on the broker beyond one per live worker, ARGV[6]: every Nth admission prefers bulk (0:
+# never), ARGV[7]: job key prefix, ARGV[8]: the `expired` error json.
+# Moves jobs from the per-tenant backlogs to `admitted` (and `unsent`, until the caller confirms
+# sending them) while fewer than workers + ahead are admitted: interactive first except on every Nth
+# turn, round robin across tenants (the tenant served longest ago first). Jobs canceled or past
+# their deadline in a backlog are dropped / expired here. Returns the ids to send.
+ADMIT = _MOVE + """
+local now = tonumber(ARGV[1])
+local workers = redis.call('ZCOUNT', KEYS[2], ARGV[4], '+inf')
+if workers < 1 then workers = 1 end
+local room = workers + tonumber(ARGV[5]) - redis.call('ZCARD', KEYS[1])
+local out = {}
+local function pop_from(tenants, prio)
+  while true do
+    local head = redis.call('ZRANGE', tenants, 0, 0)
+    if #head == 0 then return nil end
+    local tenant = head[1]
+    local backlog = ARGV[3] .. prio .. ':' .. tenant
+    local id = redis.call('LPOP', backlog)
+    if redis.call('LLEN', backlog) == 0 then redis.call('ZREM', tenants, tenant)
+    else
+      -- Served now: to the back of the round.
+      local last = redis.call('ZRANGE', tenants, -1, -1, 'WITHSCORES')
+      redis.call('ZADD', tenants, tonumber(last[2]) + 1, tenant)
+    end
+    if id then
+      local job = ARGV[7] .. id
+      local cur = redis.call('HGET', job, 'status')
+      if cur == 'queued' then
+        local deadline = tonumber(redis.call('HGET', job, 'deadline') or '0') or 0
+        if deadline > 0 and now > deadline then
+          redis.call('ZREM', KEYS[7], id)
+          move(job, cur, 'expired')
+          redis.call('HSET', job, 'finished_at', ARGV[1], 'error', ARGV[8])
+          table.insert(out, '!' .. id)
+        else
+          return id
+        end
+      end
+    end
+  end
+end
+while room > 0 do
+  local turn = redis.call('INCR', KEYS[5])
+  local first, second = {KEYS[3], 'interactive'}, {KEYS[4], 'bulk'}
+  if tonumber(ARGV[6]) > 0 and turn % tonumber(ARGV[6]) == 0 then first, second = second, first end
+  local id = pop_from(first[1], first[2]) or pop_from(second[1], second[2])
+  if not id then break end
+  redis.call('ZADD', KEYS[1], now, id)
+  redis.call('ZADD', KEYS[6], now, id)
+  table.insert(out, id)
+  room = room - 1
+end
+return out
+"""
+
+# Expire the queued jobs whose deadline passed (now, ARGV[1], is the cutoff). KEYS: deadlines zset,
+# queued zset. ARGV[3]: job key prefix, ARGV[4]: the `expired` error json, ARGV[5]: limit.
+# Returns the ids expired (jobs no longer queued just leave the set).
+EXPIRE = _MOVE + """
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  local job = ARGV[3] .. id
+  if redis.call('HGET', job, 'status') == 'queued' then
+    redis.call('ZREM', KEYS[2], id)
+    move(job, 'queued', 'expired')
+    redis.call('HSET', job, 'finished_at', ARGV[1], 'error', ARGV[4])
+    table.insert(out, id)
+  end
+end
+return out
 """

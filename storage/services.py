@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from layerq.config import Settings
+from storage.admission import Admission
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
@@ -42,6 +43,8 @@ class Services:
     celery: Celery
     lineage: Lineage
     """Parents and children of layer-set jobs."""
+    admission: Admission
+    """Fair admission of queued jobs to the broker (a no-op unless `fair_queues`)."""
     edit_stats: ServiceTimes | None = None
     """Service times of edit jobs (their own buckets: an edit's cost does not depend on layer counts)."""
 
@@ -57,7 +60,7 @@ class Services:
             celery = make_celery(settings)
         client = connect(settings.redis_url)
         prefix = settings.key_prefix
-        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s)
+        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s, fair=settings.fair_queues)
         return cls(
             settings=settings,
             store=open_object_store(settings),
@@ -72,4 +75,6 @@ class Services:
             celery=celery,
             lineage=Lineage(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
             edit_stats=ServiceTimes(client, prefix, "edit"),
+            admission=Admission(client, jobs, ahead=settings.admit_ahead, bulk_every=settings.bulk_every,
+                                alive_within_s=settings.worker_heartbeat_s * 3),
         )

@@ -41,7 +41,7 @@ def transition_log(stack, job_id: str) -> list[str]:
 
 
 def terminal_transitions(stack, job_id: str) -> list[str]:
-    return [e for e in transition_log(stack, job_id) if e.split(">")[1].split("@")[0] in {"succeeded", "failed", "canceled"}]
+    return [e for e in transition_log(stack, job_id) if e.split(">")[1].split("@")[0] in {"succeeded", "failed", "canceled", "expired"}]
 
 
 def drain(stack, timeout_s: float = 120) -> None:

@@ -195,7 +195,7 @@ def test_default_retry_plan_spans_ten_minutes_in_five_or_more_attempts():
 
 def test_spec_validates_url_and_events():
     spec = WebhookSpec(url="https://hooks.example.com/x")
-    assert spec.events == ["completed", "failed", "canceled"]
+    assert spec.events == ["completed", "failed", "canceled", "expired"]
     assert WebhookSpec(url="http://a.example", events=["started", "started", "failed"]).events == ["started", "failed"]
     for bad in [{"url": "ftp://a.example"}, {"url": "https://a.example/" + "x" * 2048}, {"url": "http://u:p@a.example"},
                 {"url": "http://a.example", "events": []}, {"url": "http://a.example", "events": ["done"]},

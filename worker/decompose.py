@@ -126,6 +126,8 @@ def run_job(
         if attempt.worker_lost:
             _discard_job(rt, msg.job_id)
             _notify(rt, msg.job_id)
+        elif attempt.status == "expired":  # its cancel_after_s passed while queued: never ran
+            _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
         rt.liveness.hold(msg.job_id, delivery_tag)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -32,12 +33,14 @@ def dead_after_s(heartbeat_s: float) -> float:
 class Liveness:
     def __init__(
         self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queue: str, name: str, heartbeat_s: float,
-        enqueue_grace_s: float = 60.0,
+        enqueue_grace_s: float = 60.0, on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.jobs, self.workers, self.app, self.queue, self.name = jobs, workers, app, queue, name
         self.heartbeat_s = heartbeat_s
         self.enqueue_grace_s = enqueue_grace_s
         self._stop = threading.Event()
+        self.on_beat = on_beat
+        """Runs after every beat: the fair-admission sweep (layerq/dispatch.py sweep)."""
 
     def hold(self, job_id: str, delivery_tag: str | None) -> None:
         """Record the message this worker is running (for reaping if the worker dies)."""
@@ -66,6 +69,8 @@ class Liveness:
                 self.beat()
                 self.reap()
                 self.send_unsent()
+                if self.on_beat is not None:
+                    self.on_beat()
             except Exception:  # Redis briefly away: the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from layerq import metrics
+from layerq import dispatch, metrics
 from layerq.config import Settings
 from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, GPU_QUEUES
 from storage.base import ObjectStore
@@ -98,7 +98,8 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     if pipeline:
         queue = EDIT_QUEUE if EDIT_QUEUE in queues else DECOMPOSE_QUEUE
         liveness = Liveness(services.jobs, services.workers, app, queue, name,
-                            settings.worker_heartbeat_s, settings.enqueue_grace_s)
+                            settings.worker_heartbeat_s, settings.enqueue_grace_s,
+                            on_beat=lambda: dispatch.sweep(services))
     _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte)
     return _runtime
 

@@ -7,14 +7,16 @@ import logging
 
 from celery import Celery, signals
 
+from layerq import dispatch
 from layerq.messages import DECOMPOSE_TASK
-from layerq.queues import EDIT_TASK
+from layerq.queues import EDIT_TASK, TASK_OF_QUEUE
 from worker import runtime
 
 log = logging.getLogger(__name__)
 
 # task id → broker delivery tag of the message being run (solo pool: at most a prefetched few).
 _delivery_tags: dict[str, str] = {}
+TASK_QUEUES = {task: queue for queue, task in TASK_OF_QUEUE.items()}
 
 
 def register(app: Celery) -> None:
@@ -54,6 +56,16 @@ def register(app: Celery) -> None:
         # Only decompose jobs are reaped; recording others (webhooks) would grow the map forever.
         if message is not None and getattr(request, "name", None) in (DECOMPOSE_TASK, EDIT_TASK):
             _delivery_tags[request.id] = message.delivery_tag
+
+    @signals.task_prerun.connect(weak=False)
+    def admit_next(sender=None, task_id=None, **_kwargs) -> None:
+        # A worker took a job's message: room on the broker for the next admitted job (fair
+        # queues). Any job kind: the queue is looked up from the task's name.
+        queue = TASK_QUEUES.get(getattr(sender, "name", ""))
+        if queue is not None:
+            rt = runtime.current()
+            rt.services.admission.taken(queue, task_id)
+            dispatch.admit(rt.services, queue)
 
     @signals.worker_init.connect(weak=False)
     def start_runtime(sender=None, **_kwargs) -> None:

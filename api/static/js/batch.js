@@ -69,11 +69,12 @@ export function follow(batchId, itemNames = []) {
 function render(b) {
   batch = b;
   const c = b.counts;
-  const done = c.succeeded + c.failed + c.canceled;
+  const done = c.succeeded + c.failed + c.canceled + (c.expired || 0);
   $("batch-bar").value = b.progress;
   const bits = [`${done} of ${b.count} done`, `${c.running} running`, `${c.queued} queued`];
   if (c.failed) bits.push(`${c.failed} failed`);
   if (c.canceled) bits.push(`${c.canceled} canceled`);
+  if (c.expired) bits.push(`${c.expired} expired`);
   if (done < b.count && b.eta_s != null) bits.push(`about ${duration(b.eta_s)} left`);
   $("batch-text").textContent = `Batch ${b.id.slice(0, 8)}: ${bits.join(" · ")}`;
   const finished = done >= b.count;

@@ -42,7 +42,7 @@ function choose(blob, name) {
   $("drop-help").textContent = `${name} — drop another image or press Enter to change it`;
   hideError($("decompose-error"));
   // A finished job's progress line would read as if it belonged to the new image.
-  if (!currentJob || ["succeeded", "failed", "canceled"].includes(currentJob.status)) $("progress-box").hidden = true;
+  if (!currentJob || ["succeeded", "failed", "canceled", "expired"].includes(currentJob.status)) $("progress-box").hidden = true;
 }
 
 async function submit() {
@@ -95,7 +95,7 @@ function update(job) {
   currentJob = job;
   $("progress-bar").value = fraction(job);
   $("progress-text").textContent = `Job ${job.id.slice(0, 8)}: ${describeJob(job)}${job.cached_from ? " (answered from an identical earlier job)" : ""}`;
-  const running = !["succeeded", "failed", "canceled"].includes(job.status);
+  const running = !["succeeded", "failed", "canceled", "expired"].includes(job.status);
   $("cancel").hidden = !running;
   $("submit").disabled = running;
   if (job.status === "succeeded") { finish(); showResult(job); }
@@ -104,7 +104,7 @@ function update(job) {
     const e = job.error || {};
     showError($("decompose-error"), { message: `${e.message || "the job failed"}${e.code ? ` (${e.code})` : ""}` }, "The job failed");
   }
-  if (job.status === "canceled") finish();
+  if (job.status === "canceled" || job.status === "expired") finish();
 }
 
 function finish() {

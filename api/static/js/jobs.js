@@ -72,7 +72,7 @@ function jobRow(entry, job) {
 
 function batchRow(entry, b) {
   const c = b.counts;
-  const done = c.succeeded + c.failed + c.canceled;
+  const done = c.succeeded + c.failed + c.canceled + (c.expired || 0);
   const status = [statusSpan(done >= b.count ? "succeeded" : "running", `batch: ${done}/${b.count} done`), c.failed ? ` · ${c.failed} failed` : ""];
   return tr(entry, [], status, [`${b.count} images`],
     btn("Open", `Open batch ${entry.name}`, () => actions.openBatch(b.id, entry.names || [])), " ",

@@ -6,7 +6,7 @@
 
 import { api } from "./api.js";
 
-export const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+export const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 
 function poll(path, isDone, onUpdate, onError, intervalMs) {
   let timer = null;
@@ -35,7 +35,7 @@ export function watchJob(jobId, { onUpdate, onError = () => {}, intervalMs = 100
 }
 
 export function watchBatch(batchId, { onUpdate, onError = () => {}, intervalMs = 1500 }) {
-  const done = (b) => ["succeeded", "failed", "canceled"].reduce((n, s) => n + (b.counts[s] || 0), 0) >= b.count;
+  const done = (b) => ["succeeded", "failed", "canceled", "expired"].reduce((n, s) => n + (b.counts[s] || 0), 0) >= b.count;
   return poll(`/v1/batches/${encodeURIComponent(batchId)}?limit=500`, done, onUpdate, onError, intervalMs);
 }
 
