@@ -51,7 +51,8 @@ def submit_batch():
             items.append(Item(params=p, field=f"items.{i}.input_key", input_key=item.input_key))
     batch_id = uuid.uuid4().hex
     meta = {"webhook": webhook, "params": params[0].model_dump()}
-    done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta)
+    done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta,
+                  retain_s=body.retain_s)
     resp = jsonify({"id": batch_id, "count": len(done.job_ids), "job_ids": done.job_ids, "cached": len(done.cached)})
     resp.status_code = 202
     resp.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_job, services
-from api.form import form_flag
+from api.form import form_flag, form_seconds
 from api.idempotency import idempotent
 from api.paging import page_of_jobs
 from api.submission import Item, check_webhook, submit
@@ -20,7 +20,7 @@ from layerq.webhooks import WebhookSpec, notify
 
 bp = Blueprint("jobs", __name__)
 
-FORM_FIELDS = {"image", "params", "webhook", "cache"}
+FORM_FIELDS = {"image", "params", "webhook", "cache", "retain_s"}
 
 
 @bp.post("/v1/jobs")
@@ -33,6 +33,7 @@ def submit_job():
         body = json_body(JobRequest)
         item = Item(params=body.params.with_seed(), field="input_key", input_key=body.input_key)
         webhook, use_cache = check_webhook(body.webhook, svc), False  # bytes unread: no cache key
+        retain_s = body.retain_s
     elif request.mimetype.startswith("multipart/form-data"):
         unknown = sorted((set(request.files) | set(request.form)) - FORM_FIELDS)
         if unknown:
@@ -40,6 +41,7 @@ def submit_job():
         params = parse_params(json_field(request.form.get("params"), "params")).with_seed()
         webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
+        retain_s = form_seconds(request.form.get("retain_s"), "retain_s")
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -52,7 +54,7 @@ def submit_job():
                                field="image")
     use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
 
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache,
+    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache, retain_s=retain_s,
                   before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
     (job_id,) = done.job_ids
     resp = jsonify(done.answer)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import layerq
-from api.form import FLAG_PATTERN
+from api.form import FLAG_PATTERN, RETAIN_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
 from layerq.jobs import JobStatus, JobView
@@ -235,6 +235,8 @@ def build_document() -> dict[str, Any]:
                                         "webhook": _ref(WebhookSpec),
                                         "cache": {"type": "string", "pattern": FLAG_PATTERN,
                                                   "description": "false/0/no: do not answer from the result cache"},
+                                        "retain_s": {"type": "string", "pattern": RETAIN_PATTERN,
+                                                     "description": "Seconds results are kept once the job ends"},
                                     },
                                 },
                                 "encoding": {"image": {"contentType": IMAGE_TYPES},

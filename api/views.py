@@ -30,6 +30,7 @@ def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> di
         "result": None,
         "batch_id": rec.get("batch_id") or None,
         "cached_from": rec.get("cached_from") or None,
+        "retained_until": iso(rec.get("expires_at")),
     }
     if status is JobStatus.QUEUED:
         view["queue_position"] = svc.jobs.queue_position(rec.get("queue", rec["kind"]), rec["id"])

@@ -90,3 +90,5 @@ class JobView(BaseModel):
     timings: dict[str, float] | None = Field(None, description="Seconds per stage of the last attempt.")
     batch_id: str | None = None
     cached_from: str | None = Field(None, description="Set when answered from an identical finished job.")
+    retained_until: str | None = Field(
+        None, description="When the job's record and result objects are deleted; null until it ends.")

@@ -7,11 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from layerq.params import DecomposeParams
+from layerq.params import DecomposeParams, JsonInt
 from layerq.webhooks import WebhookSpec
 
 MAX_BATCH_ITEMS = 10_000
 UPLOAD_PREFIX = "uploads/"
+MAX_RETAIN_S = 365 * 24 * 3600
+"""Schema bound of `retain_s`; the server clamps to its own `LAYERQ_RETAIN_MAX_S` below that."""
+RETAIN_DESCRIPTION = ("Seconds the job's record and result objects are kept once it ends; default "
+                      "LAYERQ_JOB_TTL_S, clamped to the server's LAYERQ_RETAIN_MAX_S.")
 
 
 def _check_upload_key(key: str) -> str:
@@ -31,6 +35,7 @@ class JobRequest(BaseModel):
     params: DecomposeParams = Field(default_factory=DecomposeParams)
     webhook: WebhookSpec | None = None
     cache: bool = Field(True, description="Answer from an identical finished job of the same tenant, if any.")
+    retain_s: JsonInt | None = Field(None, ge=1, le=MAX_RETAIN_S, description=RETAIN_DESCRIPTION)
 
     _key = field_validator("input_key")(_check_upload_key)
 
@@ -58,6 +63,7 @@ class BatchRequest(BaseModel):
     webhook: WebhookSpec | None = None
     cache: bool = True
     dry_run: bool = Field(False, description="Estimate GPU-seconds and completion time; enqueue nothing.")
+    retain_s: JsonInt | None = Field(None, ge=1, le=MAX_RETAIN_S, description=RETAIN_DESCRIPTION)
 
 
 class UploadRequest(BaseModel):

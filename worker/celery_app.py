@@ -7,7 +7,7 @@ from celery import Celery
 from layerq.celery_app import make_celery
 from layerq.config import Settings
 from layerq.queues import DECOMPOSE_QUEUE
-from worker import tasks, webhooks
+from worker import reaper, tasks, webhooks
 
 
 def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QUEUE) -> Celery:
@@ -15,4 +15,5 @@ def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QU
     app.conf.layerq_queues = [q.strip() for q in queues.split(",") if q.strip()]
     tasks.register(app)
     webhooks.register(app)
+    reaper.register(app)
     return app
