@@ -111,6 +111,8 @@ ERROR_TEXT = {
     404: "Not found (another tenant's job, batch or upload reads the same)", 409: "Idempotency-Key reused with another request, or still in progress",
     413: "Request body too large", 414: "Request target (path and query) too long",
     503: "Job store or queue unavailable; retry later",
+    401: "No, unknown or revoked API key (only with LAYERQ_AUTH=keys); see WWW-Authenticate",
+    429: "Rate limit of this caller and route exceeded; retry after Retry-After seconds",
 }
 
 
@@ -189,6 +191,15 @@ BATCH_LINKS = {
     "ListJobs": {"operationId": "listJobs", "parameters": {"batch": "$response.body#/id"}},
     "GetFirstJob": {"operationId": "getJob", "parameters": {"id": "$response.body#/job_ids/0"}},
 }
+
+
+EVENT_STREAM = {
+    "description": "text/event-stream: `progress` events (status, stage, step, total, queue_position, eta_s; a "
+                   "batch's counts), then `done` with the final job or batch and the stream closes; `timeout` "
+                   "after LAYERQ_EVENTS_MAX_S (reconnect); `gone` when the record expired",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
 
 def build_document() -> dict[str, Any]:
@@ -296,6 +307,15 @@ def build_document() -> dict[str, Any]:
                 "get": {"summary": "Counts per status, progress, ETA and the first page of jobs", "operationId": "getBatch",
                         "parameters": [batch_id], "responses": {"200": _json(BatchView, "The batch"), **_errors(*READ)}}
             },
+            "/v1/jobs/{id}/events": {
+                "get": {"summary": "Follow a job as Server-Sent Events until it ends", "operationId": "jobEvents",
+                        "parameters": [job_id], "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
+            },
+            "/v1/batches/{id}/events": {
+                "get": {"summary": "Follow a batch's counts as Server-Sent Events until every job ended",
+                        "operationId": "batchEvents", "parameters": [batch_id],
+                        "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
+            },
             "/v1/batches/{id}/cancel": {
                 "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch",
                          "parameters": [batch_id],
@@ -348,6 +368,15 @@ def build_document() -> dict[str, Any]:
         for operation in operations.values():
             # Any request can carry an over-long target (api/contract.py answers it).
             operation["responses"].setdefault("414", _json(ErrorResponse, ERROR_TEXT[414]))
+    for path, operations in doc["paths"].items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                # Keys mode (api/auth.py) and rate limits (api/limits.py) apply to every /v1/ route.
+                operation["responses"].setdefault("401", {
+                    **_json(ErrorResponse, ERROR_TEXT[401]),
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}})
+                operation["responses"].setdefault("429", {**_json(ErrorResponse, ERROR_TEXT[429]),
+                                                          "headers": RETRY_AFTER})
     for operations in doc["paths"].values():
         for method in ("post", "put", "patch"):
             if method in operations:

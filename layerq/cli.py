@@ -10,11 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from layerq import keys_cli
 from layerq.config import Settings
 from layerq.logs import setup_logging
 from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 
-SUBCOMMANDS = ("up", "api", "worker", "submit", "demo")
+SUBCOMMANDS = ("up", "api", "worker", "submit", "demo", "keys")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", dest="num_inference_steps", type=int)
     s.add_argument("--prompt")
     s.add_argument("--seed", type=int)
-    s.add_argument("--wait", action="store_true", help="wait for the jobs, with a progress bar")
+    s.add_argument("--key", default=os.environ.get("LAYERQ_API_KEY"), help="API key (LAYERQ_AUTH=keys servers)")
+    s.add_argument("--wait", action="store_true", help="follow the jobs' event streams, with a progress bar")
     s.add_argument("--out", type=Path, help="download results here (implies --wait)")
 
     d = sub.add_parser("demo", help="start the stack with the tiny model and decompose a generated image")
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--layers", type=int, default=4)
     d.add_argument("--steps", type=int, default=20)
     _add_stop_timeout(d)
+    keys_cli.add_parser(sub)
     return p
 
 
@@ -79,7 +82,8 @@ def _layer_count(text: str) -> int | str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("LAYERQ_LOG_FORMAT", "text"))  # before Settings, which may log
-    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo}
+    handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "demo": cmd_demo,
+               "keys": keys_cli.cmd_keys}
     return handler[args.command](args)
 
 
@@ -189,7 +193,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for name in ("layers", "resolution", "num_inference_steps", "prompt", "seed"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    client = LayerqClient(args.url)
+    client = LayerqClient(args.url, api_key=args.key)
     jobs = []
     for path in args.images:
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from layerq.config import Settings
+from storage.apikeys import ApiKeyStore
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
@@ -39,6 +40,7 @@ class Services:
     uploads: UploadStore
     stats: ServiceTimes
     celery: Celery
+    api_keys: ApiKeyStore
 
     @classmethod
     def open(cls, settings: Settings, celery: Celery | None = None) -> "Services":
@@ -62,4 +64,5 @@ class Services:
             uploads=UploadStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s),
             stats=ServiceTimes(client, prefix),
             celery=celery,
+            api_keys=ApiKeyStore(client, key_prefix=prefix),
         )
