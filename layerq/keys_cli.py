@@ -22,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--name", default="", help="a note for `keys list` (who or what holds it)")
     r = ks.add_parser("revoke", help="revoke a key by its id (the 12 hex characters after lq_)")
     r.add_argument("key_id")
-    ks.add_parser("list", help="every key issued: id, tenant, created, revoked")
-    for parser in (c, r, k):
+    listing = ks.add_parser("list", help="every key issued: id, tenant, created, revoked")
+    for parser in (c, r, listing):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
