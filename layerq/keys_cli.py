@@ -28,9 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from storage.services import Services
+    from storage.apikeys import ApiKeyStore
 
-    store = Services.open(Settings.from_env()).api_keys
+    settings = Settings.from_env()
+    store = ApiKeyStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
     as_json = getattr(args, "json", False)
     if args.keys_command == "create":
         try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 
 from layerq.errors import ValidationFailed
+from storage.client import connect
 from storage.keys import Keys
 
 KEY_RE = re.compile(r"^lq_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -48,6 +49,11 @@ class ApiKeyStore:
     def __init__(self, client: redis.Redis, *, key_prefix: str) -> None:
         self._r = client
         self.keys = Keys(key_prefix)
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str) -> "ApiKeyStore":
+        """For `layerq keys`: only Redis is needed, not the object store's settings."""
+        return cls(connect(url), key_prefix=key_prefix)
 
     def create(self, tenant: str, name: str = "") -> tuple[ApiKey, str]:
         """Issue a key for `tenant`; return its record and the key (the only time it is seen)."""

@@ -26,7 +26,8 @@ def keys_stack(make_stack):
 
 
 def layerq_keys(stack, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **stack.settings.as_env()}
+    # What an operator has at hand: the Redis URL and the key prefix, nothing about storage.
+    env = {**os.environ, "LAYERQ_REDIS_URL": stack.settings.redis_url, "LAYERQ_KEY_PREFIX": stack.settings.key_prefix}
     return subprocess.run([sys.executable, "-m", "layerq.cli", "keys", *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
