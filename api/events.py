@@ -20,16 +20,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response, request, stream_with_context
 
 from api.context import owned_batch, owned_job, services
 from api.errors import error_response
 from api.views import job_view
 from layerq.config import Settings
-from layerq.errors import JobNotFound
+from layerq.errors import JobNotFound, ValidationFailed
 from layerq.jobs import JobStatus
 
 bp = Blueprint("events", __name__)
+
+MAX_S_LIMIT = 86_400
+"""Schema bound of `?max_s=`; the server's own `LAYERQ_EVENTS_MAX_S` caps it further."""
 
 _lock = threading.Lock()
 _open = 0
@@ -58,16 +61,27 @@ def _free_slot() -> None:
         _open -= 1
 
 
+def _max_s(settings: Settings) -> float:
+    """`?max_s=N` (1 to 86400): close the stream after N seconds, or at the server's limit if sooner."""
+    raw = request.args.get("max_s")
+    if raw is None:
+        return settings.events_max_s
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_S_LIMIT:
+        raise ValidationFailed(f"max_s must be an integer from 1 to {MAX_S_LIMIT}", field="max_s")
+    return min(float(raw), settings.events_max_s)
+
+
 def _stream(read: Callable[[], tuple[dict[str, Any] | None, Any, bool]], settings: Settings):
     """`read()` → (snapshot or None when gone, final payload, ended). The response frees its slot
     when closed, whether or not it was ever iterated."""
+    max_s = _max_s(settings)  # checked before a slot is taken
     if not _take_slot(settings):
         resp, status = error_response("too_many_streams", "too many event streams open; retry later", 503)
         resp.headers["Retry-After"] = "5"
         return resp, status
 
     def frames() -> Iterator[str]:
-        deadline = time.monotonic() + settings.events_max_s
+        deadline = time.monotonic() + max_s
         beat = time.monotonic() + settings.events_heartbeat_s
         last: dict[str, Any] | None = None
         yield "retry: 2000\n\n"

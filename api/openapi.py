@@ -197,8 +197,16 @@ EVENT_STREAM = {
     "description": "text/event-stream: `progress` events (status, stage, step, total, queue_position, eta_s; a "
                    "batch's counts), then `done` with the final job or batch and the stream closes; `timeout` "
                    "after LAYERQ_EVENTS_MAX_S (reconnect); `gone` when the record expired",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    # OpenAPI 3.1 has no `itemSchema` yet: an event-stream's `schema` describes one event.
+    "content": {"text/event-stream": {"schema": {"type": "object", "properties": {
+        "event": {"type": "string", "enum": ["progress", "done", "timeout", "gone"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "A JSON object"},
+        "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}}},
 }
+EVENTS_MAX_S = {"name": "max_s", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 86400},
+                "description": "Close the stream (`event: timeout`) after this many seconds, or at the server's "
+                               "LAYERQ_EVENTS_MAX_S if sooner"}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
 
@@ -309,11 +317,11 @@ def build_document() -> dict[str, Any]:
             },
             "/v1/jobs/{id}/events": {
                 "get": {"summary": "Follow a job as Server-Sent Events until it ends", "operationId": "jobEvents",
-                        "parameters": [job_id], "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
+                        "parameters": [job_id, EVENTS_MAX_S], "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
             },
             "/v1/batches/{id}/events": {
                 "get": {"summary": "Follow a batch's counts as Server-Sent Events until every job ended",
-                        "operationId": "batchEvents", "parameters": [batch_id],
+                        "operationId": "batchEvents", "parameters": [batch_id, EVENTS_MAX_S],
                         "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
             },
             "/v1/batches/{id}/cancel": {

@@ -3,17 +3,21 @@ validate requests and generate the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from layerq.params import DecomposeParams, JsonInt
+from layerq.params import DecomposeParams, _integral
 from layerq.webhooks import WebhookSpec
 
 MAX_BATCH_ITEMS = 10_000
 UPLOAD_PREFIX = "uploads/"
 MAX_RETAIN_S = 365 * 24 * 3600
 """Schema bound of `retain_s`; the server clamps to its own `LAYERQ_RETAIN_MAX_S` below that."""
+RetainSeconds = Annotated[int, annotated_types.Ge(1), annotated_types.Le(MAX_RETAIN_S), BeforeValidator(_integral)]
+"""Bounds before the validator: after a BeforeValidator, on an optional field, pydantic writes them into
+the schema as `ge`/`le`, which JSON Schema (and so the fuzzer) ignores."""
 RETAIN_DESCRIPTION = ("Seconds the job's record and result objects are kept once it ends; default "
                       "LAYERQ_JOB_TTL_S, clamped to the server's LAYERQ_RETAIN_MAX_S.")
 
@@ -35,7 +39,7 @@ class JobRequest(BaseModel):
     params: DecomposeParams = Field(default_factory=DecomposeParams)
     webhook: WebhookSpec | None = None
     cache: bool = Field(True, description="Answer from an identical finished job of the same tenant, if any.")
-    retain_s: JsonInt | None = Field(None, ge=1, le=MAX_RETAIN_S, description=RETAIN_DESCRIPTION)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
     _key = field_validator("input_key")(_check_upload_key)
 
@@ -63,7 +67,7 @@ class BatchRequest(BaseModel):
     webhook: WebhookSpec | None = None
     cache: bool = True
     dry_run: bool = Field(False, description="Estimate GPU-seconds and completion time; enqueue nothing.")
-    retain_s: JsonInt | None = Field(None, ge=1, le=MAX_RETAIN_S, description=RETAIN_DESCRIPTION)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
 
 class UploadRequest(BaseModel):

@@ -43,6 +43,8 @@ def test_a_finished_job_streams_done_at_once_and_an_unknown_one_is_404(local_sta
     job = client.wait(client.submit(sample_png(80, 64), PARAMS, cache=False)["id"], timeout_s=300)
     events = list(client.events(f"/v1/jobs/{job['id']}/events"))
     assert [name for name, _ in events] == ["progress", "done"]
+    bad = requests.get(f"{local_stack.url}/v1/jobs/{job['id']}/events?max_s=0", timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "max_s"
     missing = requests.get(f"{local_stack.url}/v1/jobs/{'f' * 32}/events", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["field"] == "id"
     other_tenant = requests.get(f"{local_stack.url}/v1/jobs/{job['id']}/events",
