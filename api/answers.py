@@ -14,9 +14,9 @@ from storage.services import Services
 
 
 def answer_one(svc: Services, item: Item, *, webhook: dict | None, use_cache: bool,
-               schedule: Schedule = Schedule()) -> Response:
+               schedule: Schedule = Schedule(), retain_s: int | None = None) -> Response:
     use_cache = use_cache and "no-cache" not in request.headers.get("Cache-Control", "")
-    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache, schedule=schedule,
+    done = submit(svc, tenant(), [item], webhook=webhook, use_cache=use_cache, schedule=schedule, retain_s=retain_s,
                   before_send=lambda created: job_view(svc.jobs.get(created.job_ids[0]), svc))
     (job_id,) = done.job_ids
     resp = jsonify(done.answer)

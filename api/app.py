@@ -9,7 +9,9 @@ from typing import Any
 
 from flask import Flask, jsonify
 
-from api import batches, contract, edits, errors, files, jobs, layersets, observability, openapi, uploads, web
+from api import (
+    auth, batches, contract, edits, errors, events, files, jobs, layersets, limits, observability, openapi, uploads, web,
+)
 from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
@@ -35,8 +37,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(files.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)
+    app.register_blueprint(events.bp)
     errors.register(app)
     contract.register(app)
+    auth.register(app, settings, app.extensions[EXTENSION].api_keys)  # before the limiter: it keys on the caller
+    limits.register(app, settings)
     observability.register(app, app.extensions[EXTENSION].jobs.queued_count)
     if settings.log_format == "json":
         setup_logging("json")

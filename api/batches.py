@@ -64,7 +64,8 @@ def _accepted(svc, body: BatchRequest, webhook, params: list, items: list[Item])
     batch_id = uuid.uuid4().hex
     meta = {"webhook": webhook, "params": params[0].model_dump(), "kind": body.kind}
     done = submit(svc, tenant(), items, webhook=webhook, use_cache=body.cache, batch_id=batch_id, batch_meta=meta,
-                  schedule=schedule(body.priority, body.cancel_after_s, default_priority="bulk"))
+                  schedule=schedule(body.priority, body.cancel_after_s, default_priority="bulk"),
+                  retain_s=body.retain_s)
     resp = jsonify({"id": batch_id, "count": len(done.job_ids), "job_ids": done.job_ids, "cached": len(done.cached)})
     resp.status_code = 202
     resp.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)

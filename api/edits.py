@@ -13,7 +13,7 @@ from flask import Blueprint, request
 
 from api.bodies import json_body, json_field, parse_model
 from api.context import owned_job, services
-from api.form import form_flag
+from api.form import form_flag, form_seconds
 from api.idempotency import idempotent
 from api.answers import answer_one
 from api.submission import Item, check_webhook
@@ -28,14 +28,15 @@ from storage.services import Services
 
 bp = Blueprint("edits", __name__)
 
-FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s"}
+FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s", "retain_s"}
 
 
 @bp.post("/v1/edits")
 @idempotent
 def submit_edit():
     """JSON `EditRequest` (a `source` layer or an `input_key`), or multipart: `image` (file),
-    `params` (JSON `EditParams`), optional `webhook`, `cache`, `priority` and `cancel_after_s`. Answers 202 with the job (200 when
+    `params` (JSON `EditParams`), optional `webhook`, `cache`, `priority`,
+    `cancel_after_s` and `retain_s`. Answers 202 with the job (200 when
     answered from the result cache)."""
     svc = services()
     if request.mimetype == "application/json":
@@ -46,6 +47,7 @@ def submit_edit():
         params = _checked(body.params, svc)
         webhook, use_cache = check_webhook(body.webhook, svc), body.cache
         sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
+        retain_s = body.retain_s
         if body.source is not None:
             item = source_item(svc, body.source, params, "source")
         else:
@@ -64,6 +66,7 @@ def submit_edit():
         webhook = check_webhook(spec, svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
         sched = schedule_from_form(request.form, default_priority="interactive")
+        retain_s = form_seconds(request.form.get("retain_s"), "retain_s")
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -75,7 +78,7 @@ def submit_edit():
     else:
         raise ValidationFailed("send JSON with a `source` or an `input_key`, or multipart/form-data with an `image`",
                                field="body")
-    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched)
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched, retain_s=retain_s)
 
 
 def _checked(params: EditParams, svc: Services) -> EditParams:

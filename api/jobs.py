@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request
 
 from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_job, services
-from api.form import form_flag
+from api.form import form_flag, form_seconds
 from api.idempotency import idempotent
 from api.paging import page_of_jobs
 from api.answers import answer_one
@@ -21,7 +21,7 @@ from layerq.webhooks import WebhookSpec, notify
 
 bp = Blueprint("jobs", __name__)
 
-FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s"}
+FORM_FIELDS = {"image", "params", "webhook", "cache", "priority", "cancel_after_s", "retain_s"}
 
 
 @bp.post("/v1/jobs")
@@ -35,6 +35,7 @@ def submit_job():
         item = Item(params=body.params.with_seed(), field="input_key", input_key=body.input_key)
         webhook, use_cache = check_webhook(body.webhook, svc), False  # bytes unread: no cache key
         sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
+        retain_s = body.retain_s
     elif request.mimetype.startswith("multipart/form-data"):
         unknown = sorted((set(request.files) | set(request.form)) - FORM_FIELDS)
         if unknown:
@@ -43,6 +44,7 @@ def submit_job():
         webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
         sched = schedule_from_form(request.form, default_priority="interactive")
+        retain_s = form_seconds(request.form.get("retain_s"), "retain_s")
         upload = request.files.get("image")
         if upload is None:
             raise ValidationFailed("an `image` file is required", field="image")
@@ -53,7 +55,7 @@ def submit_job():
     else:
         raise ValidationFailed("send multipart/form-data with an `image` file, or JSON with an `input_key`",
                                field="image")
-    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched)
+    return answer_one(svc, item, webhook=webhook, use_cache=use_cache, schedule=sched, retain_s=retain_s)
 
 
 @bp.get("/v1/jobs/<job_id>")

@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request, url_for
 
 from api.bodies import json_field, json_object, parse_model
+from api.form import form_seconds
 from api.context import services
 from api.idempotency import idempotent
 from api.submission import check_uploads, check_webhook, send, Item
@@ -33,6 +34,7 @@ from layerq.layersets import (
 )
 from layerq.queues import COMBINE_TASK, COMPOSE_TASK, DECOMPOSE_QUEUE, LAYERSET_QUEUE
 from layerq.results import with_object_keys
+from layerq.scheduling import schedule
 from layerq.webhooks import WebhookSpec
 from storage.jobs import NewJob, new_job_id
 from storage.services import Services
@@ -40,7 +42,7 @@ from storage.services import Services
 log = logging.getLogger(__name__)
 bp = Blueprint("layersets", __name__)
 
-COMBINE_FORM_FIELDS = {"layers", "params", "webhook"}
+COMBINE_FORM_FIELDS = {"layers", "params", "webhook", "retain_s"}
 
 
 class SourceNotFinished(IllegalTransition):
@@ -112,8 +114,10 @@ def decompose_layer():
         raise ValidationFailed(f"layer {body.source.layer} does not exist; job {body.source.job_id} has "
                                f"{len(layers)} layers", field="source.layer")
     webhook = check_webhook(body.webhook, svc)
+    sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
     job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
-                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE, priority="interactive")
+                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE, retain_s=_retain(svc, body.retain_s),
+                 **sched.job_fields())
     return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: send(svc, [job]))
 
 
@@ -130,7 +134,7 @@ def compose_layers():
     check_ops(params.ops, len(layers), layers[0]["width"], layers[0]["height"])
     webhook = check_webhook(body.webhook, svc)
     job = NewJob(new_job_id(), params.model_dump(mode="json"), "", kind="compose", queue=LAYERSET_QUEUE,
-                 tenant=tenant(), webhook=webhook)
+                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, body.retain_s))
     message = ComposeMessage(job_id=job.job_id, parent_id=body.source.job_id,
                              layer_keys=[layer["key"] for layer in layers], params=params)
     return _accept(svc, job, (body.source.job_id, None),
@@ -152,6 +156,7 @@ def combine_layers():
         hook = request.form.get("webhook")
         spec = None if hook is None else parse_model(WebhookSpec, json_field(hook, "webhook"), prefix="webhook")
         webhook = check_webhook(spec, svc)
+        retain_s = form_seconds(request.form.get("retain_s"), "retain_s")
         files = request.files.getlist("layers")
         if not files:
             raise ValidationFailed("at least one `layers` file is required", field="layers")
@@ -166,16 +171,21 @@ def combine_layers():
             svc.store.put(key, png_bytes(image), "image/png")
     else:
         body = parse_model(CombineRequest, json_object())
-        params, keys = body.params, body.input_keys
+        params, keys, retain_s = body.params, body.input_keys, body.retain_s
         webhook = check_webhook(body.webhook, svc)
         uploads = [Item(params=None, field=f"input_keys.{i}", input_key=key)  # type: ignore[arg-type]
                    for i, key in enumerate(keys)]
         check_uploads(svc, tenant(), uploads)  # another tenant's upload reads as absent: 404
     _check_placements(params, len(keys))
     job = NewJob(job_id, params.model_dump(mode="json"), keys[0], kind="combine", queue=LAYERSET_QUEUE,
-                 tenant=tenant(), webhook=webhook)
+                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, retain_s))
     message = CombineMessage(job_id=job_id, input_keys=keys, params=params)
     return _accept(svc, job, None, lambda: _send_cpu(svc, job, COMBINE_TASK, message.model_dump(mode="json")))
+
+
+def _retain(svc: Services, retain_s: int | None) -> int:
+    """The job's `retain_s`, clamped to the server's longest, as every submission does."""
+    return min(retain_s or svc.settings.job_ttl_s, svc.settings.retain_max_s)
 
 
 def _check_placements(params: CombineParams, count: int) -> None:

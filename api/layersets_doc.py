@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.form import RETAIN_PATTERN
 from layerq.layer_ops import CombineParams
 from layerq.layersets import MAX_COMBINE_LAYERS, CombineRequest, ComposeRequest, LayerDecomposeRequest
 from layerq.webhooks import WebhookSpec
@@ -40,7 +41,8 @@ def paths(*, ref, json, errors, idempotency, job_view, job_links, upload_key, im
             "composeLayers", {"application/json": {"schema": ref(ComposeRequest)}},
             "Operations address layers by their index in the source set; one that does not fit the set "
             "(index out of range or deleted earlier, a move past 4x the canvas) is a 400 naming "
-            "`params.ops.N.field`, and nothing is enqueued."),
+            "`params.ops.N.field`, and nothing is enqueued. Compose and combine jobs are short CPU work: "
+            "they are sent at once, with no `priority` or `cancel_after_s`."),
         "/v1/layersets/combine": submission(
             "Stack RGBA layers, bottom first, into a layer set (a `combine` job on the CPU queue)",
             "combineLayers", {
@@ -52,7 +54,9 @@ def paths(*, ref, json, errors, idempotency, job_view, job_links, upload_key, im
                                               "items": {"type": "string", "format": "binary"},
                                               "description": "The layers, bottom first (PNG with alpha, ...)"},
                                    "params": ref(CombineParams),
-                                   "webhook": ref(WebhookSpec)}},
+                                   "webhook": ref(WebhookSpec),
+                                   "retain_s": {"type": "string", "pattern": RETAIN_PATTERN,
+                                                "description": "Seconds results are kept once the job ends"}}},
                     "encoding": {"layers": {"contentType": image_types},
                                  "params": {"contentType": "application/json"},
                                  "webhook": {"contentType": "application/json"}},

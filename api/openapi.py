@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import layerq
-from api.form import FLAG_PATTERN
+from api.form import FLAG_PATTERN, RETAIN_PATTERN
 from api.ids import ID_PATTERN
 from api.paging import CURSOR_PATTERN, PAGE_DEFAULT, PAGE_MAX
 from api import layersets_doc
@@ -28,8 +28,10 @@ SCHEDULE_FIELDS = {
     "priority": {"type": "string", "enum": list(PRIORITIES), "description": PRIORITY_DOC},
     "cancel_after_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CANCEL_AFTER_S,
                        "description": CANCEL_AFTER_DOC},
+    "retain_s": {"type": "string", "pattern": RETAIN_PATTERN, "description": "Seconds results are kept once the job ends"},
 }
-"""The multipart form fields of a single-job submission that schedule it (layerq/scheduling.py)."""
+"""The multipart form fields of a single-job submission that schedule it (layerq/scheduling.py) and
+say how long its results live (storage/retention.py)."""
 
 
 class ErrorBody(BaseModel):
@@ -123,6 +125,8 @@ ERROR_TEXT = {
     404: "Not found (another tenant's job, batch or upload reads the same)", 409: "Idempotency-Key reused with another request, or still in progress",
     413: "Request body too large", 414: "Request target (path and query) too long",
     503: "Job store or queue unavailable; retry later",
+    401: "No, unknown or revoked API key (only with LAYERQ_AUTH=keys); see WWW-Authenticate",
+    429: "Rate limit of this caller and route exceeded; retry after Retry-After seconds",
 }
 
 
@@ -222,6 +226,23 @@ BATCH_LINKS = {
     "ListJobs": {"operationId": "listJobs", "parameters": {"batch": "$response.body#/id"}},
     "GetFirstJob": {"operationId": "getJob", "parameters": {"id": "$response.body#/job_ids/0"}},
 }
+
+
+EVENT_STREAM = {
+    "description": "text/event-stream: `progress` events (status, stage, step, total, queue_position, eta_s; a "
+                   "batch's counts), then `done` with the final job or batch and the stream closes; `timeout` "
+                   "after LAYERQ_EVENTS_MAX_S (reconnect); `gone` when the record expired",
+    # OpenAPI 3.1 has no `itemSchema` yet: an event-stream's `schema` describes one event.
+    "content": {"text/event-stream": {"schema": {"type": "object", "properties": {
+        "event": {"type": "string", "enum": ["progress", "done", "timeout", "gone"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "A JSON object"},
+        "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}}},
+}
+EVENTS_MAX_S = {"name": "max_s", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 86400},
+                "description": "Close the stream (`event: timeout`) after this many seconds, or at the server's "
+                               "LAYERQ_EVENTS_MAX_S if sooner"}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 
 
 def build_document() -> dict[str, Any]:
@@ -361,6 +382,15 @@ def build_document() -> dict[str, Any]:
                 "get": {"summary": "Counts per status, progress, ETA and the first page of jobs", "operationId": "getBatch",
                         "parameters": [batch_id], "responses": {"200": _json(BatchView, "The batch"), **_errors(*READ)}}
             },
+            "/v1/jobs/{id}/events": {
+                "get": {"summary": "Follow a job as Server-Sent Events until it ends", "operationId": "jobEvents",
+                        "parameters": [job_id, EVENTS_MAX_S], "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
+            },
+            "/v1/batches/{id}/events": {
+                "get": {"summary": "Follow a batch's counts as Server-Sent Events until every job ended",
+                        "operationId": "batchEvents", "parameters": [batch_id, EVENTS_MAX_S],
+                        "responses": {"200": EVENT_STREAM, **_errors(*READ)}}
+            },
             "/v1/batches/{id}/cancel": {
                 "post": {"summary": "Cancel every job of a batch", "operationId": "cancelBatch",
                          "parameters": [batch_id],
@@ -416,6 +446,15 @@ def build_document() -> dict[str, Any]:
         for operation in operations.values():
             # Any request can carry an over-long target (api/contract.py answers it).
             operation["responses"].setdefault("414", _json(ErrorResponse, ERROR_TEXT[414]))
+    for path, operations in doc["paths"].items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                # Keys mode (api/auth.py) and rate limits (api/limits.py) apply to every /v1/ route.
+                operation["responses"].setdefault("401", {
+                    **_json(ErrorResponse, ERROR_TEXT[401]),
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}})
+                operation["responses"].setdefault("429", {**_json(ErrorResponse, ERROR_TEXT[429]),
+                                                          "headers": RETRY_AFTER})
     for operations in doc["paths"].values():
         for method in ("post", "put", "patch"):
             if method in operations:

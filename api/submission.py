@@ -84,6 +84,7 @@ def submit(
     svc: Services, tenant: str, items: list[Item], *, webhook: dict[str, Any] | None, use_cache: bool,
     batch_id: str = "", batch_meta: dict[str, Any] | None = None,
     before_send: Callable[[Submitted], Any] | None = None, schedule: Schedule = Schedule(),
+    retain_s: int | None = None,
 ) -> Submitted:
     """Create one job per item (in a batch when `batch_id` is given) and enqueue those that must run.
 
@@ -91,6 +92,7 @@ def submit(
     built there shows the jobs as accepted (queued, with their queue position), not as whatever an
     idle worker has made of them a moment later."""
     check_uploads(svc, tenant, items)
+    retain_s = min(retain_s or svc.settings.job_ttl_s, svc.settings.retain_max_s)  # clamped, not refused
     out = Submitted()
     runnable: list[NewJob] = []
     cached: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
@@ -101,7 +103,7 @@ def submit(
         kind = {"kind": item.kind, "queue": item.queue}
         if item.data is None and item.source_digest is None:  # an upload: bytes unread here, so no cache key
             runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
-                                   webhook=webhook, **kind, **schedule.job_fields()))
+                                   webhook=webhook, retain_s=retain_s or 0, **kind, **schedule.job_fields()))
             continue
         digest = item.source_digest or hashlib.sha256(item.data or b"").hexdigest()
         ckey = svc.cache.key_for(tenant, digest, params, item.model or svc.settings.model)
@@ -117,15 +119,17 @@ def submit(
         assert item.image is not None
         svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
         runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
-                               cache_key=ckey, webhook=webhook, **kind, **schedule.job_fields()))
+                               cache_key=ckey, webhook=webhook, retain_s=retain_s or 0, **kind,
+                               **schedule.job_fields()))
     if batch_id:
         svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
-                           cached=cached)
+                           cached=cached, retain_s=retain_s)
     else:
         pipe = svc.jobs.pipeline()
         svc.jobs.create_many(runnable, pipe=pipe)
         for job_id, params, source in cached:
-            svc.jobs.create_cached(job_id, params=params, source=source, tenant=tenant, webhook=webhook, pipe=pipe)
+            svc.jobs.create_cached(job_id, params=params, source=source, tenant=tenant, webhook=webhook, pipe=pipe,
+                                   retain_s=retain_s)
         pipe.execute()
     if before_send is not None:
         out.answer = before_send(out)

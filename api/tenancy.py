@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import request
+from flask import g, request
 
 PUBLIC = "public"
 
 
 def tenant() -> str:
+    key = g.get("layerq_key")  # LAYERQ_AUTH=keys (api/auth.py): the issued key's tenant
+    if key is not None:
+        return key.tenant
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer ") and auth[7:].strip():
         return "t" + hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:24]

@@ -33,6 +33,7 @@ def job_view(rec: dict[str, Any], svc: Services, *, with_eta: bool = True) -> di
         "cached_from": rec.get("cached_from") or None,
         "priority": rec.get("priority") or None,
         "deadline_at": iso(rec.get("deadline")),
+        "retained_until": iso(rec.get("expires_at")),
     }
     if with_eta:  # one read more per job: single-job answers only, not pages of a listing
         view["parent"], view["children"] = svc.lineage.of(rec["id"])

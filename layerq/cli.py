@@ -10,12 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from layerq import cli_layersets
+from layerq import cli_layersets, keys_cli
 from layerq.config import Settings
 from layerq.logs import setup_logging
 from layerq.queues import DECOMPOSE_QUEUE, GPU_QUEUES
 
-SUBCOMMANDS = ("up", "api", "worker", "submit", "edit", "demo", "compose", "combine")
+SUBCOMMANDS = ("up", "api", "worker", "submit", "edit", "demo", "compose", "combine", "keys")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", dest="num_inference_steps", type=int)
     s.add_argument("--prompt")
     s.add_argument("--seed", type=int)
-    s.add_argument("--wait", action="store_true", help="wait for the jobs, with a progress bar")
+    s.add_argument("--key", default=os.environ.get("LAYERQ_API_KEY"), help="API key (LAYERQ_AUTH=keys servers)")
+    s.add_argument("--wait", action="store_true", help="follow the jobs' event streams, with a progress bar")
     s.add_argument("--out", type=Path, help="download results here (implies --wait)")
 
     from layerq.edit_cli import add_edit_parser
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=20)
     _add_stop_timeout(d)
     cli_layersets.add_parsers(sub)
+    keys_cli.add_parser(sub)
     return p
 
 
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from layerq.edit_cli import cmd_edit
 
     handler = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "submit": cmd_submit, "edit": cmd_edit,
-               "demo": cmd_demo, "compose": cli_layersets.cmd_compose, "combine": cli_layersets.cmd_combine}
+               "demo": cmd_demo, "compose": cli_layersets.cmd_compose, "combine": cli_layersets.cmd_combine,
+               "keys": keys_cli.cmd_keys}
     return handler[args.command](args)
 
 
@@ -225,7 +228,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for name in ("layers", "resolution", "num_inference_steps", "prompt", "seed"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    client = LayerqClient(args.url)
+    client = LayerqClient(args.url, api_key=args.key)
     jobs = []
     for path in args.images:
         try:

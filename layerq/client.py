@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,15 @@ class LayerqApiError(Exception):
 
 
 class LayerqClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 60.0, session: requests.Session | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 60.0, session: requests.Session | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.http = session or requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def submit(
         self, image: bytes | str | Path, params: dict[str, Any] | None = None, filename: str = "image.png",
@@ -113,6 +118,50 @@ class LayerqClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
+
+    def events(self, path: str) -> Iterator[tuple[str, dict]]:
+        """(event, data) from a Server-Sent Events stream (`/v1/jobs/<id>/events`), until it closes.
+        The read timeout only has to outlast the server's heartbeat."""
+        with self.http.get(f"{self.base_url}{path}", stream=True, timeout=(self.timeout_s, 120)) as resp:
+            if resp.status_code >= 400:
+                self._json(resp)
+            event, data = "message", []
+            for line in resp.iter_lines(decode_unicode=True):
+                if line is None:
+                    continue
+                if line == "":
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+
+    def follow(self, job_id: str, *, timeout_s: float = 3600.0,
+               on_update: Callable[[dict], None] | None = None) -> dict:
+        """Follow a job's event stream (reconnecting after the server's stream limit) until it ends;
+        return its final record. Falls back to polling if the server has no event streams."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                for event, data in self.events(f"/v1/jobs/{job_id}/events"):
+                    if event == "progress" and on_update:
+                        on_update(data)
+                    elif event == "done":
+                        return data
+                    elif event == "gone":
+                        raise LayerqApiError(404, "not_found", f"job {job_id} expired while followed")
+            except LayerqApiError as exc:
+                if exc.status == 404 and exc.field is None:  # no such route: a server without streams
+                    return self.wait(job_id, timeout_s=max(1.0, deadline - time.monotonic()), on_update=on_update)
+                if exc.status in (429, 503):
+                    time.sleep(2)
+                    continue
+                raise
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(1)  # a restarted API process or proxy: reconnect
+        raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
 
     def download(self, job: dict, out_dir: str | Path) -> list[Path]:
         """Download a succeeded job's layers, composite and exports into `out_dir`; return the paths."""

@@ -25,8 +25,15 @@ class Settings:
     key_prefix: str = "layerq"
     """Prefix of every Redis key layerq writes (several deployments can share one Redis)."""
     job_ttl_s: int = 7 * 24 * 3600
-    """How long job records are kept in Redis after creation. layerq does not delete result
-    objects itself yet: give the bucket (or the storage directory) a lifecycle rule of the same age."""
+    """How long an unfinished job's record is kept, and the default `retain_s`: how long a job's
+    record and objects live after it ends (the reaper deletes the objects; keep a bucket lifecycle
+    rule a little older as the backstop)."""
+    retain_max_s: int = 30 * 24 * 3600
+    """Longest `retain_s` a job or batch may ask for; longer requests are clamped to it."""
+    reap_interval_s: float = 60.0
+    """CPU workers delete the objects of expired jobs this often (0: never; the lifecycle rule then)."""
+    reap_batch: int = 500
+    """Most jobs one reaper pass deletes; a full pass is followed by another at once."""
 
     # --- object storage ----------------------------------------------------------------------
     storage: str = "local"
@@ -93,6 +100,23 @@ class Settings:
     worker_metrics_port: int = 9400
     """Port of each worker process's Prometheus exporter (0: none). `--gpus` gives the worker on the
     N-th GPU this port + N. A port already taken: the next free one above it (logged)."""
+    auth: str = "open"
+    """`open`: any bearer token is a tenant of its own (its hash), none is `public`. `keys`: only
+    keys issued by `layerq keys create` are accepted (401 otherwise); the tenant is the key's."""
+    rate_limit_submit: str = ""
+    """Per key (or per token/address in open mode) and route, on submissions: e.g. `60/minute`;
+    empty: unlimited. Kept in Redis, so it holds across API processes; 429 with Retry-After."""
+    rate_limit_read: str = ""
+    """The same for every other /v1 route (reads, cancels, uploads, event streams)."""
+    events_max_s: float = 300.0
+    """Longest life of one event stream (`/v1/jobs/{id}/events`); a client reconnects after it.
+    Each open stream holds one API thread."""
+    events_poll_s: float = 0.5
+    """How often an event stream reads the job (or batch) from Redis."""
+    events_heartbeat_s: float = 15.0
+    """An event stream with nothing new sends an SSE comment this often (keeps proxies from closing it)."""
+    events_max_streams: int = 0
+    """Event streams one API process serves at once (503 beyond); 0: half of `api_threads`."""
     page_size: int = 100
     """Jobs per page of a batch's job list when the request names no `limit`."""
     page_size_max: int = 500

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from layerq.params import MAX_SEED, JsonInt, _integral
-from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, Priority
+from layerq.scheduling import (
+    CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, RETAIN_DESCRIPTION, Priority, RetainSeconds,
+)
 from layerq.webhooks import WebhookSpec
 
 KIND = "edit"
@@ -77,6 +79,7 @@ class EditRequest(BaseModel):
     cache: bool = Field(True, description="Answer from an identical finished edit of the same tenant, if any.")
     priority: Priority | None = Field(None, description=PRIORITY_DOC)
     cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
     @field_validator("input_key")
     @classmethod

@@ -106,3 +106,5 @@ class JobView(BaseModel):
                                        "null in listings, which do not read them.")
     priority: str | None = Field(None, description="`interactive` or `bulk` (null for jobs made before priorities).")
     deadline_at: str | None = Field(None, description="When a job still queued ends `expired` (its `cancel_after_s`).")
+    retained_until: str | None = Field(
+        None, description="When the job's record and result objects are deleted; null until it ends.")

@@ -11,6 +11,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from layerq.layer_ops import CombineParams, ComposeParams
 from layerq.params import DecomposeParams, _integral
 from layerq.requests import _check_upload_key
+from layerq.scheduling import (
+    CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, RETAIN_DESCRIPTION, Priority, RetainSeconds,
+)
 from layerq.webhooks import WebhookSpec
 
 ID_PATTERN = r"^[A-Za-z0-9]{1,64}$"
@@ -41,6 +44,9 @@ class LayerDecomposeRequest(BaseModel):
     source: SourceLayer
     params: DecomposeParams = Field(default_factory=DecomposeParams)
     webhook: WebhookSpec | None = None
+    priority: Priority | None = Field(None, description=PRIORITY_DOC)
+    cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
 
 class ComposeRequest(BaseModel):
@@ -51,6 +57,7 @@ class ComposeRequest(BaseModel):
     source: SourceSet
     params: ComposeParams = Field(default_factory=ComposeParams)
     webhook: WebhookSpec | None = None
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
 
 class CombineRequest(BaseModel):
@@ -62,6 +69,7 @@ class CombineRequest(BaseModel):
                                   description="Keys from POST /v1/uploads, bottom layer first.")
     params: CombineParams = Field(default_factory=CombineParams)
     webhook: WebhookSpec | None = None
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
     @field_validator("input_keys")
     @classmethod

@@ -3,13 +3,16 @@ validate requests and generate the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from layerq.edits import EditSource
-from layerq.params import DecomposeParams
-from layerq.scheduling import CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, PRIORITY_DOC, Priority
+from layerq.params import DecomposeParams, _integral
+from layerq.scheduling import (  # noqa: F401 (MAX_RETAIN_S re-exported)
+    CANCEL_AFTER_DOC, MAX_CANCEL_AFTER_S, MAX_RETAIN_S, PRIORITY_DOC, RETAIN_DESCRIPTION, Priority, RetainSeconds,
+)
 from layerq.webhooks import WebhookSpec
 
 MAX_BATCH_ITEMS = 10_000
@@ -35,6 +38,7 @@ class JobRequest(BaseModel):
     cache: bool = Field(True, description="Answer from an identical finished job of the same tenant, if any.")
     priority: Priority | None = Field(None, description=PRIORITY_DOC)
     cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
     _key = field_validator("input_key")(_check_upload_key)
 
@@ -69,6 +73,7 @@ class BatchRequest(BaseModel):
     dry_run: bool = Field(False, description="Estimate GPU-seconds and completion time; enqueue nothing.")
     priority: Priority | None = Field(None, description=PRIORITY_DOC)
     cancel_after_s: float | None = Field(None, gt=0, le=MAX_CANCEL_AFTER_S, description=CANCEL_AFTER_DOC)
+    retain_s: RetainSeconds | None = Field(None, description=RETAIN_DESCRIPTION)
 
 
 class UploadRequest(BaseModel):

@@ -57,7 +57,9 @@ class Admission:
             args=[repr(now), k.batch_prefix, k.backlog_prefix(queue), now - self.alive_within_s, self.ahead,
                   self.bulk_every, k.job(""), EXPIRED_ERROR],
         )
-        return [i for i in out if not i.startswith("!")], [i[1:] for i in out if i.startswith("!")]
+        expired = [i[1:] for i in out if i.startswith("!")]
+        self.jobs.retention.seal(expired)  # ended inside the script: start their retention clocks
+        return [i for i in out if not i.startswith("!")], expired
 
     def taken(self, queue: str, job_id: str) -> None:
         """A worker took the job's message: it no longer counts against the room on the broker."""
@@ -67,8 +69,10 @@ class Admission:
     def expire_due(self, queue: str, limit: int = 1000) -> list[str]:
         """End `expired` every queued job of `queue` past its deadline (wherever it waits); return their ids."""
         k = self.keys
-        return self._expire(keys=[k.deadlines(queue), k.queued(queue)],
-                            args=[repr(time.time()), k.batch_prefix, k.job(""), EXPIRED_ERROR, limit])
+        expired = self._expire(keys=[k.deadlines(queue), k.queued(queue)],
+                               args=[repr(time.time()), k.batch_prefix, k.job(""), EXPIRED_ERROR, limit])
+        self.jobs.retention.seal(expired)
+        return expired
 
     def forget_stale(self, queue: str) -> int:
         """Drop `admitted` entries of jobs no longer queued (canceled or expired on the broker and

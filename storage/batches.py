@@ -24,6 +24,7 @@ class BatchStore:
     def create(
         self, batch_id: str, jobs: list[NewJob], *, tenant: str, meta: dict[str, Any], all_ids: list[str],
         cached: list[tuple[str, dict[str, Any], dict[str, Any]]] = (),  # type: ignore[assignment]
+        retain_s: int = 0,
     ) -> None:
         """Write the batch, its queued jobs and its jobs answered from the cache (`(job_id, params,
         source record)`) in one round trip (no Redis call per item). `all_ids` is every job of the
@@ -35,11 +36,12 @@ class BatchStore:
         for i in range(0, len(all_ids), 5000):
             pipe.rpush(ids_key, *all_ids[i : i + 5000])
         for k in (key, ids_key):
-            pipe.expire(k, self._jobs.ttl_s)
+            # A batch lives as long as its jobs may: unfinished ones `ttl_s`, finished ones `retain_s`.
+            pipe.expire(k, max(self._jobs.ttl_s, retain_s))
         self._jobs.create_many(jobs, pipe=pipe)
         for job_id, params, source in cached:
             self._jobs.create_cached(job_id, params=params, source=source, tenant=tenant, batch_id=batch_id,
-                                     webhook=meta.get("webhook"), pipe=pipe)
+                                     webhook=meta.get("webhook"), pipe=pipe, retain_s=retain_s)
         pipe.execute()
 
     def get(self, batch_id: str) -> dict[str, Any]:

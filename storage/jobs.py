@@ -24,10 +24,11 @@ from layerq.results import with_object_keys
 from storage import lua
 from storage.client import connect
 from storage.keys import Keys
+from storage.retention import Retention
 
 EXPIRED_ERROR = json.dumps({"code": "expired", "message": "the job did not start within its cancel_after_s"})
 JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
-TIME_FIELDS = ("created_at", "started_at", "finished_at")
+TIME_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class NewJob:
     """`interactive` or `bulk` (storage/admission.py admits interactive first)."""
     cancel_after_s: float = 0.0
     """Time allowed in the queue: not started by then, the job ends `expired` (0: no deadline)."""
+    retain_s: int = 0
+    """How long its results live once it ends; 0: the store's `ttl_s` (storage/retention.py)."""
 
 
 def new_job_id() -> str:
@@ -80,6 +83,7 @@ class JobStore:
         self._begin = client.register_script(lua.BEGIN_ATTEMPT)
         self._progress = client.register_script(lua.PROGRESS)
         self._cancel = client.register_script(lua.CANCEL)
+        self.retention = Retention(client, self.keys, ttl_s)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "JobStore":
@@ -114,6 +118,7 @@ class JobStore:
                 "params": json.dumps(job.params), "input_key": job.input_key, "created_at": repr(now),
                 "attempts": 0, "progress": '{"stage": "queued", "step": 0, "total": 0}',
                 "batch_id": job.batch_id, "tenant": job.tenant, "cache_key": job.cache_key,
+                "retain_s": job.retain_s or self.ttl_s,
             }
             if job.webhook:
                 record["webhook"] = json.dumps(job.webhook)
@@ -140,12 +145,13 @@ class JobStore:
                 # between this write and the send, a worker finds it here and sends it (mark_sent).
                 # Fair queues mark a job unsent when it is admitted (storage/admission.py).
                 pipe.zadd(self.keys.unsent(queue), members)
+            self.retention.index_at_creation(pipe, {j: now + self.ttl_s for j in members})
         if own:
             pipe.execute()
 
     def create_cached(
         self, job_id: str, *, params: dict[str, Any], source: dict[str, Any], tenant: str, batch_id: str = "",
-        webhook: dict[str, Any] | None = None, pipe: redis.client.Pipeline | None = None,
+        webhook: dict[str, Any] | None = None, pipe: redis.client.Pipeline | None = None, retain_s: int = 0,
     ) -> None:
         """A job answered at once by an identical finished job: succeeded on creation, pointing at the
         source job's result objects (by their stored keys: nothing is written under the new job's
@@ -164,10 +170,13 @@ class JobStore:
         if webhook:
             p.hset(key, "webhook", json.dumps(webhook))
         p.rpush(self.keys.job_log(job_id), f"none>succeeded@{now}")
-        # A cached job lives no longer than the results it points to.
-        ttl = self.remaining_ttl_s(source["id"])
+        # A cached job lives no longer than the results it points to (nor than its own retain_s).
+        own_until = time.time() + (retain_s or self.ttl_s)
+        source_until = float(source.get("expires_at") or time.time() + self.remaining_ttl_s(source["id"]))
+        until = min(own_until, source_until)
+        p.hset(key, mapping={"retain_s": retain_s or self.ttl_s, "expires_at": repr(until)})
         for k in (key, self.keys.job_log(job_id)):
-            p.expire(k, ttl)
+            p.expireat(k, int(until))
         if batch_id:
             p.hincrby(self.keys.batch(batch_id), "n_succeeded", 1)
         if pipe is None:
@@ -228,6 +237,8 @@ class JobStore:
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         if outcome == "refused":
             raise IllegalTransition(f"job {job_id} is {current}; cannot move to {new.value}")
+        if new.is_terminal():
+            self.retention.seal([job_id])
         return JobStatus(current)
 
     def begin_attempt(
@@ -243,6 +254,8 @@ class JobStore:
         keys = [self.keys.job(job_id), self.keys.queued(queue), self.keys.workers(queue), self.keys.admitted(queue)]
         args = [*self._common(), max_deliveries, error, worker, time.time() - alive_within_s, EXPIRED_ERROR]
         outcome, detail = self._begin(keys=keys, args=args)
+        if outcome == "lost" or (outcome == "skip" and detail in (JobStatus.CANCELED.value, JobStatus.EXPIRED.value)):
+            self.retention.seal([job_id])  # ended inside the script: start its retention clock
         if outcome == "run":
             return Attempt(run=True, attempts=int(detail), status="running")
         if outcome == "lost":
@@ -271,6 +284,8 @@ class JobStore:
             counts = self._cancel(keys=[self.keys.queued(queue)], args=[*self._common(), *keys])
             for name, n in zip(totals, counts):
                 totals[name] += int(n)
+            if int(counts[0]):
+                self.retention.seal(job_ids[i : i + chunk])  # only the ones that ended are sealed
         return totals
 
     def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float]) -> JobStatus:

@@ -127,3 +127,27 @@ class Keys:
     def stats_samples(self, kind: str) -> str:
         """Hash (JSON lists): the last samples behind each median."""
         return f"{self.prefix}:stats:{kind}:samples"
+
+    # --- retention (storage/retention.py) -----------------------------------------------------
+    def retention(self) -> str:
+        """Sorted set: job id → when its objects may be deleted (unix seconds). Outlives the job
+        records it indexes, so the reaper still knows a job's prefix after its record expired."""
+        return f"{self.prefix}:retention"
+
+    def reaping_results(self) -> str:
+        """String (lock, one reaper pass): which CPU worker is deleting expired results now."""
+        return f"{self.prefix}:reaping-results"
+
+    # --- API keys (storage/apikeys.py) --------------------------------------------------------
+    def api_key(self, key_id: str) -> str:
+        """Hash: one API key: tenant, sha256 of the secret, created_at, revoked_at. No expiry."""
+        return f"{self.prefix}:apikey:{key_id}"
+
+    def api_keys(self) -> str:
+        """Set: every API key id ever issued (for `layerq keys list`)."""
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def rate_limit_prefix(self) -> str:
+        """What flask-limiter prepends to its counters (it writes them itself, through `limits`)."""
+        return f"{self.prefix}:ratelimit"

@@ -13,6 +13,7 @@ from celery import Celery
 
 from layerq.config import Settings
 from storage.admission import Admission
+from storage.apikeys import ApiKeyStore
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
@@ -45,6 +46,7 @@ class Services:
     """Parents and children of layer-set jobs."""
     admission: Admission
     """Fair admission of queued jobs to the broker (a no-op unless `fair_queues`)."""
+    api_keys: ApiKeyStore
     edit_stats: ServiceTimes | None = None
     """Service times of edit jobs (their own buckets: an edit's cost does not depend on layer counts)."""
 
@@ -77,4 +79,5 @@ class Services:
             edit_stats=ServiceTimes(client, prefix, "edit"),
             admission=Admission(client, jobs, ahead=settings.admit_ahead, bulk_every=settings.bulk_every,
                                 alive_within_s=settings.worker_heartbeat_s * 3),
+            api_keys=ApiKeyStore(client, key_prefix=prefix),
         )

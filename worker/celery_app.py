@@ -7,7 +7,7 @@ from celery import Celery
 from layerq.celery_app import make_celery
 from layerq.config import Settings
 from layerq.queues import DECOMPOSE_QUEUE
-from worker import tasks, webhooks
+from worker import reaper, tasks, webhooks
 from worker.layersets import jobs as layerset_jobs
 
 
@@ -17,4 +17,5 @@ def make_worker_app(settings: Settings | None = None, queues: str = DECOMPOSE_QU
     tasks.register(app)
     webhooks.register(app)
     layerset_jobs.register(app)
+    reaper.register(app)
     return app
