@@ -203,6 +203,22 @@ def test_repeated_job_is_served_from_the_cache(stack, client):
     assert post_job(stack, params, image=image).status_code == 202
 
 
+def test_a_job_that_opts_out_of_the_cache_neither_reads_nor_writes_it(stack, client):
+    image = sample_png(184, 152)
+    params = {**QUICK, "seed": 44}
+    first = client.wait(post_job(stack, params, image=image).json()["id"], timeout_s=60)
+    assert first["status"] == "succeeded"
+    # The opt-out runs although an identical job finished (no read)...
+    opted_out = post_job(stack, params, image=image, extra={"cache": "false"})
+    assert opted_out.status_code == 202 and opted_out.json()["cached_from"] is None
+    assert client.wait(opted_out.json()["id"], timeout_s=60)["status"] == "succeeded"
+    # ...and, finished, does not take the entry over (no write): the next request is still the first's.
+    again = post_job(stack, params, image=image)
+    assert again.status_code == 200 and again.json()["cached_from"] == first["id"]
+    r = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    assert not r.hget(f"{stack.settings.key_prefix}:job:{opted_out.json()['id']}", "cache_key")
+
+
 # --- dry run -------------------------------------------------------------------------------------
 
 def test_dry_run_estimates_without_enqueueing(stack, client):
