@@ -105,8 +105,11 @@ def submit(
             runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
                                    webhook=webhook, retain_s=retain_s or 0, **kind, **schedule.job_fields()))
             continue
-        digest = item.source_digest or hashlib.sha256(item.data or b"").hexdigest()
-        ckey = svc.cache.key_for(tenant, digest, params, item.model or svc.settings.model)
+        # An opt-out (`cache: false`) neither reads the cache nor writes it: without a key on its record
+        # its worker cannot point the entry at it (ResultCache.remember), so the entry stays the
+        # first identical job's.
+        ckey = svc.cache.key_for(tenant, item.source_digest or hashlib.sha256(item.data or b"").hexdigest(),
+                                 params, item.model or svc.settings.model) if use_cache else ""
         source = svc.cache.lookup(ckey, tenant) if use_cache else None
         if source is not None:
             cached.append((job_id, params, source))
