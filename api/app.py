@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     contract.register(app)
     auth.register(app, settings, app.extensions[EXTENSION].api_keys)  # before the limiter: it keys on the caller
     limits.register(app, settings)
-    observability.register(app, app.extensions[EXTENSION].jobs.queued_count)
+    observability.register(app, app.extensions[EXTENSION].jobs.queued_by_priority)
     if settings.log_format == "json":
         setup_logging("json")
     # Read each body to its end under a deadline before the app runs (see api/body_deadline.py).

@@ -52,18 +52,26 @@ FAMILIES = {m._name for m in (HTTP_REQUESTS, HTTP_SECONDS, JOBS_SUBMITTED, JOBS,
 
 
 class QueueDepth:
-    """`layerq_queue_depth{queue}`: jobs waiting in each queue, read from Redis on every scrape."""
+    """`layerq_queue_depth{queue,priority}`: jobs waiting in each queue by priority, read from Redis on
+    every scrape (so every API process reports the same, with no per-process state to add up).
+    `sum by (queue)` is the depth of a queue."""
 
-    def __init__(self, count: Callable[[str], int], queues: tuple[str, ...] = ("decompose",)) -> None:
+    def __init__(self, count: Callable[[str], dict[str, int]], queues: tuple[str, ...] = ("decompose",)) -> None:
         self.count, self.queues = count, queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(QUEUE_DEPTH, "Jobs queued and not yet started", labels=["queue"])
+        family = GaugeMetricFamily(QUEUE_DEPTH, "Jobs queued and not yet started, by queue and priority "
+                                   "(none: jobs without one; uncounted: beyond the scan bound)",
+                                   labels=["queue", "priority"])
         for queue in self.queues:
             try:
-                family.add_metric([queue], self.count(queue))
+                by_priority = self.count(queue)
             except Exception:  # Redis down: /healthz says so; a scrape should still answer
                 log.warning("queue depth of %s unavailable", queue, exc_info=True)
+                continue
+            # The admitted priorities always appear (0 too), so a panel shows a line, not a gap.
+            for priority in sorted(set(by_priority) | {"interactive", "bulk"}):
+                family.add_metric([queue, priority], by_priority.get(priority, 0))
         yield family
 
 

@@ -83,6 +83,7 @@ class JobStore:
         self._begin = client.register_script(lua.BEGIN_ATTEMPT)
         self._progress = client.register_script(lua.PROGRESS)
         self._cancel = client.register_script(lua.CANCEL)
+        self._by_priority = client.register_script(lua.QUEUED_BY_PRIORITY)
         self.retention = Retention(client, self.keys, ttl_s)
 
     @classmethod
@@ -222,6 +223,17 @@ class JobStore:
 
     def queued_count(self, queue: str) -> int:
         return int(self._r.zcard(self.keys.queued(queue)))
+
+    def queued_by_priority(self, queue: str, scan_max: int = 20_000) -> dict[str, int]:
+        """Jobs queued on `queue` by priority (`interactive`, `bulk`; `none` for jobs without one: the
+        cpu queue's compose and combine). One script reads each queued job's priority inside Redis,
+        the oldest `scan_max` of them (about 1 µs each, so a scrape blocks Redis for ~20 ms at most);
+        any beyond are counted as `uncounted`, so the sum over priorities is always the exact depth."""
+        total, counted, *pairs = self._by_priority(keys=[self.keys.queued(queue)], args=[self.keys.job(""), scan_max])
+        out = {(pairs[i] or "none"): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        if int(total) > int(counted):
+            out["uncounted"] = int(total) - int(counted)
+        return out
 
     # --- transitions ---------------------------------------------------------------------------
     def transition(self, job_id: str, new: JobStatus, *, queue: str = DECOMPOSE_QUEUE, **fields: Any) -> JobStatus:

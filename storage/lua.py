@@ -187,3 +187,22 @@ for _, id in ipairs(due) do
 end
 return out
 """
+
+# Queued jobs of one queue by priority (metrics, read at scrape time). KEYS: queued zset.
+# ARGV[1]: job key prefix, ARGV[2]: most jobs looked at (the oldest first).
+# Returns {total, counted, priority1, n1, priority2, n2, ...}; a job without a priority counts as ''.
+QUEUED_BY_PRIORITY = """
+local total = redis.call('ZCARD', KEYS[1])
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local counts = {}
+for _, id in ipairs(ids) do
+  local p = redis.call('HGET', ARGV[1] .. id, 'priority') or ''
+  counts[p] = (counts[p] or 0) + 1
+end
+local out = {total, #ids}
+for p, n in pairs(counts) do
+  table.insert(out, p)
+  table.insert(out, n)
+end
+return out
+"""

@@ -90,7 +90,8 @@ def test_metrics_count_a_job_across_two_api_processes_and_on_the_worker(make_sta
         assert value(text, "layerq_jobs_submitted_total", kind="decompose", source="job") == 1
         assert value(text, "layerq_http_requests_total", method="GET", route="/livez", status="200") == livez
         assert value(text, "layerq_http_requests_total", method="POST", route="/v1/jobs", status="202") == 1
-        assert any(n == "layerq_queue_depth" and lab == {"queue": "decompose"} for n, lab, _ in samples(text))
+        assert any(n == "layerq_queue_depth" and lab == {"queue": "decompose", "priority": "interactive"}
+                   for n, lab, _ in samples(text))
         assert value(text, "layerq_http_request_duration_seconds_count", route="/livez") == livez
 
     # The decompose worker's exporter (the CPU worker may hold the first port: it then takes the next).
@@ -118,3 +119,28 @@ def test_metrics_count_a_job_across_two_api_processes_and_on_the_worker(make_sta
     about_job = [entry for entry in lines if isinstance(entry, dict) and entry.get("job_id") == job["id"]]
     assert about_job, "no JSON log line carries the job id"
     assert all(entry["tenant"] == "public" for entry in about_job)
+
+
+@pytest.mark.e2e
+def test_queue_depth_by_queue_and_priority_is_the_same_from_either_api_process(make_stack):
+    # No worker: every job stays queued, so the depth is known exactly.
+    stack = make_stack(workers=0)
+    assert stack.api_workers == 2
+    image = sample_png(64, 64)
+    for _ in range(2):  # single jobs are interactive by default
+        resp = requests.post(stack.url + "/v1/jobs", files={"image": ("a.png", image, "image/png")},
+                             data={"params": json.dumps({"layers": 2}), "cache": "false"}, timeout=30)
+        assert resp.status_code == 202, resp.text
+    batch = {"defaults": {"layers": 2}, "items": [{"file": "f"}] * 3, "cache": False}  # a batch is bulk
+    resp = requests.post(stack.url + "/v1/batches", files={"f": ("f.png", image, "image/png")},
+                         data={"batch": json.dumps(batch)}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    resp = requests.post(stack.url + "/v1/edits", files={"image": ("e.png", image, "image/png")},
+                         data={"params": json.dumps({"prompt": "red"}), "priority": "bulk"}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    for _ in range(4):  # both processes answer in turn; each reads the depth from Redis
+        text = requests.get(stack.url + "/metrics", timeout=10).text
+        depth = {(lab["queue"], lab["priority"]): v for n, lab, v in samples(text) if n == "layerq_queue_depth"}
+        assert depth[("decompose", "interactive")] == 2 and depth[("decompose", "bulk")] == 3
+        assert depth[("edit", "bulk")] == 1 and depth[("edit", "interactive")] == 0
+        assert depth[("cpu", "interactive")] == 0 and depth[("cpu", "bulk")] == 0
