@@ -12,7 +12,8 @@ JSON Schema can state, so that "schema-valid request rejected" keeps meaning a r
 - an `image` part must be a decodable image: positive cases draw real ones (PNG, JPEG, WebP);
 - a combine's `layers` are file parts, but schemathesis sends the items of an array of binaries
   without a filename (form fields, not files): positive multipart combines name an upload in JSON
-  instead (multipart combines with files are covered by tests/test_layerset_jobs.py).
+  instead (multipart combines with files are covered by tests/test_layerset_jobs.py), its
+  `retain_s` form field becoming the JSON number.
 - an edit's `matte: "model"` needs a matte model the server is configured with: positive cases use
   `chroma` instead; an edit batch's dry run needs a measured edit job (the fuzz stack has no edit
   worker): positive edit batches are submitted instead (their sources and uploads do not exist: 404).
@@ -86,6 +87,8 @@ def map_case(ctx, case):
         case.multipart_content_types = None
         case.body = {"input_keys": ["uploads/fuzz/input.png"],
                      **{k: v for k, v in body.items() if k in ("params", "webhook")}}
+        if isinstance(body.get("retain_s"), str) and body["retain_s"].isdigit():
+            case.body["retain_s"] = int(body["retain_s"])  # a form field's digits; JSON's is a number
     # `matte: "model"` needs a server-configured matte model.
     batch = body.get("batch") if isinstance(body.get("batch"), dict) else body
     holders = [body.get("params"), batch.get("defaults"),

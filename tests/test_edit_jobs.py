@@ -11,6 +11,7 @@ import io
 import json
 import signal
 import zipfile
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -137,6 +138,46 @@ def test_cancel_a_running_edit(stack, client, parent):
     final = client.wait(job["id"], timeout_s=120)
     assert final["status"] == "canceled" and final["progress"]["step"] < 200
     assert not [k for k in job_objects(stack, job["id"]) if not k.endswith("input.png")]
+
+
+def test_an_edit_carries_its_priority_and_retain_s_and_streams_its_events(stack, client, parent):
+    body = {"source": {"job_id": parent["id"], "layer": 0}, "params": {**EDIT, "prompt": "make it blue"},
+            "priority": "bulk", "retain_s": 3600, "cache": False}
+    resp = requests.post(f"{stack.url}/v1/edits", json=body, timeout=60)
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["kind"] == "edit" and job["priority"] == "bulk" and job["retained_until"] is None
+    events = list(client.events(f"/v1/jobs/{job['id']}/events"))
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and names.count("done") == 1 and "progress" in names, names
+    final = events[-1][1]
+    assert final["status"] == "succeeded" and final["result"]["layers"], final.get("error")
+    finished = datetime.fromisoformat(final["finished_at"].replace("Z", "+00:00"))
+    until = datetime.fromisoformat(final["retained_until"].replace("Z", "+00:00"))
+    assert abs((until - finished).total_seconds() - 3600) < 1  # retained from its end
+    bad = requests.post(f"{stack.url}/v1/edits", json={**body, "priority": "soon"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "priority"
+    form = {"params": json.dumps({"prompt": "red"}), "cancel_after_s": "0"}
+    bad = requests.post(f"{stack.url}/v1/edits", files={"image": ("e.png", sample_png(32, 32), "image/png")},
+                        data=form, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "cancel_after_s"
+
+
+def test_an_edit_not_started_within_its_cancel_after_s_expires_without_running(stack, client, parent):
+    busy = client.edit(parent["id"], 0, "make it teal", {"num_inference_steps": 200, "seed": 13}, cache=False)
+    wait_running(client, busy["id"], min_step=1, timeout_s=300)
+    # The one edit worker is busy: this edit cannot start within its second.
+    form = {"params": json.dumps({"prompt": "make it pink", "num_inference_steps": 2}), "cancel_after_s": "1"}
+    resp = requests.post(f"{stack.url}/v1/edits", files={"image": ("e.png", sample_png(48, 48), "image/png")},
+                         data=form, timeout=30)
+    assert resp.status_code == 202 and resp.json()["deadline_at"] is not None, resp.text
+    ended = client.wait(resp.json()["id"], timeout_s=120)
+    requests.post(f"{stack.url}/v1/jobs/{busy['id']}/cancel", timeout=30)
+    assert ended["status"] == "expired" and ended["error"]["code"] == "expired"
+    assert ended["started_at"] is None and ended["attempts"] == 0
+    log = transition_log(stack, ended["id"])
+    assert len(log) == 1 and log[0].startswith("queued>expired@"), log
+    assert client.wait(busy["id"], timeout_s=120)["status"] == "canceled"
 
 
 def test_sigkilled_edit_worker_mid_job_finishes_exactly_once(stack, client, parent):

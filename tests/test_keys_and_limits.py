@@ -95,6 +95,16 @@ def test_submissions_are_limited_per_key_and_route_with_retry_after(keys_stack):
     assert requests.post(f"{url}/v1/jobs", headers=bearer(second["key"]), data=bad, timeout=10).status_code == 400
 
 
+def test_every_route_that_creates_jobs_needs_a_key_and_is_limited(keys_stack):
+    key = new_key(keys_stack, "makers")["key"]
+    for path in ("/v1/edits", "/v1/layersets/decompose", "/v1/layersets/compose", "/v1/layersets/combine"):
+        url = keys_stack.url + path
+        assert requests.post(url, json={}, timeout=10).status_code == 401, path
+        # An empty body is a 400, which counts like any request: the third within the minute is refused.
+        codes = [requests.post(url, headers=bearer(key), json={}, timeout=10).status_code for _ in range(3)]
+        assert codes == [400, 400, 429], (path, codes)
+
+
 def test_event_streams_are_bounded_in_length_and_number(keys_stack):
     key = new_key(keys_stack, "streams")["key"]
     job_id = submit(keys_stack, key).json()["id"]

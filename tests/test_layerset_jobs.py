@@ -206,3 +206,29 @@ def test_combine_takes_uploaded_inputs_by_key(client):
     with pytest.raises(LayerqApiError) as err:
         other._post("/v1/layersets/combine", {"input_keys": keys})
     assert (err.value.status, err.value.field) == (404, "input_keys.0")
+
+
+def test_compose_and_decompose_again_carry_retain_s_and_stream_their_events(local_stack, client, parent):
+    # compose: on the cpu queue, sent at once (no priority, no deadline), retained as asked.
+    resp = requests.post(f"{local_stack.url}/v1/layersets/compose", timeout=30, json={
+        "source": {"job_id": parent["id"]}, "params": {"ops": [{"op": "hide", "index": 0}]}, "retain_s": 7200})
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["priority"] is None and resp.json()["deadline_at"] is None
+    events = list(client.events(f"/v1/jobs/{resp.json()['id']}/events"))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", events[-1]
+    done = events[-1][1]
+    held = (np.datetime64(done["retained_until"][:-1]) - np.datetime64(done["finished_at"][:-1])) / np.timedelta64(1, "s")
+    assert abs(held - 7200) < 1
+    # Not a field of compose: refused naming it, nothing enqueued.
+    bad = requests.post(f"{local_stack.url}/v1/layersets/compose", timeout=30, json={
+        "source": {"job_id": parent["id"]}, "params": {"ops": [{"op": "hide", "index": 0}]}, "priority": "bulk"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "priority"
+    # A layer decomposed again is a decompose job: admitted like one, with a priority and a deadline.
+    resp = requests.post(f"{local_stack.url}/v1/layersets/decompose", timeout=30, json={
+        "source": {"job_id": parent["id"], "layer": 1}, "params": {**FAST, "layers": 2},
+        "priority": "bulk", "cancel_after_s": 3600, "retain_s": 60})
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["priority"] == "bulk" and job["deadline_at"] is not None
+    events = list(client.events(f"/v1/jobs/{job['id']}/events"))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", events[-1]

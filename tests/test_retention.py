@@ -19,6 +19,7 @@ from layerq.jobs import JobStatus
 from storage.jobs import NewJob
 from storage.services import Services
 from tests.helpers import job_objects, wait_for
+from storage.retention import RECHECK_S
 from worker.reaper import reap_once
 
 
@@ -85,6 +86,43 @@ def test_sealing_twice_does_not_extend_and_a_canceled_queued_job_is_sealed(servi
     assert svc.jobs.get(job_id)["expires_at"] == first
     assert svc.jobs.retention.reap(svc.store, now=first + 1).jobs == [job_id]
     assert svc.store.list(objects.job_prefix(job_id)) == []
+
+
+def test_a_parent_waits_for_its_unfinished_children_and_its_lineage_goes_with_it(services: Services):
+    svc = services
+    grandparent = _job_with_objects(svc, retain_s=3600)
+    svc.jobs.succeed(grandparent, {"layers": []}, {})
+    parent = _job_with_objects(svc, retain_s=1)
+    svc.lineage.link(parent, grandparent, 0)
+    svc.jobs.succeed(parent, {"layers": []}, {})
+    # A compose made from the parent, not run yet: it will read the parent's layers.
+    child = uuid.uuid4().hex
+    svc.jobs.create_many([NewJob(child, {}, "", kind="compose", queue="cpu", retain_s=3600)])
+    svc.lineage.link(child, parent, None)
+
+    waiting = svc.jobs.retention.reap(svc.store, now=time.time() + 2)
+    assert waiting.jobs == [] and waiting.postponed == 1
+    assert len(svc.store.list(objects.job_prefix(parent))) == 3
+
+    svc.jobs.begin_attempt(child, max_deliveries=3, worker="w1", queue="cpu")
+    svc.jobs.succeed(child, {"layers": []}, {})
+    done = svc.jobs.retention.reap(svc.store, now=time.time() + RECHECK_S + 2)
+    assert done.jobs == [parent] and svc.store.list(objects.job_prefix(parent)) == []
+    # No link names the reaped parent any more; the child and the grandparent live on.
+    assert svc.lineage.of(parent) == (None, [])
+    assert svc.lineage.of(child) == (None, [])
+    assert svc.lineage.of(grandparent) == (None, [])
+    assert svc.jobs.get(child)["status"] == "succeeded" and svc.jobs.get(grandparent)["status"] == "succeeded"
+
+
+def test_a_job_that_expired_in_the_queue_is_sealed(services: Services):
+    svc = services
+    job_id = uuid.uuid4().hex
+    # A deadline already past when the sweep runs (cancel_after_s of a microsecond).
+    svc.jobs.create_many([NewJob(job_id, {}, objects.input_key(job_id), retain_s=5, cancel_after_s=1e-6)])
+    assert svc.admission.expire_due("decompose") == [job_id]
+    rec = svc.jobs.get(job_id)
+    assert rec["status"] == "expired" and rec["expires_at"] == pytest.approx(rec["finished_at"] + 5)
 
 
 def test_the_reaper_lock_lets_one_worker_reap_at_a_time(services: Services):
