@@ -123,12 +123,20 @@ def job_events(job_id: str):
     svc = services()
     job_id = owned_job(job_id)["id"]  # 404 (also for another tenant's job) before any stream opens
 
+    polls_since_end = 0
+
     def read():
+        nonlocal polls_since_end
         rec = svc.jobs.get_many([job_id])[0]
         if rec is None:
             return None, None, True
         view = job_view(rec, svc)
-        return _job_snapshot(view), view, JobStatus(rec["status"]).is_terminal()
+        if JobStatus(rec["status"]).is_terminal():
+            polls_since_end += 1
+        # A job is sealed (`retained_until`) one round trip after its terminal transition: the
+        # final event waits for it, one poll at most, so it carries what GET would answer.
+        ended = polls_since_end > 1 or (polls_since_end == 1 and rec.get("expires_at") is not None)
+        return _job_snapshot(view), view, ended
 
     return _stream(read, svc.settings)
 

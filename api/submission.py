@@ -100,10 +100,11 @@ def submit(
         job_id = new_job_id()
         out.job_ids.append(job_id)
         params = item.params.model_dump()
-        kind = {"kind": item.kind, "queue": item.queue}
+        # What every job of the request shares, whichever way its input came.
+        common = {"batch_id": batch_id, "tenant": tenant, "webhook": webhook, "retain_s": retain_s,
+                  "kind": item.kind, "queue": item.queue, **schedule.job_fields()}
         if item.data is None and item.source_digest is None:  # an upload: bytes unread here, so no cache key
-            runnable.append(NewJob(job_id, params, item.input_key or "", batch_id=batch_id, tenant=tenant,
-                                   webhook=webhook, retain_s=retain_s or 0, **kind, **schedule.job_fields()))
+            runnable.append(NewJob(job_id, params, item.input_key or "", **common))
             continue
         # An opt-out (`cache: false`) neither reads the cache nor writes it: without a key on its record
         # its worker cannot point the entry at it (ResultCache.remember), so the entry stays the
@@ -116,14 +117,11 @@ def submit(
             out.cached.add(job_id)
             continue
         if item.source_key is not None:
-            runnable.append(NewJob(job_id, params, item.source_key, batch_id=batch_id, tenant=tenant,
-                                   cache_key=ckey, webhook=webhook, **kind, **schedule.job_fields()))
+            runnable.append(NewJob(job_id, params, item.source_key, cache_key=ckey, **common))
             continue
         assert item.image is not None
         svc.store.put(objects.input_key(job_id), png_bytes(item.image), "image/png")
-        runnable.append(NewJob(job_id, params, objects.input_key(job_id), batch_id=batch_id, tenant=tenant,
-                               cache_key=ckey, webhook=webhook, retain_s=retain_s or 0, **kind,
-                               **schedule.job_fields()))
+        runnable.append(NewJob(job_id, params, objects.input_key(job_id), cache_key=ckey, **common))
     if batch_id:
         svc.batches.create(batch_id, runnable, tenant=tenant, meta=batch_meta or {}, all_ids=out.job_ids,
                            cached=cached, retain_s=retain_s)
