@@ -10,7 +10,8 @@ from typing import Any
 from flask import Flask, jsonify
 
 from api import (
-    auth, batches, contract, edits, errors, events, files, jobs, layersets, limits, observability, openapi, uploads, web,
+    auth, batches, contract, edits, errors, events, files, jobs, layersets, limits, observability, openapi, uploads,
+    web,
 )
 from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services

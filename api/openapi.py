@@ -28,7 +28,8 @@ SCHEDULE_FIELDS = {
     "priority": {"type": "string", "enum": list(PRIORITIES), "description": PRIORITY_DOC},
     "cancel_after_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CANCEL_AFTER_S,
                        "description": CANCEL_AFTER_DOC},
-    "retain_s": {"type": "string", "pattern": RETAIN_PATTERN, "description": "Seconds results are kept once the job ends"},
+    "retain_s": {"type": "string", "pattern": RETAIN_PATTERN,
+                 "description": "Seconds results are kept once the job ends"},
 }
 """The multipart form fields of a single-job submission that schedule it (layerq/scheduling.py) and
 say how long its results live (storage/retention.py)."""

@@ -217,7 +217,8 @@ def test_compose_and_decompose_again_carry_retain_s_and_stream_their_events(loca
     events = list(client.events(f"/v1/jobs/{resp.json()['id']}/events"))
     assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", events[-1]
     done = events[-1][1]
-    held = (np.datetime64(done["retained_until"][:-1]) - np.datetime64(done["finished_at"][:-1])) / np.timedelta64(1, "s")
+    held = ((np.datetime64(done["retained_until"][:-1]) - np.datetime64(done["finished_at"][:-1]))
+            / np.timedelta64(1, "s"))
     assert abs(held - 7200) < 1
     # Not a field of compose: refused naming it, nothing enqueued.
     bad = requests.post(f"{local_stack.url}/v1/layersets/compose", timeout=30, json={
