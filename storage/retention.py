@@ -15,8 +15,9 @@ unfinished child (a recursive decomposition, compose or edit made from it, stora
 still to read: an index entry whose record says so is pushed back. A reaped job's lineage goes with
 it (its parent and children links, its id in its parent's list, its children's links to it); a
 finished child keeps its own objects, it never points into its parent's. Deleting is idempotent (a
-prefix already gone deletes nothing), and the record is deleted before the objects, so the result cache (which only answers from a live
-succeeded record) can never hand out a job whose objects are being deleted.
+prefix already gone deletes nothing), and the record is deleted before the objects, so the result
+cache (which only answers from a live succeeded record) can never hand out a job whose objects are
+being deleted.
 """
 
 from __future__ import annotations
