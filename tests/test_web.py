@@ -122,6 +122,13 @@ def wait_for_file(folder: Path, prefix: str, suffix: str, timeout_s: float = 60)
     raise AssertionError(f"no {prefix}*{suffix} downloaded into {folder}: {sorted(p.name for p in folder.iterdir())}")
 
 
+def progress_path(base: str) -> str:
+    """How the page must follow jobs on this server: server-sent events where its OpenAPI document lists
+    `/v1/jobs/{id}/events`, else polling (and no probe of a missing route, which the console would log)."""
+    paths = requests.get(base + "/openapi.json", timeout=30).json()["paths"]
+    return "events" if "/v1/jobs/{id}/events" in paths else "polling"
+
+
 def failing_job(base: str) -> str:
     """A job on an uploaded input that is not an image: accepted (the API never reads uploads), then
     failed by the worker with `invalid_image`."""
@@ -156,6 +163,7 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
         screenshot(d, shots, "decompose-progress")  # when the job is still queued or running
     wait(d, lambda d: by_id(d, "result").is_displayed(), JOB_WAIT_S, "the job never finished: " + by_id(d, "progress-text").text)
     assert "succeeded" in by_id(d, "progress-text").text
+    assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(local_stack.url)
     assert len(d.find_elements("css selector", "#gallery li")) == 3
     assert by_id(d, "result-meta").text.startswith("3 layers")
 
@@ -341,7 +349,7 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
 
     # Accept (from the keyboard): the edit's set is now the page's: gallery, downloads, further edits.
     by_id(d, "edit-accept").send_keys(Keys.ENTER)
-    wait(d, lambda d: by_id(d, "result").is_displayed() and by_id(d, "result-meta").text.startswith("Edit of layer 2"),
+    wait(d, lambda d: by_id(d, "result").is_displayed() and "Edit of layer 2" in by_id(d, "result-meta").text,
          60, "the accepted set never showed")
     edit_id = by_id(d, "progress-text").text.split()[1].rstrip(":")
     assert len(d.find_elements("css selector", "#gallery li")) == 3
@@ -358,7 +366,7 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
     by_id(d, "composite").send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
     assert composite_signature(d) != shown
     by_id(d, "save-arrangement").send_keys(Keys.ENTER)
-    wait(d, lambda d: by_id(d, "result").is_displayed() and by_id(d, "result-meta").text.startswith("Arrangement of"),
+    wait(d, lambda d: by_id(d, "result").is_displayed() and "Arrangement of" in by_id(d, "result-meta").text,
          JOB_WAIT_S, "the saved arrangement never showed: " + by_id(d, "progress-text").text)
     # Three reorders (one per layer, bottom up), one move, one hide.
     assert f"Arrangement of {edit_id[:8]} (5 operations)" in by_id(d, "result-meta").text
@@ -382,3 +390,4 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
 
     problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert problems == []
+    assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(edit_stack.url)

@@ -93,6 +93,9 @@ export function follow(job) {
   hideError($("decompose-error"));
   $("progress-box").hidden = false;
   update(job);
+  // A finished job (opened from a list, an accepted edit) needs no watch: a second read would show
+  // its layers again and undo whatever the user arranged meanwhile.
+  if (["succeeded", "failed", "canceled"].includes(job.status)) return;
   watcher = watchJob(job.id, {
     onUpdate: update,
     onError: (err) => { showError($("decompose-error"), err, "Lost the job"); finish(); },
@@ -139,7 +142,7 @@ async function showResult(job) {
     showError($("decompose-error"), err, "Could not load the layers");
     return;
   }
-  $("result-meta").textContent = `${describeSet(job)} · ${r.layers.length} layers · ${first.width}×${first.height} · links valid until ${new Date(r.expires_at).toLocaleString()}`;
+  $("result-meta").textContent = `${r.layers.length} layers · ${first.width}×${first.height} · ${describeSet(job)} · links valid until ${new Date(r.expires_at).toLocaleString()}`;
   const list = $("exports");
   list.replaceChildren();
   for (const [fmt, url] of Object.entries(r.exports)) {

@@ -10,11 +10,7 @@ import { el, range } from "./settings.js";
 import { describeJob, fraction, watchJob } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
-const MATTES = {
-  chroma: "chroma — key out the green backdrop (shape may change)",
-  keep: "keep — the original layer's alpha (recolours, textures)",
-  model: "model — a segmentation model (only where the server has one)",
-};
+const MATTES = { chroma: "chroma (key out green)", keep: "keep (layer's own alpha)", model: "model (segmentation)" };
 
 let source = null; // the set edited: a succeeded job
 let editJob = null;

@@ -39,6 +39,7 @@ export async function refresh() {
   }
   if (mine !== generation) return;
   $("jobs-more").hidden = !cursor;
+  $("jobs-forget").hidden = Boolean(apiKey()); // the server's list is not the browser's to forget
   $("jobs-empty").hidden = rows.length > 0;
   tbody.replaceChildren(...rows);
 }

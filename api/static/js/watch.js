@@ -81,6 +81,7 @@ function stream(path, handle, onError, fallback) {
       } catch (err) {
         if (stopped) return;
         if (err.status === 404) { stopped = true; onError(err); return; }
+        transport("polling after a failed stream");
         polling = fallback(); // 503 (no free stream slot), a proxy that buffers, a dropped connection
         return;
       }
@@ -91,11 +92,19 @@ function stream(path, handle, onError, fallback) {
   return { stop() { stopped = true; abort.abort(); polling?.stop(); } };
 }
 
+/** How the page last followed progress, on <html data-progress>: for people reading the DOM and for
+ * the browser tests, which check which path ran. */
+function transport(how) { document.documentElement.dataset.progress = how; }
+
 /** Start `watch` at once, or an event stream if the server documents one: the choice needs
  * /openapi.json (read once per page), so the handle is returned before it is made. */
 function choose(prefix, useStream, usePoll) {
   let inner = null, stopped = false;
-  hasEvents(prefix).then((yes) => { if (!stopped) inner = yes ? useStream() : usePoll(); });
+  hasEvents(prefix).then((yes) => {
+    if (stopped) return;
+    transport(yes ? "events" : "polling");
+    inner = yes ? useStream() : usePoll();
+  });
   return { stop() { stopped = true; inner?.stop(); } };
 }
 
@@ -105,6 +114,8 @@ export function watchJob(jobId, { onUpdate, onError = () => {}, intervalMs = 100
   let last = { id: jobId };
   const handle = (name, data) => {
     if (name === "progress") {
+      // The last progress event already says "succeeded" but has no result: `done`, next, has it.
+      if (TERMINAL.has(data.status)) return false;
       // A progress event is a snapshot of what changes; the view keeps the rest of the record.
       last = { ...last, status: data.status, queue_position: data.queue_position, eta_s: data.eta_s,
                progress: { stage: data.stage, step: data.step, total: data.total } };
