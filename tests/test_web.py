@@ -364,13 +364,17 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
     by_id(d, "down-2").click()
     by_id(d, "sel-2").click()
     by_id(d, "composite").send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
-    assert composite_signature(d) != shown
+    arranged = composite_signature(d)
+    assert arranged != shown
     by_id(d, "save-arrangement").send_keys(Keys.ENTER)
     wait(d, lambda d: by_id(d, "result").is_displayed() and "Arrangement of" in by_id(d, "result-meta").text,
          JOB_WAIT_S, "the saved arrangement never showed: " + by_id(d, "progress-text").text)
     # Three reorders (one per layer, bottom up), one move, one hide.
     assert f"Arrangement of {edit_id[:8]} (5 operations)" in by_id(d, "result-meta").text
     assert len(d.find_elements("css selector", "#gallery li")) == 2  # the hidden layer is not in the new set
+    # The server's new set, drawn as it is, is pixel for pixel what the page showed before saving: the
+    # ops carry the order, the direction of the move and the hidden layer right.
+    assert composite_signature(d) == arranged
     formats = {a.get_attribute("data-format") for a in d.find_elements("css selector", "#exports a")}
     assert formats == {"psd", "pptx", "zip", "ora"}
     already = {p.name for p in downloads.iterdir()}
