@@ -8,7 +8,7 @@ from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_job, services
 from api.form import form_flag, form_seconds
 from api.idempotency import idempotent
-from api.paging import page_of_jobs
+from api.paging import page_of_jobs, page_of_own_jobs
 from api.answers import answer_one
 from api.submission import Item, check_webhook
 from api.views import job_view
@@ -89,10 +89,11 @@ def cancel_job(job_id: str):
 
 @bp.get("/v1/jobs")
 def list_jobs():
-    """`?batch=<id>&status=<s>&cursor=<n>&limit=<n>`: a batch's jobs in submission order."""
+    """`?batch=<id>&status=<s>&cursor=<n>&limit=<n>`: a batch's jobs in submission order. Without
+    `batch`: the caller's own jobs outside batches, newest first (`page_of_own_jobs`)."""
     batch_id = request.args.get("batch")
     if batch_id is None:
-        raise ValidationFailed("listing needs a batch (?batch=<id>)", field="batch")
+        return jsonify(page_of_own_jobs())
     return jsonify(page_of_jobs(batch_id))  # checks the query and the id before the batch
 
 

@@ -258,11 +258,16 @@ def build_document() -> dict[str, Any]:
         "paths": {
             "/v1/jobs": {
                 "get": {
-                    "summary": "A batch's jobs in submission order, optionally of one status",
+                    "summary": "A batch's jobs in submission order, or the caller's own jobs newest first",
                     "operationId": "listJobs",
+                    "description": "With `batch`: that batch's jobs in submission order. Without it: the jobs "
+                                   "the caller's API key submitted outside batches (decompositions, edits, "
+                                   "layer-set jobs), newest first; `next_cursor` pages back in time. Callers "
+                                   "without a key share the public tenant, whose jobs are not listed (an empty "
+                                   "page): anyone could read them.",
                     "parameters": [
-                        {"name": "batch", "in": "query", "required": True, "schema": {"type": "string",
-                                                                                       "pattern": ID_PATTERN}},
+                        {"name": "batch", "in": "query", "required": False, "schema": {"type": "string",
+                                                                                        "pattern": ID_PATTERN}},
                         {"name": "status", "in": "query", "required": False, "schema": _ref(JobStatus)},
                         {"name": "cursor", "in": "query", "required": False,
                          "schema": {"type": "string", "pattern": CURSOR_PATTERN},

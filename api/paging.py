@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from flask import request
 
 from api.context import owned_batch, services
+from api.tenancy import PUBLIC, tenant
 from api.views import job_view
 from layerq.errors import ValidationFailed
 from layerq.jobs import JobStatus
@@ -76,3 +77,29 @@ def page(batch_id: str) -> dict:
         else:
             pos += len(ids)
     return {"items": out, "next_cursor": str(pos) if pos is not None else None}
+
+
+def page_of_own_jobs() -> dict:
+    """The caller's jobs outside batches, newest first; `next_cursor` is the creation time (in
+    microseconds) of the page's last job, so jobs submitted meanwhile never shift a page.
+
+    Callers without an API key share the `public` tenant: listing it would hand every anonymous
+    caller everyone else's job ids (which are otherwise unguessable), so it answers an empty page
+    and such callers keep the ids they were given."""
+    svc = services()
+    query = checked_query()
+    if tenant() == PUBLIC:
+        return {"items": [], "next_cursor": None}
+    out: list[dict] = []
+    before = query.cursor or None
+    while len(out) < query.limit:
+        rows = svc.jobs.tenant_job_ids(tenant(), before, query.limit * 2)
+        if not rows:
+            return {"items": out, "next_cursor": None}
+        for (_, created_us), rec in zip(rows, svc.jobs.get_many([job_id for job_id, _ in rows])):
+            before = created_us
+            if rec and (query.status is None or rec["status"] == query.status):  # None: expired record
+                out.append(job_view(rec, svc, with_eta=False))
+                if len(out) == query.limit:
+                    break
+    return {"items": out, "next_cursor": str(before)}

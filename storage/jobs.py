@@ -112,6 +112,7 @@ class JobStore:
         pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
         by_queue: dict[str, dict[str, float]] = {}
         backlogs: dict[tuple[str, str, str], list[str]] = {}
+        by_tenant: dict[str, dict[str, int]] = {}
         for n, job in enumerate(jobs):
             key = self.keys.job(job.job_id)
             record: dict[str, Any] = {
@@ -134,6 +135,10 @@ class JobStore:
             by_queue.setdefault(job.queue, {})[job.job_id] = now + n * 1e-6
             if self.fair and job.queue in TASK_OF_QUEUE:
                 backlogs.setdefault((job.queue, job.priority, job.tenant), []).append(job.job_id)
+            if not job.batch_id:
+                by_tenant.setdefault(job.tenant, {})[job.job_id] = int(now * 1e6) + n
+        for tenant, members in by_tenant.items():
+            self._index(pipe, tenant, members, now)
         for (queue, priority, tenant), ids in backlogs.items():
             for i in range(0, len(ids), 5000):
                 pipe.rpush(self.keys.backlog(queue, priority, tenant), *ids[i : i + 5000])
@@ -180,8 +185,29 @@ class JobStore:
             p.expireat(k, int(until))
         if batch_id:
             p.hincrby(self.keys.batch(batch_id), "n_succeeded", 1)
+        else:
+            self._index(p, tenant, {job_id: int(float(now) * 1e6)}, float(now))
         if pipe is None:
             p.execute()
+
+    def _index(self, pipe: redis.client.Pipeline, tenant: str, members: dict[str, int], now: float) -> None:
+        """Add jobs to their tenant's index, scored by creation time in whole microseconds (exact in a
+        double, so a score read back is a cursor that never skips or repeats a job). Entries older than
+        a record can live are trimmed here, on write, so the index lives as long as the records it
+        points to; a record that expired sooner (cached jobs) is skipped on read."""
+        key = self.keys.tenant_jobs(tenant)
+        pipe.zadd(key, members)
+        pipe.zremrangebyscore(key, "-inf", int((now - self.ttl_s) * 1e6))
+        pipe.expire(key, self.ttl_s)
+
+    def tenant_job_ids(self, tenant: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
+        """Up to `count` of a tenant's (non-batch) jobs created before `before_us` (microseconds since
+        the epoch; None: from the newest), newest first, each with its creation time in microseconds
+        (the cursor of the next page: a time, not an offset, so new jobs never shift a page)."""
+        high = "+inf" if before_us is None else f"({before_us}"
+        rows = self._r.zrevrangebyscore(self.keys.tenant_jobs(tenant), high, "-inf", start=0, num=count,
+                                        withscores=True)
+        return [(job_id, int(score)) for job_id, score in rows]
 
     def remaining_ttl_s(self, job_id: str) -> int:
         """Seconds until the job's record expires (`ttl_s` when it has no expiry or is gone)."""

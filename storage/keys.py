@@ -71,6 +71,10 @@ class Keys:
         """List: the batch's job ids in item order."""
         return f"{self.batch_prefix}{batch_id}:jobs"
 
+    def tenant_jobs(self, tenant: str) -> str:
+        """Sorted set: a tenant's jobs outside batches, by creation time (`GET /v1/jobs`, newest first)."""
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
     # --- result cache, idempotency, uploads ---------------------------------------------------
     def cache(self, tenant: str, digest: str) -> str:
         """String: id of the finished job that answers (tenant, input bytes, params, model)."""

@@ -110,3 +110,37 @@ def test_tenant_b_sees_nothing_of_tenant_a(local_stack):
     # Nothing of A's changed.
     assert a_view() == before
     assert client_b.wait(same.json()["id"], timeout_s=120)["status"] == "succeeded"
+
+
+def test_own_jobs_are_listed_newest_first_per_key_and_paged(local_stack):
+    """`GET /v1/jobs` without `?batch=`: the key's jobs outside batches, newest first, paged by a
+    time cursor; another key sees none of them, and callers without a key get an empty page."""
+    url = local_stack.url
+    mine, other = {"Authorization": "Bearer list-own-jobs"}, {"Authorization": "Bearer list-someone-else"}
+    ids = []
+    for seed in (1, 2, 3):
+        job = requests.post(url + "/v1/jobs", files={"image": ("l.png", sample_png(64, 64), "image/png")},
+                            data={"params": json.dumps({**QUICK, "seed": seed}), "cache": "false"},
+                            headers=mine, timeout=30)
+        assert job.status_code == 202, job.text
+        ids.append(job.json()["id"])
+    batch = requests.post(url + "/v1/batches", json={"defaults": QUICK, "items": [{"input_key": upload(
+        local_stack, mine, sample_png(64, 48))["input_key"]}]}, headers=mine, timeout=30)
+    assert batch.status_code == 202, batch.text
+
+    page = requests.get(url + "/v1/jobs", headers=mine, timeout=10).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1]  # the batch's job is listed with ?batch= only
+    walked, cursor = [], "0"
+    while cursor is not None:
+        resp = requests.get(url + "/v1/jobs", params={"limit": 2, "cursor": cursor}, headers=mine, timeout=10)
+        assert resp.status_code == 200, resp.text
+        walked += [j["id"] for j in resp.json()["items"]]
+        cursor = resp.json()["next_cursor"]
+    assert walked == ids[::-1]
+    assert requests.get(url + "/v1/jobs", headers=other, timeout=10).json() == {"items": [], "next_cursor": None}
+    assert requests.get(url + "/v1/jobs", timeout=10).json() == {"items": [], "next_cursor": None}
+    bad = requests.get(url + "/v1/jobs", params={"limit": 0}, headers=mine, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "limit"
+    client = client_of(url, mine)
+    for job_id in ids + batch.json()["job_ids"]:  # the stack is shared: leave no work behind
+        client.wait(job_id, timeout_s=300)

@@ -122,6 +122,13 @@ def wait_for_file(folder: Path, prefix: str, suffix: str, timeout_s: float = 60)
     raise AssertionError(f"no {prefix}*{suffix} downloaded into {folder}: {sorted(p.name for p in folder.iterdir())}")
 
 
+def progress_path(base: str) -> str:
+    """How the page must follow jobs on this server: server-sent events where its OpenAPI document lists
+    `/v1/jobs/{id}/events`, else polling (and no probe of a missing route, which the console would log)."""
+    paths = requests.get(base + "/openapi.json", timeout=30).json()["paths"]
+    return "events" if "/v1/jobs/{id}/events" in paths else "polling"
+
+
 def failing_job(base: str) -> str:
     """A job on an uploaded input that is not an image: accepted (the API never reads uploads), then
     failed by the worker with `invalid_image`."""
@@ -156,6 +163,7 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
         screenshot(d, shots, "decompose-progress")  # when the job is still queued or running
     wait(d, lambda d: by_id(d, "result").is_displayed(), JOB_WAIT_S, "the job never finished: " + by_id(d, "progress-text").text)
     assert "succeeded" in by_id(d, "progress-text").text
+    assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(local_stack.url)
     assert len(d.find_elements("css selector", "#gallery li")) == 3
     assert by_id(d, "result-meta").text.startswith("3 layers")
 
@@ -254,3 +262,136 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
     problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE"
                 and not (e.get("source") == "network" and "/v1/jobs" in e["message"] and "400" in e["message"])]
     assert problems == []
+
+
+@pytest.fixture(scope="module")
+def edit_stack(make_stack):
+    """A stack with an edit worker (tiny edit model) and every export format, for the edit and save views."""
+    return make_stack(storage="local", edit_workers=1, export_formats="psd,pptx,zip,ora")
+
+
+def new_file(folder: Path, before: set[str], suffix: str, timeout_s: float = 60) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = [p for p in folder.iterdir() if p.name not in before and p.name.endswith(suffix)]
+        if done:
+            time.sleep(0.5)  # chromium renames .crdownload when the file is complete
+            return done[0]
+        time.sleep(0.25)
+    raise AssertionError(f"no new *{suffix} in {folder}: {sorted(p.name for p in folder.iterdir())}")
+
+
+def unlabelled_controls(driver, root_id: str) -> list[str]:
+    """Form controls under `root_id` that a screen reader could not name (no <label>, no aria-label)."""
+    return driver.execute_script("""
+        return [...document.getElementById(arguments[0]).querySelectorAll('input, select, textarea, button')]
+          .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute('aria-label') && !c.textContent.trim())
+          .map((c) => c.id || c.outerHTML.slice(0, 80));""", root_id)
+
+
+def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, downloads, shots):
+    """With an API key: decompose → "Edit…" a layer → the edited layer beside the original → accept
+    (the edit's set becomes the page's) → hide, reorder and move layers → save the arrangement as a
+    compose job → the new set and its downloads; the key's jobs listed by the server; no console errors."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    d = browser
+    d.get(edit_stack.url + "/")
+    d.execute_script("localStorage.clear()")
+    d.get(edit_stack.url + "/")
+    wait(d, lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "true", message="page never wired")
+    d.get_log("browser")  # start the console check from here
+    fill(d, "api-key", "web-edit-test-key")
+    by_id(d, "api-key").send_keys(Keys.ENTER)
+    wait(d, lambda d: "key saved" in by_id(d, "key-state").text, message="key not saved")
+
+    # The Edit view before any set: it says what to do first.
+    by_id(d, "tab-edit").click()
+    assert by_id(d, "edit-empty").is_displayed() and not by_id(d, "edit-form").is_displayed()
+    by_id(d, "tab-decompose").click()
+
+    by_id(d, "advanced").find_element("tag name", "summary").click()
+    Select(by_id(d, "d-layers")).select_by_value("3")
+    fill(d, "d-steps", "2")
+    fill(d, "d-prompt", "a poster with shapes")
+    by_id(d, "use-sample").click()
+    wait(d, lambda d: by_id(d, "preview").is_displayed(), message="the sample never showed")
+    by_id(d, "submit").click()
+    wait(d, lambda d: by_id(d, "result").is_displayed(), JOB_WAIT_S, "the job never finished: " + by_id(d, "progress-text").text)
+    parent_id = d.execute_script("return document.getElementById('progress-text').textContent").split()[1].rstrip(":")
+
+    # "Edit…" on the middle layer opens the Edit view with that layer chosen and the instruction focused.
+    by_id(d, "edit-1").send_keys(Keys.ENTER)
+    wait(d, lambda d: by_id(d, "edit-form").is_displayed(), message="the edit view never opened")
+    assert by_id(d, "edit-layer-1").is_selected()
+    assert d.switch_to.active_element.get_attribute("id") == "edit-prompt"
+    assert {o.get_attribute("value") for o in Select(by_id(d, "edit-matte")).options} >= {"keep", "chroma"}
+    assert unlabelled_controls(d, "view-edit") == []
+
+    # An empty instruction is refused in the page, naming the field.
+    by_id(d, "edit-submit").click()
+    assert "params.prompt" in by_id(d, "edit-error").text
+
+    by_id(d, "edit-prompt").send_keys("make it red")
+    Select(by_id(d, "edit-matte")).select_by_value("keep")
+    d.find_element("css selector", "#edit-form details summary").click()
+    fill(d, "edit-steps", "2")
+    by_id(d, "edit-submit").click()
+    wait(d, lambda d: "Edit " in by_id(d, "edit-text").text, message="no edit progress line")
+    wait(d, lambda d: by_id(d, "edit-result").is_displayed(), JOB_WAIT_S, "the edit never finished: " + by_id(d, "edit-text").text)
+    loaded = "return [...document.querySelectorAll('#edit-result img')].map((i) => i.complete && i.naturalWidth)"
+    wait(d, lambda d: all(d.execute_script(loaded)), message="before/after images never loaded")
+    before, after = (by_id(d, i).get_attribute("src") for i in ("edit-before", "edit-after"))
+    assert parent_id in before and parent_id not in after
+    assert "make it red" in by_id(d, "edit-after-caption").text and "keep" in by_id(d, "edit-after-caption").text
+    screenshot(d, shots, "edit")
+
+    # Accept (from the keyboard): the edit's set is now the page's: gallery, downloads, further edits.
+    by_id(d, "edit-accept").send_keys(Keys.ENTER)
+    wait(d, lambda d: by_id(d, "result").is_displayed() and "Edit of layer 2" in by_id(d, "result-meta").text,
+         60, "the accepted set never showed")
+    edit_id = by_id(d, "progress-text").text.split()[1].rstrip(":")
+    assert len(d.find_elements("css selector", "#gallery li")) == 3
+    assert edit_id in d.find_element("css selector", "#exports a[data-format=ora]").get_attribute("href")
+    by_id(d, "tab-edit").click()
+    assert edit_id[:8] in by_id(d, "edit-set").text  # a further edit chains on the accepted set
+    by_id(d, "tab-decompose").click()
+
+    # Arrange: hide the bottom layer, move the top one down a place and nudge it 10 px right.
+    shown = composite_signature(d)
+    by_id(d, "vis-0").send_keys(Keys.SPACE)
+    by_id(d, "down-2").click()
+    by_id(d, "sel-2").click()
+    by_id(d, "composite").send_keys(Keys.SHIFT, Keys.ARROW_RIGHT)
+    arranged = composite_signature(d)
+    assert arranged != shown
+    by_id(d, "save-arrangement").send_keys(Keys.ENTER)
+    wait(d, lambda d: by_id(d, "result").is_displayed() and "Arrangement of" in by_id(d, "result-meta").text,
+         JOB_WAIT_S, "the saved arrangement never showed: " + by_id(d, "progress-text").text)
+    # Three reorders (one per layer, bottom up), one move, one hide.
+    assert f"Arrangement of {edit_id[:8]} (5 operations)" in by_id(d, "result-meta").text
+    assert len(d.find_elements("css selector", "#gallery li")) == 2  # the hidden layer is not in the new set
+    # The server's new set, drawn as it is, is pixel for pixel what the page showed before saving: the
+    # ops carry the order, the direction of the move and the hidden layer right.
+    assert composite_signature(d) == arranged
+    formats = {a.get_attribute("data-format") for a in d.find_elements("css selector", "#exports a")}
+    assert formats == {"psd", "pptx", "zip", "ora"}
+    already = {p.name for p in downloads.iterdir()}
+    d.find_element("css selector", "#exports a[data-format=zip]").click()
+    with zipfile.ZipFile(new_file(downloads, already, ".zip")) as z:
+        assert sorted(n for n in z.namelist() if n.endswith(".png")) == ["layer_00.png", "layer_01.png"]
+    single = d.find_element("css selector", "#gallery li a[download]").get_attribute("href")
+    assert requests.get(single, timeout=30).headers["Content-Type"] == "image/png"
+    screenshot(d, shots, "arrangement-saved")
+
+    # My jobs, with a key: the server's list, newest first — the arrangement, the edit, the decomposition.
+    by_id(d, "tab-jobs").click()
+    wait(d, lambda d: len(d.find_elements("css selector", "#jobs-table tbody tr")) == 3, 60, "jobs list incomplete")
+    rows = [r.text for r in d.find_elements("css selector", "#jobs-table tbody tr")]
+    assert "operations" in rows[0] and "make it red" in rows[1] and "sample.png" in rows[2], rows
+    screenshot(d, shots, "jobs-with-key")
+
+    problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+    assert problems == []
+    assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(edit_stack.url)

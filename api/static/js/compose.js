@@ -1,6 +1,5 @@
 // Layers recombined in the page: visibility, order and position, alpha-composited bottom → top on a
-// canvas (the authors' "combine layers" tool, live). Nothing here is saved on the server yet: saving
-// the arrangement as a job waits for the layer-operations API.
+// canvas (the authors' "combine layers" tool, live). save.js turns an arrangement into a compose job.
 
 export function loadImage(url) {
   const crossOrigin = new URL(url, location.href).origin !== location.origin;

@@ -5,6 +5,7 @@ import { api, hideError, showError } from "./api.js";
 import { LayerStack } from "./compose.js";
 import { dropZone } from "./drop.js";
 import { remember } from "./history.js";
+import { initSave } from "./save.js";
 import { buildSettings } from "./settings.js";
 import { describeJob, fraction, watchJob } from "./watch.js";
 
@@ -16,8 +17,14 @@ let watcher = null;
 let currentJob = null;
 let settings = null;
 let stack = null;
+const setListeners = [];
 
-export async function initDecompose() {
+/** Call `fn(job)` whenever the page starts working on another finished layer set. */
+export function onSet(fn) { setListeners.push(fn); }
+export function currentSet() { return currentJob?.status === "succeeded" ? currentJob : null; }
+
+export async function initDecompose({ editLayer } = {}) {
+  initDecompose.editLayer = editLayer;
   settings = await buildSettings($("settings"), "d");
   stack = new LayerStack($("composite"), renderGallery);
   dropZone($("drop"), $("file"), ([f]) => choose(f, f.name));
@@ -30,6 +37,7 @@ export async function initDecompose() {
   $("cancel").addEventListener("click", cancel);
   $("reset-layers").addEventListener("click", () => stack.reset());
   $("download-composite").addEventListener("click", downloadComposite);
+  initSave(stack, () => currentJob, (job, name) => { remember({ id: job.id, kind: "job", name }); follow(job); });
 }
 
 function choose(blob, name) {
@@ -77,7 +85,7 @@ export function open(job) {
 }
 
 /** Follow a job until it ends, then show its layers. */
-function follow(job) {
+export function follow(job) {
   watcher?.stop();
   currentJob = job;
   $("result").hidden = true;
@@ -85,6 +93,9 @@ function follow(job) {
   hideError($("decompose-error"));
   $("progress-box").hidden = false;
   update(job);
+  // A finished job (opened from a list, an accepted edit) needs no watch: a second read would show
+  // its layers again and undo whatever the user arranged meanwhile.
+  if (["succeeded", "failed", "canceled", "expired"].includes(job.status)) return;
   watcher = watchJob(job.id, {
     onUpdate: update,
     onError: (err) => { showError($("decompose-error"), err, "Lost the job"); finish(); },
@@ -131,8 +142,7 @@ async function showResult(job) {
     showError($("decompose-error"), err, "Could not load the layers");
     return;
   }
-  const p = job.params;
-  $("result-meta").textContent = `${r.layers.length} layers · ${first.width}×${first.height} · seed ${p.seed} · ${p.num_inference_steps} steps · links valid until ${new Date(r.expires_at).toLocaleString()}`;
+  $("result-meta").textContent = `${r.layers.length} layers · ${first.width}×${first.height} · ${describeSet(job)} · links valid until ${new Date(r.expires_at).toLocaleString()}`;
   const list = $("exports");
   list.replaceChildren();
   for (const [fmt, url] of Object.entries(r.exports)) {
@@ -145,6 +155,19 @@ async function showResult(job) {
   }
   $("result").hidden = false;
   $("result-empty").hidden = true;
+  $("save-status").textContent = "";
+  hideError($("save-error"));
+  for (const fn of setListeners) fn(job);
+}
+
+/** "Decomposition, seed 7, 3 steps" / "Edit of layer 2 of 1a2b3c4d" / "Arrangement of 1a2b3c4d". */
+export function describeSet(job) {
+  const p = job.params || {};
+  const parent = job.parent?.job_id ? job.parent.job_id.slice(0, 8) : "";
+  if (job.kind === "edit") return `Edit of layer ${(p.source?.layer ?? job.parent?.layer ?? 0) + 1}${parent ? ` of ${parent}` : ""}: “${p.prompt}”`;
+  if (job.kind === "compose") return `Arrangement of ${parent || "a set"} (${(p.ops || []).length} operations)`;
+  if (job.kind === "combine") return "Combined layers";
+  return `Decomposition · seed ${p.seed} · ${p.num_inference_steps} steps`;
 }
 
 function renderGallery(s) {
@@ -174,6 +197,9 @@ function renderGallery(s) {
     const order = Object.assign(document.createElement("div"), { className: "tools" });
     tools.append(vis, visLabel, dl);
     order.append(sel, up, down);
+    if (initDecompose.editLayer) {
+      order.append(button(`edit-${layer.index}`, "Edit…", `Edit ${name} from an instruction`, () => initDecompose.editLayer(currentJob, layer.index)));
+    }
     li.append(img, title, tools, order);
     gallery.append(li);
   });

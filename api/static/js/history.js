@@ -1,5 +1,6 @@
-// The jobs this browser submitted, per API key (GET /v1/jobs cannot list a tenant's jobs yet; it
-// needs ?batch=). Newest first, capped so localStorage stays small.
+// The jobs and batches this browser submitted, per API key: the whole list without a key (the API
+// lists no keyless caller's jobs), the batches with one (the API lists a key's jobs, not its
+// batches). Newest first, capped so localStorage stays small.
 
 import { keyTag } from "./api.js";
 

@@ -1,33 +1,80 @@
-// "My jobs": the jobs and batches this browser submitted with the key in use, each read afresh from
-// `GET /v1/jobs/{id}` / `GET /v1/batches/{id}` (the API has no per-key job list yet).
+// "My jobs". With an API key: the key's jobs as the server lists them (`GET /v1/jobs`, newest first,
+// paged), plus the batches this browser submitted (the server lists a batch's jobs, not a key's
+// batches). Without a key the server lists nothing (keyless callers share one tenant), so the page
+// shows what this browser submitted, each read afresh from `GET /v1/jobs/{id}` / `/v1/batches/{id}`.
 
-import { api, hideError, showError } from "./api.js";
+import { api, apiKey, hideError, showError } from "./api.js";
 import { forget, forgetAll, remembered } from "./history.js";
 import { describeJob } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
+const PAGE = 25;
 let actions = {};
+let cursor = null;
+let generation = 0; // a refresh started later wins over one still loading
 
 export function initJobs(handlers) {
   actions = handlers; // {openJob(job), openBatch(id, names)}
   $("jobs-refresh").addEventListener("click", refresh);
   $("jobs-forget").addEventListener("click", () => { forgetAll(); refresh(); });
+  $("jobs-more").addEventListener("click", () => more(generation));
 }
 
 export async function refresh() {
+  const mine = ++generation;
   hideError($("jobs-error"));
-  const entries = remembered();
-  $("jobs-empty").hidden = entries.length > 0;
+  const local = remembered();
+  const names = new Map(local.map((e) => [e.id, e.name]));
   const tbody = $("jobs-table").querySelector("tbody");
-  const rows = await Promise.all(entries.map(async (entry) => {
-    try {
-      const rec = await api("GET", `/v1/${entry.kind === "batch" ? "batches" : "jobs"}/${entry.id}`);
-      return entry.kind === "batch" ? batchRow(entry, rec) : jobRow(entry, rec);
-    } catch (err) {
-      return goneRow(entry, err);
-    }
-  }));
+  let rows;
+  if (apiKey()) {
+    // The server's list, with the batches this browser remembers on top.
+    const batches = local.filter((e) => e.kind === "batch");
+    cursor = "0";
+    const [batchRows, jobRows] = await Promise.all([Promise.all(batches.map(readRow)), page(names)]);
+    rows = [...batchRows, ...jobRows];
+  } else {
+    cursor = null;
+    rows = await Promise.all(local.map(readRow));
+  }
+  if (mine !== generation) return;
+  $("jobs-more").hidden = !cursor;
+  $("jobs-forget").hidden = Boolean(apiKey()); // the server's list is not the browser's to forget
+  $("jobs-empty").hidden = rows.length > 0;
   tbody.replaceChildren(...rows);
+}
+
+async function more(mine) {
+  const names = new Map(remembered().map((e) => [e.id, e.name]));
+  const rows = await page(names);
+  if (mine !== generation) return;
+  $("jobs-more").hidden = !cursor;
+  $("jobs-table").querySelector("tbody").append(...rows);
+}
+
+async function page(names) {
+  try {
+    const out = await api("GET", `/v1/jobs?limit=${PAGE}&cursor=${cursor}`);
+    cursor = out.next_cursor;
+    return out.items.map((job) => jobRow({ id: job.id, kind: "job", name: names.get(job.id) || kindName(job), at: job.created_at, listed: true }, job));
+  } catch (err) {
+    cursor = null;
+    showError($("jobs-error"), err, "Could not list the jobs");
+    return [];
+  }
+}
+
+function kindName(job) {
+  return { edit: "an edit", compose: "an arrangement", combine: "combined layers" }[job.kind] || job.id.slice(0, 8);
+}
+
+async function readRow(entry) {
+  try {
+    const rec = await api("GET", `/v1/${entry.kind === "batch" ? "batches" : "jobs"}/${entry.id}`);
+    return entry.kind === "batch" ? batchRow(entry, rec) : jobRow(entry, rec);
+  } catch (err) {
+    return goneRow(entry, err);
+  }
 }
 
 function tr(entry, result, status, settings, ...buttons) {
@@ -57,8 +104,12 @@ function jobRow(entry, job) {
   const result = job.result ? [Object.assign(document.createElement("img"), { src: job.result.composite, alt: `Composite of ${name}`, className: "checker" })] : [];
   const status = [statusSpan(job.status, describeJob(job))];
   if (job.error) status.push(Object.assign(document.createElement("div"), { className: "muted", textContent: `${job.error.code}: ${job.error.message}` }));
-  const p = job.params;
-  const settings = [`${p.layers} layers · ${p.resolution} · ${p.num_inference_steps} steps · seed ${p.seed}`];
+  const p = job.params || {};
+  const settings = [{
+    edit: () => `edit of layer ${(p.source?.layer ?? 0) + 1}: “${p.prompt}” · ${p.num_inference_steps} steps · matte ${p.matte}`,
+    compose: () => `${(p.ops || []).length} layer operations`,
+    combine: () => "layers stacked",
+  }[job.kind]?.() ?? `${p.layers} layers · ${p.resolution} · ${p.num_inference_steps} steps · seed ${p.seed}`];
   const buttons = [btn("Open", `Open job ${name}`, () => actions.openJob(job))];
   if (["queued", "running"].includes(job.status)) {
     buttons.push(" ", btn("Cancel", `Cancel job ${name}`, async () => {
@@ -66,7 +117,7 @@ function jobRow(entry, job) {
       refresh();
     }));
   }
-  buttons.push(" ", btn("Forget", `Forget job ${name}`, () => { forget(entry.id); refresh(); }));
+  if (!entry.listed) buttons.push(" ", btn("Forget", `Forget job ${name}`, () => { forget(entry.id); refresh(); }));
   return tr(entry, result, status, settings, ...buttons);
 }
 

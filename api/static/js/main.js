@@ -1,8 +1,9 @@
-// Wiring: tabs (arrow keys move between them), the API key form, and the three views.
+// Wiring: tabs (arrow keys move between them), the API key form, and the four views.
 
 import { apiKey, setApiKey } from "./api.js";
 import { follow as followBatch, initBatch } from "./batch.js";
-import { initDecompose, open as openJobView } from "./decompose.js";
+import { follow as showSet, initDecompose, onSet, open as openJobView } from "./decompose.js";
+import { initEdit, setSource } from "./edit.js";
 import { initJobs, refresh as refreshJobs } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
@@ -47,7 +48,11 @@ showKeyState();
 const openJob = (job) => { show($("tab-decompose")); openJobView(job); };
 const openBatch = (id, names) => { show($("tab-batch")); followBatch(id, names); };
 
-await Promise.all([initDecompose(), initBatch(openJob)]);
+// The set the page works on: shown in the Decompose view, offered in the Edit view.
+const editLayer = (job, layer) => { setSource(job, layer); show($("tab-edit")); $("edit-prompt").focus(); };
+const acceptEdit = (job) => { show($("tab-decompose")); showSet(job); };
+await Promise.all([initDecompose({ editLayer }), initBatch(openJob), initEdit({ onAccept: acceptEdit })]);
+onSet((job) => setSource(job));
 initJobs({ openJob, openBatch });
 const start = $(`tab-${location.hash.slice(1)}`);
 if (start) show(start);

@@ -2,14 +2,10 @@
 // OpenAPI document (the same pydantic model that validates jobs), so the page never offers a value
 // the API would refuse; `auto` layers appear enabled only once the API's schema accepts "auto".
 
-let schemaPromise = null;
+import { schemaProps } from "./openapi.js";
 
 export function paramsSchema() {
-  schemaPromise ||= fetch("/openapi.json")
-    .then((r) => r.json())
-    .then((doc) => doc.components.schemas.DecomposeParams.properties)
-    .catch(() => ({}));
-  return schemaPromise;
+  return schemaProps("DecomposeParams");
 }
 
 function acceptsAuto(prop) {
@@ -17,12 +13,12 @@ function acceptsAuto(prop) {
   return variants.some((v) => v && (v.const === "auto" || (v.enum || []).includes("auto")));
 }
 
-function range(prop, key, fallback) {
+export function range(prop, key, fallback) {
   for (const v of [prop, ...(prop?.anyOf || [])]) if (v && v[key] != null) return v[key];
   return fallback;
 }
 
-function el(tag, attrs = {}, children = []) {
+export function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (v === false || v == null) continue;
