@@ -3,6 +3,8 @@ jobs. Shared by the API (which only sends tasks by name) and the workers; import
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from layerq.config import Settings
@@ -11,7 +13,7 @@ from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK
 
 def celery_config(settings: Settings) -> dict:
     """Broker settings shared by the API (which only sends) and the workers."""
-    return {
+    return _with_sentinel(settings, {
         "broker_url": settings.redis_url,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -44,7 +46,23 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
-    }
+    })
+
+
+def _with_sentinel(settings: Settings, conf: dict) -> dict:
+    """A `sentinel://` URL: kombu asks the Sentinels for the master of `redis_sentinel_master`, on
+    every (re)connection, so the broker follows a failover as the job store does (storage/client.py)."""
+    if not settings.redis_url.strip().lower().startswith("sentinel://"):
+        return conf
+    sentinel_kwargs: dict = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    if settings.redis_sentinel_password:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password
+    if settings.redis_sentinel_tls:
+        sentinel_kwargs["ssl"] = True
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    conf["broker_transport_options"].update(master_name=settings.redis_sentinel_master,
+                                            sentinel_kwargs=sentinel_kwargs)
+    return conf
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

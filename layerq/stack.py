@@ -159,6 +159,8 @@ class RedisServer:
     port: int = 0
     persist: bool = False
     proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+    """More redis-server options (`--replicaof`, ... : layerq/redis_ha.py)."""
 
     @staticmethod
     def available() -> bool:
@@ -174,7 +176,7 @@ class RedisServer:
         self.port = self.port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
+                "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no", *self.extra_args]
         with open(self.data_dir / "redis.log", "ab") as log:
             self.proc = _popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
@@ -251,9 +253,9 @@ class LocalStack:
         return proc
 
     def _worker_ready(self, name_prefix: str) -> bool:
-        import redis
+        from storage.client import connect_settings
 
-        r = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        r = connect_settings(self.settings)
         members = r.zrange(f"{self.settings.key_prefix}:workers:decompose", 0, -1)
         return any(m.startswith(name_prefix) for m in members)
 
