@@ -77,14 +77,15 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
 
 
 def _retry_kwargs() -> dict[str, Any]:
-    # About ten seconds of backoff: rides out a Redis restart and a Sentinel failover with the
-    # timings docs/redis-ha.md recommends; a longer outage reaches the caller (503 at the API).
-    return {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12), "retry_on_error": RETRY_ON}
+    # About 13 s of backoff (0.1, 0.2, 0.4, 0.8, then every second): rides out a Redis restart and a
+    # Sentinel failover with the timings docs/redis-ha.md recommends; a longer outage reaches the caller
+    # (503 at the API). The 1 s cap keeps a request at most a second behind a promotion.
+    return {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=16), "retry_on_error": RETRY_ON}
 
 
 def connect(url: str, options: RedisOptions | None = None) -> redis.Redis:
     """A client that rides out a Redis restart or a failover: connection errors are retried with
-    backoff for about ten seconds, each time on a freshly resolved master, before they reach the caller.
+    backoff for about 13 seconds, each time on a freshly resolved master, before they reach the caller.
 
     Retrying is safe for what layerq writes: job ids are chosen by the API before anything is written,
     so a creation sent twice writes the same hash and the same queue entries again, never a second job."""
