@@ -94,7 +94,7 @@ class JobStore:
         first on the same connection: its replication offset is past every earlier write, the
         broker's messages included."""
         pipe = self._r.pipeline(transaction=False)
-        pipe.set(f"{self.prefix}:replication-barrier", repr(time.time()))
+        pipe.set(self.keys.replication_barrier(), repr(time.time()))
         pipe.execute_command("WAIT", replicas, timeout_ms)
         return int(pipe.execute()[-1])
 

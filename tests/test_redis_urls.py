@@ -46,3 +46,35 @@ def test_sentinel_client_asks_for_the_named_master():
     assert pool.service_name == "jobs"
     assert [c.connection_pool.connection_kwargs["port"] for c in pool.sentinel_manager.sentinels] == [26379, 26379, 26380]
     assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "s3cret"
+
+
+# --- against the session's lone redis-server (no replica) ---------------------------------------
+
+
+def test_a_claim_retried_after_a_connection_reset_is_still_its_own(redis_url, monkeypatch):
+    import uuid
+
+    from storage import idempotency
+    from storage.idempotency import IdempotencyStore
+
+    store = IdempotencyStore(connect(redis_url), key_prefix=f"idem{uuid.uuid4().hex[:8]}", ttl_s=3600)
+    monkeypatch.setattr(idempotency.secrets, "token_hex", lambda n: "same-request")
+    assert store.claim("t", "k", "fp") is None
+    assert store.claim("t", "k", "fp") is None  # the SET ran, its reply was lost, the client sent it again
+    monkeypatch.setattr(idempotency.secrets, "token_hex", lambda n: "another-request")
+    assert store.claim("t", "k", "fp")["state"] == "pending"
+
+
+@pytest.mark.e2e
+def test_without_a_replica_durable_submissions_are_refused_and_leave_nothing_queued(make_stack):
+    import requests
+
+    from layerq.sample import sample_png
+    from storage.keys import Keys
+
+    stack = make_stack(workers=0, redis_wait_replicas=1, redis_wait_timeout_ms=200)
+    resp = requests.post(stack.url + "/v1/jobs", files={"image": ("i.png", sample_png(64, 64), "image/png")},
+                         data={"params": '{"layers": 2, "num_inference_steps": 2}'}, timeout=60)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_replicated"
+    r = connect(stack.settings.redis_url)
+    assert r.zcard(Keys(stack.settings.key_prefix).queued("decompose")) == 0
