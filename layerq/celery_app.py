@@ -44,6 +44,11 @@ def celery_config(settings: Settings) -> dict:
         # first gives the job this long, then stops; the unacked job is redelivered to another worker.
         "worker_soft_shutdown_timeout": 60.0,
         "broker_connection_retry_on_startup": True,
+        # Sending a message rides out a Redis restart or failover like the job stores do (about 12 s,
+        # each retry on a fresh connection, so on the master the Sentinels name now); Celery's default
+        # gives up after 0.6 s and the submission would answer 503 (docs/redis-ha.md).
+        "task_publish_retry_policy": {"max_retries": 14, "interval_start": 0, "interval_step": 0.25,
+                                      "interval_max": 1.0},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     })
