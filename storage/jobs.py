@@ -88,6 +88,16 @@ class JobStore:
         """Raise if Redis cannot be reached (readiness probes)."""
         self._r.ping()
 
+    def replicated(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold every write made so far by anyone (at most `replicas`; waits up to
+        `timeout_ms` for them). WAIT counts the writes of its own connection, so a barrier write goes
+        first on the same connection: its replication offset is past every earlier write, the
+        broker's messages included."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self.keys.replication_barrier(), repr(time.time()))
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return int(pipe.execute()[-1])
+
     # --- creation and reads --------------------------------------------------------------------
     def create(self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], input_key: str, **extra: Any) -> None:
         self.create_many([NewJob(job_id=job_id, params=params, input_key=input_key, kind=kind, queue=queue, **extra)])

@@ -102,3 +102,8 @@ class Keys:
     def stats_samples(self, kind: str) -> str:
         """Hash (JSON lists): the last samples behind each median."""
         return f"{self.prefix}:stats:{kind}:samples"
+
+    # --- durable submissions (storage/jobs.py `replicated`) ------------------------------------
+    def replication_barrier(self) -> str:
+        """String: written just before `WAIT`, so the wait covers every earlier write (docs/redis-ha.md)."""
+        return f"{self.prefix}:replication-barrier"
