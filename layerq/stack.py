@@ -278,11 +278,14 @@ class LocalStack:
 
     def _registry(self) -> "WorkerRegistry":
         # The launcher reads worker liveness through the store that owns it, like every process.
+        # Through the Sentinel-aware client, so a launcher on `sentinel://` follows a failover too.
+        from storage.client import options_of
         from storage.workers import WorkerRegistry
 
         if self._workers_registry is None:
             self._workers_registry = WorkerRegistry.from_url(self.settings.redis_url,
-                                                             key_prefix=self.settings.key_prefix)
+                                                             key_prefix=self.settings.key_prefix,
+                                                             options=options_of(self.settings))
         return self._workers_registry
 
     def _live_on(self, queue: str) -> int:

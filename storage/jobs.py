@@ -22,7 +22,7 @@ from layerq.jobs import ALLOWED, JobStatus
 from layerq.queues import DECOMPOSE_QUEUE
 from layerq.results import with_object_keys
 from storage import lua
-from storage.client import connect
+from storage.client import RedisOptions, connect
 from storage.keys import Keys
 
 JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
@@ -74,8 +74,9 @@ class JobStore:
         self._cancel = client.register_script(lua.CANCEL)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "JobStore":
-        return cls(connect(url), **kwargs)
+    def from_url(cls, url: str, options: RedisOptions | None = None, **kwargs: Any) -> "JobStore":
+        """A store on its own client; `options` name the master behind a `sentinel://` URL."""
+        return cls(connect(url, options), **kwargs)
 
     def _common(self) -> list[Any]:
         return [repr(time.time()), self.keys.batch_prefix]

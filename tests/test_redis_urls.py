@@ -78,3 +78,15 @@ def test_without_a_replica_durable_submissions_are_refused_and_leave_nothing_que
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_replicated"
     r = connect(stack.settings.redis_url)
     assert r.zcard(Keys(stack.settings.key_prefix).queued("decompose")) == 0
+
+
+def test_launcher_and_store_shortcuts_ask_for_the_configured_master(tmp_path):
+    # `layerq up` reads worker liveness through its own registry client (not Services.open): it must
+    # follow the same master as everything else, with the settings' master name, not the default one.
+    from layerq.stack import LocalStack
+    from storage.jobs import JobStore
+
+    s = Settings.from_env({}, redis_url=URL, redis_sentinel_master="jobs")
+    registry = LocalStack(s, run_dir=tmp_path)._registry()
+    assert registry._r.connection_pool.service_name == "jobs"
+    assert JobStore.from_url(URL, options_of(s))._r.connection_pool.service_name == "jobs"
