@@ -8,6 +8,7 @@ import ssl
 from celery import Celery
 
 from layerq.config import Settings
+from layerq.kombu_fixes import guard_collected_channels
 from layerq.messages import DECOMPOSE_QUEUE, DECOMPOSE_TASK
 
 
@@ -72,6 +73,7 @@ def _with_sentinel(settings: Settings, conf: dict) -> dict:
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
+    guard_collected_channels()  # a consumer must survive losing the master (layerq/kombu_fixes.py)
     app = Celery("layerq")
     app.conf.update(celery_config(settings))
     app.conf.layerq_settings = settings
