@@ -80,18 +80,28 @@ def one_failover(group: SentinelGroup, url: str, job_id: str) -> dict:
     killed = threading.Event()
     done = threading.Event()
     killed_at = [0.0]
+    # Every request around the kill, until the first success after it: (kind, sent, answered — both
+    # seconds from the kill — and the answer), so an outlier shows whether one request hung or many
+    # were refused.
+    attempts: list[dict] = []
 
     def probe(kind: str) -> None:
         session = requests.Session()
         while not done.is_set():
             started_after_kill = killed.is_set()  # a request in flight at the kill proves nothing
+            sent = time.monotonic()
             try:
                 if kind == "read":
-                    ok = session.get(f"{url}/v1/jobs/{job_id}", timeout=30).status_code == 200
+                    answer = session.get(f"{url}/v1/jobs/{job_id}", timeout=30)
                 else:
-                    ok = submit(url, session).status_code == 202
-            except requests.RequestException:
-                ok = False
+                    answer = submit(url, session)
+                ok = answer.status_code == (200 if kind == "read" else 202)
+                outcome = str(answer.status_code) if ok else f"{answer.status_code} {answer.text[:120]}"
+            except requests.RequestException as exc:
+                ok, outcome = False, type(exc).__name__
+            if killed.is_set() and kind not in first_ok:
+                attempts.append({"kind": kind, "sent_s": round(sent - killed_at[0], 2),
+                                 "answered_s": round(time.monotonic() - killed_at[0], 2), "answer": outcome})
             if ok and started_after_kill and kind not in first_ok:
                 first_ok[kind] = time.monotonic() - killed_at[0]
             time.sleep(0.05)
@@ -112,7 +122,8 @@ def one_failover(group: SentinelGroup, url: str, job_id: str) -> dict:
         t.join()
     group.rejoin(old)
     return {"promoted_s": round(promoted_s, 2), "read_unavailable_s": round(first_ok.get("read", -1), 2),
-            "submit_unavailable_s": round(first_ok.get("submit", -1), 2), "new_master_port": new_port}
+            "submit_unavailable_s": round(first_ok.get("submit", -1), 2), "new_master_port": new_port,
+            "attempts": attempts}
 
 
 def main() -> int:
@@ -125,6 +136,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     run = Path(tempfile.mkdtemp(prefix="layerq-failover-"))
+    print(f"logs (API, Redis, Sentinels) under {run}", flush=True)
     group = SentinelGroup(run / "redis").start()
     report: dict = {"machine": platform.node(), "python": sys.version.split()[0],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clients": args.clients,
@@ -143,7 +155,7 @@ def main() -> int:
         job_id = submit(stacks[0].url, requests.Session()).json()["id"]
         for n in range(args.failovers):
             report["failovers"].append(one_failover(group, stacks[0].url, job_id))
-            print(json.dumps(report["failovers"][-1]), flush=True)
+            print(json.dumps({k: v for k, v in report["failovers"][-1].items() if k != "attempts"}), flush=True)
         for name in ("promoted_s", "read_unavailable_s", "submit_unavailable_s"):
             values = [f[name] for f in report["failovers"] if f[name] >= 0]
             report[f"p50_{name}"] = round(statistics.median(values), 2) if values else None
