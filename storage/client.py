@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.connection import SSLConnection
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from layerq.errors import TransientError
 
@@ -94,6 +95,25 @@ def connect(url: str, options: RedisOptions | None = None) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **_retry_kwargs())
 
 
+class MasterConnection(SentinelManagedConnection):
+    """A connection to the master the Sentinels name, also when it reconnects in a command's retry.
+
+    redis-py (7.4) reconnects a connection dropped during a command from `send_packed_command`,
+    which goes straight to the last address it used and skips the Sentinel lookup that `connect()`
+    does. A command in flight when the master died then spent its whole retry budget (~13 s) on the
+    dead address and answered 503, although the Sentinels had named the new master after ~4 s
+    (bench/redis_failover.py's outlier, BENCHMARKS.md)."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()  # ask the Sentinels (SentinelManagedConnection.connect), not the last address
+        super().send_packed_command(command, check_health)
+
+
+class MasterSSLConnection(MasterConnection, SSLConnection):
+    pass
+
+
 def sentinel_master(url: str, options: RedisOptions, *, decode_responses: bool = True) -> redis.Redis:
     parsed = parse_sentinel_url(url)
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
@@ -104,9 +124,10 @@ def sentinel_master(url: str, options: RedisOptions, *, decode_responses: bool =
         master_kwargs.update(username=parsed.username, password=parsed.password)
     if options.sentinel_tls:
         sentinel_kwargs["ssl"] = True
-        master_kwargs["ssl"] = True
     sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs, **master_kwargs)
-    return sentinel.master_for(options.sentinel_master, decode_responses=decode_responses, **_retry_kwargs())
+    connection_class = MasterSSLConnection if options.sentinel_tls else MasterConnection
+    return sentinel.master_for(options.sentinel_master, decode_responses=decode_responses,
+                               connection_class=connection_class, **_retry_kwargs())
 
 
 def options_of(settings: Any) -> RedisOptions:

@@ -90,3 +90,26 @@ def test_launcher_and_store_shortcuts_ask_for_the_configured_master(tmp_path):
     registry = LocalStack(s, run_dir=tmp_path)._registry()
     assert registry._r.connection_pool.service_name == "jobs"
     assert JobStore.from_url(URL, options_of(s))._r.connection_pool.service_name == "jobs"
+
+
+def test_a_connection_dropped_mid_command_reconnects_to_the_master_the_sentinels_name(redis_url):
+    # redis-py reconnects a dropped connection from send_packed_command to its last address; ours
+    # asks the Sentinels again. The pool here names the session's Redis as the master while the
+    # connection still points at a dead port (the old master), as after a failover.
+    from redis.connection import parse_url as redis_parse_url
+
+    from storage.client import MasterConnection
+
+    live = redis_parse_url(redis_url)
+
+    class Pool:
+        is_master, check_connection = True, False
+
+        def get_master_address(self):
+            return live["host"], live["port"]
+
+    conn = MasterConnection(connection_pool=Pool(), host="127.0.0.1", port=1)
+    conn.send_command("PING")
+    assert conn.read_response() in (b"PONG", "PONG", True)
+    assert conn.port == live["port"]
+    assert connect(URL, RedisOptions(sentinel_master="jobs")).connection_pool.connection_class is MasterConnection
