@@ -23,6 +23,7 @@ STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
     e.SignatureInvalid: 403,
     e.IllegalTransition: 409,
     e.QueueUnavailable: 503,
+    e.NotReplicated: 503,
     e.IdempotencyConflict: 409,
     e.StorageFull: 507,  # Insufficient Storage (RFC 4918): the request was fine, the server is full
 }

@@ -20,6 +20,7 @@ from flask import Blueprint, jsonify, request, url_for
 from api.bodies import json_field, json_object, parse_model
 from api.form import form_seconds
 from api.context import services
+from api.durability import ensure_replicated
 from api.idempotency import idempotent
 from api.submission import check_uploads, check_webhook, send, Item
 from api.tenancy import tenant
@@ -71,7 +72,8 @@ def source_layers(svc: Services, job_id: str) -> list[dict[str, Any]]:
 
 
 def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, send: Callable[[], None]):
-    """Write the job (and its parent link) in one round trip, answer it as accepted, then send it."""
+    """Write the job (and its parent link) in one round trip, answer it as accepted, then send it;
+    with durable submissions on, answer only once the replicas hold both (else 503, job canceled)."""
     pipe = svc.jobs.pipeline()
     svc.jobs.create_many([job], pipe=pipe)
     if parent is not None:
@@ -79,6 +81,8 @@ def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, s
     pipe.execute()
     view = job_view(svc.jobs.get(job.job_id), svc)
     send()
+    # Durable submissions (`LAYERQ_REDIS_WAIT_REPLICAS`) cover layer-set jobs as they do the others.
+    ensure_replicated(svc, [job], [])
     resp = jsonify(view)
     resp.status_code = 202
     resp.headers["Location"] = url_for("jobs.get_job", job_id=job.job_id)

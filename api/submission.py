@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from api.durability import ensure_replicated
 from layerq import dispatch, objects
 from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
 from layerq.images import png_bytes
@@ -135,6 +136,7 @@ def submit(
     if before_send is not None:
         out.answer = before_send(out)
     send(svc, runnable)
+    ensure_replicated(svc, runnable, [job_id for job_id, _, _ in cached])
     if webhook and cached:
         # Jobs answered from the cache never reach a worker: their `completed` events go from here.
         for rec in svc.jobs.get_many([job_id for job_id, _, _ in cached]):

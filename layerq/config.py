@@ -22,6 +22,17 @@ class Settings:
     # --- queue and job records -------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Celery broker and job records. `layerq up` starts a private redis-server when unset."""
+    redis_sentinel_master: str = "mymaster"
+    """Name of the monitored master when `redis_url` lists Sentinels (`sentinel://h1:26379;sentinel://h2:26379/0`)."""
+    redis_sentinel_password: str = ""
+    """Password of the Sentinels (their `requirepass`); the master's own password goes in the URL."""
+    redis_sentinel_tls: bool = False
+    """TLS to the Sentinels and to the master they name."""
+    redis_wait_replicas: int = 0
+    """Durable submissions: answer 202 only once this many replicas hold the new jobs (Redis `WAIT`),
+    else 503 and the jobs are canceled. 0: answer as soon as the master has them (docs/redis-ha.md)."""
+    redis_wait_timeout_ms: int = 1000
+    """How long a submission waits for `redis_wait_replicas` replicas before it answers 503."""
     key_prefix: str = "layerq"
     """Prefix of every Redis key layerq writes (several deployments can share one Redis)."""
     job_ttl_s: int = 7 * 24 * 3600

@@ -100,6 +100,13 @@ class TransientError(LayerqError):
     code = "unavailable"
 
 
+class NotReplicated(TransientError):
+    """Raised when new jobs did not reach `redis_wait_replicas` replicas in time: they were canceled
+    and the submission is refused (a failover could have lost them)."""
+
+    code = "not_replicated"
+
+
 class StorageUnavailable(TransientError):
     """Raised by an object store that cannot be reached or answers with a server error after its
     own retries (the backends translate their libraries' exceptions into this)."""

@@ -182,6 +182,8 @@ class RedisServer:
     port: int = 0
     persist: bool = False
     proc: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+    """More redis-server options (`--replicaof`, ... : layerq/redis_ha.py)."""
 
     @staticmethod
     def available() -> bool:
@@ -197,7 +199,7 @@ class RedisServer:
         self.port = self.port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
+                "--save", "", "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no", *self.extra_args]
         with open(self.data_dir / "redis.log", "ab") as log:
             _popen(args, on_start=lambda p: setattr(self, "proc", p), stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: ping(self.url), 10, "redis-server")
@@ -276,11 +278,14 @@ class LocalStack:
 
     def _registry(self) -> "WorkerRegistry":
         # The launcher reads worker liveness through the store that owns it, like every process.
+        # Through the Sentinel-aware client, so a launcher on `sentinel://` follows a failover too.
+        from storage.client import options_of
         from storage.workers import WorkerRegistry
 
         if self._workers_registry is None:
             self._workers_registry = WorkerRegistry.from_url(self.settings.redis_url,
-                                                             key_prefix=self.settings.key_prefix)
+                                                             key_prefix=self.settings.key_prefix,
+                                                             options=options_of(self.settings))
         return self._workers_registry
 
     def _live_on(self, queue: str) -> int:

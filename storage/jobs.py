@@ -22,7 +22,7 @@ from layerq.jobs import ALLOWED, JobStatus
 from layerq.queues import DECOMPOSE_QUEUE, TASK_OF_QUEUE
 from layerq.results import with_object_keys
 from storage import lua
-from storage.client import connect
+from storage.client import RedisOptions, connect
 from storage.keys import Keys
 from storage.retention import Retention
 
@@ -87,8 +87,9 @@ class JobStore:
         self.retention = Retention(client, self.keys, ttl_s)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "JobStore":
-        return cls(connect(url), **kwargs)
+    def from_url(cls, url: str, options: RedisOptions | None = None, **kwargs: Any) -> "JobStore":
+        """A store on its own client; `options` name the master behind a `sentinel://` URL."""
+        return cls(connect(url, options), **kwargs)
 
     def _common(self) -> list[Any]:
         return [repr(time.time()), self.keys.batch_prefix]
@@ -100,6 +101,16 @@ class JobStore:
     def ping(self) -> None:
         """Raise if Redis cannot be reached (readiness probes)."""
         self._r.ping()
+
+    def replicated(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas hold every write made so far by anyone (at most `replicas`; waits up to
+        `timeout_ms` for them). WAIT counts the writes of its own connection, so a barrier write goes
+        first on the same connection: its replication offset is past every earlier write, the
+        broker's messages included."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self.keys.replication_barrier(), repr(time.time()))
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return int(pipe.execute()[-1])
 
     # --- creation and reads --------------------------------------------------------------------
     def create(self, job_id: str, *, kind: str, queue: str, params: dict[str, Any], input_key: str, **extra: Any) -> None:

@@ -155,3 +155,7 @@ class Keys:
     def rate_limit_prefix(self) -> str:
         """What flask-limiter prepends to its counters (it writes them itself, through `limits`)."""
         return f"{self.prefix}:ratelimit"
+    # --- durable submissions (storage/jobs.py `replicated`) ------------------------------------
+    def replication_barrier(self) -> str:
+        """String: written just before `WAIT`, so the wait covers every earlier write (docs/redis-ha.md)."""
+        return f"{self.prefix}:replication-barrier"

@@ -17,7 +17,7 @@ from storage.apikeys import ApiKeyStore
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
-from storage.client import connect
+from storage.client import connect, options_of
 from storage.deliveries import WebhookDeliveries
 from storage.factory import open_object_store
 from storage.idempotency import IdempotencyStore
@@ -60,7 +60,7 @@ class Services:
             from layerq.celery_app import make_celery
 
             celery = make_celery(settings)
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, options_of(settings))
         prefix = settings.key_prefix
         jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s, fair=settings.fair_queues)
         return cls(

@@ -6,10 +6,14 @@ reap a dead one or sweep the unsent jobs. The policy (when to beat, whom to reap
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
 from storage.keys import Keys
+
+if TYPE_CHECKING:
+    from storage.client import RedisOptions
 
 
 class WorkerRegistry:
@@ -18,11 +22,12 @@ class WorkerRegistry:
         self.keys = Keys(key_prefix)
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str) -> "WorkerRegistry":
-        """A registry on its own client, for a launcher that watches workers it started."""
+    def from_url(cls, url: str, *, key_prefix: str, options: "RedisOptions | None" = None) -> "WorkerRegistry":
+        """A registry on its own client, for a launcher that watches workers it started. `options`
+        name the master behind a `sentinel://` URL (`storage.client.options_of(settings)`)."""
         from storage.client import connect
 
-        return cls(connect(url), key_prefix=key_prefix)
+        return cls(connect(url, options), key_prefix=key_prefix)
 
     def heartbeat(self, queue: str, worker: str) -> None:
         self._r.zadd(self.keys.workers(queue), {worker: time.time()})

@@ -775,3 +775,34 @@ def test_k8s_metrics_annotations_point_at_open_ports():
             port_number(container, int(annotations["prometheus.io/port"]))
     (gpu,) = containers(named("Deployment", "layerq-worker-gpu"))
     assert port_number(gpu, "metrics") == metrics_port, "the worker serves metrics on LAYERQ_WORKER_METRICS_PORT"
+
+
+def test_compose_ha_profile_is_a_master_a_replica_and_three_sentinels_quorum_two():
+    # docs/redis-ha.md: the `ha` profile shows a Redis that survives losing its master.
+    svcs = {n: s for n, s in services().items() if "ha" in (s.get("profiles") or [])}
+    sentinels = sorted(n for n in svcs if n.startswith("redis-sentinel-"))
+    assert len(sentinels) == 3 and {"redis-ha-master", "redis-ha-replica"} <= set(svcs)
+    replica = command_of(svcs["redis-ha-replica"])
+    assert replica[replica.index("--replicaof") + 1:][:2] == ["redis-ha-master", "6379"]
+    for name in ("redis-ha-master", "redis-ha-replica"):
+        argv = command_of(svcs[name])
+        assert option(argv, "--appendonly") == "yes" and option(argv, "--maxmemory-policy") == "noeviction"
+    for name in sentinels:
+        script = svcs[name]["command"][0]
+        assert "sentinel monitor mymaster redis-ha-master 6379 2" in script and "--sentinel" in script
+        assert svcs[name]["hostname"] == name and "healthcheck" in svcs[name]
+    # The URL the compose comments and the docs give names exactly these Sentinels.
+    url = "sentinel://" + ";sentinel://".join(f"{n}:26379" for n in sentinels) + "/0"
+    assert url in COMPOSE_FILE.read_text() and url in (ROOT / "docs" / "redis-ha.md").read_text()
+    from storage.client import parse_sentinel_url
+
+    assert [h for h, _ in parse_sentinel_url(url).sentinels] == sentinels
+
+
+def test_flower_follows_a_sentinel_master(monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("LAYERQ_REDIS_URL", "sentinel://s1:26379;sentinel://s2:26379/0")
+    monkeypatch.setenv("LAYERQ_REDIS_SENTINEL_MASTER", "jobs")
+    conf = runpy.run_path(str(DEPLOY / "flower" / "layerq_celeryconfig.py"))
+    assert conf["broker_transport_options"]["master_name"] == "jobs"

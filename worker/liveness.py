@@ -64,14 +64,23 @@ class Liveness:
         self.workers.heartbeat(self.queue, self.name)
 
     def _run(self) -> None:
+        quiet_until = 0.0
         while not self._stop.wait(self.heartbeat_s):
+            started = time.monotonic()
             try:
                 self.beat()
-                self.reap()
+                # A beat held up by a Redis outage (the client retries through a restart or a
+                # failover) means every worker's beats were held up alike: give the others
+                # MISSED_BEATS beats to beat again before judging any of them dead.
+                if time.monotonic() - started > self.heartbeat_s:
+                    quiet_until = time.monotonic() + dead_after_s(self.heartbeat_s)
+                if time.monotonic() >= quiet_until:
+                    self.reap()
                 self.send_unsent()
                 if self.on_beat is not None:
                     self.on_beat()
             except Exception:  # Redis briefly away: the next beat retries
+                quiet_until = time.monotonic() + dead_after_s(self.heartbeat_s)
                 log.warning("heartbeat failed", exc_info=True)
 
     def reap(self) -> list[str]:

@@ -9,3 +9,5 @@ import os
 
 broker_url = os.environ.get("LAYERQ_REDIS_URL", "redis://redis:6379/0")
 broker_transport_options = {"global_keyprefix": os.environ.get("LAYERQ_KEY_PREFIX", "layerq") + ":"}
+if broker_url.startswith("sentinel://"):  # docs/redis-ha.md: the same master layerq follows
+    broker_transport_options["master_name"] = os.environ.get("LAYERQ_REDIS_SENTINEL_MASTER", "mymaster")
