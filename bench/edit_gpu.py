@@ -97,7 +97,8 @@ def _phase_times(rec: gt.StepRecorder, t0: float, t1: float) -> dict:
     """Host time before the first step callback (encode + step 0) and after the last (decode + post)."""
     if not rec.host_times:
         return {}
-    return {"before_first_step_s": round(rec.host_times[0] - t0, 2), "after_last_step_s": round(t1 - rec.host_times[-1], 2)}
+    return {"before_first_step_s": round(rec.host_times[0] - t0, 2),
+            "after_last_step_s": round(t1 - rec.host_times[-1], 2)}
 
 
 def reference_job(pipe, layer, steps: int, device: str) -> tuple[dict, torch.Tensor | None]:
@@ -186,8 +187,8 @@ def main(argv=None) -> int:
         sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 3), **gt.peak_gib()}
     print("build", res["build"], flush=True)
     layer = source_layer()
-    res["input"] = {"layer": [layer.mode, *layer.size],
-                    "worker_composite_equals_authors": on_backdrop(layer).tobytes() == blend_with_green_bg(layer).tobytes()}
+    same = on_backdrop(layer).tobytes() == blend_with_green_bg(layer).tobytes()
+    res["input"] = {"layer": [layer.mode, *layer.size], "worker_composite_equals_authors": same}
     save()
 
     ref_latents = None
@@ -264,14 +265,15 @@ def main(argv=None) -> int:
     ref_rows, jobs = res.get("ref") or [], res.get("worker") or []
     if ref_rows and jobs:
         ref_s, steady = ref_rows[-1]["e2e_s"], jobs[-1]["e2e_s"]
+        measured = [*ref_rows, *jobs, res.get("worker_prepare", {})]
         res["summary"] = {
             "ref_job_s": ref_s, "worker_first_job_s": jobs[0]["e2e_s"], "worker_steady_job_s": steady,
             "speedup_job": round(ref_s / steady, 3),
             "ref_step_s": ref_rows[-1]["step_s"], "worker_step_s": jobs[-1]["step_s"],
             "speedup_step": round(ref_rows[-1]["step_s"] / jobs[-1]["step_s"], 3) if jobs[-1]["step_s"] else None,
             "err_vs_ref": jobs[-1].get("err_vs_ref"),
-            "peak_allocated_gib": max(r.get("allocated_gib", 0) for r in [*ref_rows, *jobs, res.get("worker_prepare", {})]),
-            "peak_reserved_gib": max(r.get("reserved_gib", 0) for r in [*ref_rows, *jobs, res.get("worker_prepare", {})]),
+            "peak_allocated_gib": max(r.get("allocated_gib", 0) for r in measured),
+            "peak_reserved_gib": max(r.get("reserved_gib", 0) for r in measured),
         }
         if "worker_sdpa" in res:
             res["summary"]["speedup_job_sdpa"] = round(ref_s / res["worker_sdpa"]["e2e_s"], 3)
