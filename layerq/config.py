@@ -146,7 +146,8 @@ class Settings:
     device: str = "auto"
     """`auto` (CUDA + bf16 when a GPU is present, else CPU + float32), `cuda`, `cpu`."""
     gpu_speedups: bool = True
-    """Lossless speed-ups on CUDA (compiled transformer blocks, cached negative-prompt embeddings, ...)."""
+    """Lossless speed-ups on CUDA (compiled transformer blocks, cached negative-prompt embeddings, ...),
+    for decompose and edit workers alike (edit workers: the transformer switches only, worker.accel.editor)."""
     fast_captions: bool = False
     """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
     warmup_buckets: str = "640x4"

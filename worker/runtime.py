@@ -112,7 +112,8 @@ def _load_edit(settings: Settings) -> tuple[Any, Any]:
 
     t0 = time.perf_counter()
     cache = Path(settings.model_cache_dir)
-    pipeline = load_edit_pipeline(settings.edit_model, device=settings.device, cache_dir=cache)
+    pipeline = load_edit_pipeline(settings.edit_model, device=settings.device, cache_dir=cache,
+                                  speedups=settings.gpu_speedups)
     matte = None
     if settings.matte_model:
         from worker.matte import get_matte

@@ -34,22 +34,26 @@ log = logging.getLogger(__name__)
 _EMPTY_PROMPTS = (None, "", " ")
 
 
-class FastDecomposer:
-    """Call it like the pipeline; see `prepare()`."""
+class TransformerSwitches:
+    """The transformer-level switches of `SpeedOptions`, applied in place to a Qwen-Image pipeline's
+    `QwenImageTransformer2DModel` (the layered one or the edit model's plain one): attention kernel,
+    fused projections, GELU epilogue, real RoPE, regional compile, FP8. A subclass says how long the
+    joint sequence of its jobs is, for the attention probe."""
 
     def __init__(self, pipe, options: SpeedOptions):
         self.pipe = pipe
         self.options = options
-        self.captioner = Captioner(pipe, options)
         self.attention_backend: str | None = None
         self.attention_probes: list[attention.BackendProbe] = []
         self.warmup_s: dict[str, float] = {}
-        self._negative: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.last_step_cache: StepCache | None = None
         self._replaced_processors: dict = {}
 
+    def _probe_seq_len(self) -> int:
+        """Joint sequence length (image + text tokens) of a typical job: the attention probe's shape."""
+        raise NotImplementedError
+
     # --- setup -----------------------------------------------------------------------------------
-    def apply(self) -> "FastDecomposer":
+    def apply(self):
         """Apply the transformer-level switches to the pipeline (done by `prepare`)."""
         o, transformer = self.options, self.pipe.transformer
         if o.fp8_weights:
@@ -58,7 +62,7 @@ class FastDecomposer:
         if o.attention_backend == "auto" and not on_cuda:
             self.attention_backend = None
         elif o.attention_backend == "auto":
-            seq = self._bucket_seq_len(640, 4)
+            seq = self._probe_seq_len()
             heads = transformer.config.num_attention_heads
             head_dim = transformer.config.attention_head_dim
             self.attention_probes = attention.probe_backends(seq, heads, head_dim)
@@ -99,6 +103,19 @@ class FastDecomposer:
         self._replaced_processors = {}
         joint_attention.unfuse_qkv(transformer)
         attention.apply_backend(transformer, None)
+
+
+class FastDecomposer(TransformerSwitches):
+    """Call it like the pipeline; see `prepare()`."""
+
+    def __init__(self, pipe, options: SpeedOptions):
+        super().__init__(pipe, options)
+        self.captioner = Captioner(pipe, options)
+        self._negative: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_step_cache: StepCache | None = None
+
+    def _probe_seq_len(self) -> int:
+        return self._bucket_seq_len(640, 4)
 
     def _bucket_seq_len(self, resolution: int, layers: int) -> int:
         """Joint sequence length of a square job at `resolution` (image tokens + ~64 text tokens)."""
