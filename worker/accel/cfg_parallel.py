@@ -163,7 +163,7 @@ class CfgParallel:
             state["call"] = call + 1
             if state["mode"] is None:
                 state["mode"] = self._start(state, kwargs, transformer)
-            if state["mode"] == "local":
+            if state["mode"] in ("local", "ended"):  # no CFG, or a call past the last step
                 return original(**kwargs)
             try:
                 if call % 2 == 0:  # cond: hand rank 1 this step's input, then compute ours meanwhile
@@ -175,6 +175,11 @@ class CfgParallel:
                 neg = self.link.recv(torch.empty_like(state["pending"]))
                 state["pending"] = None
                 self.remote_calls += 1
+                if _last_step(pipe.scheduler):
+                    # Release rank 1 now, not after the VAE decode: its next wait would otherwise
+                    # include the decode (and could pass the timeout on a slow or busy host).
+                    self._end(state)
+                    state["mode"] = "ended"
                 return (neg,)
             except PeerLost as lost:
                 state["mode"] = "lost"
@@ -241,7 +246,8 @@ class CfgParallel:
 
     def _send_step(self, kwargs: dict[str, Any]) -> None:
         timestep = kwargs["timestep"].reshape(-1).to(torch.float64)  # bf16/fp32 → fp64 → back is exact
-        ctrl = torch.cat([torch.tensor([_STEP], dtype=torch.float64, device=timestep.device), timestep])
+        # Built on the device (a fill kernel), not from a host list: that copy would sync the host every step.
+        ctrl = torch.cat([timestep.new_full((1,), _STEP), timestep])
         self.link.send(ctrl)
         self.link.send(kwargs["hidden_states"])
 
@@ -255,6 +261,14 @@ class CfgParallel:
         log.error("%s", lost)
         if self.on_lost is not None:
             self.on_lost(lost)
+
+
+def _last_step(scheduler: Any) -> bool:
+    """Whether the step being computed is the loop's last. The scheduler's step index is a host int
+    (None until its first `step`), so this reads nothing back from the device; steps that a step cache
+    skips still pass through `scheduler.step`, so the count holds with it too."""
+    index = getattr(scheduler, "step_index", None) or 0
+    return index >= len(scheduler.timesteps) - 1
 
 
 # --- rank 1 ------------------------------------------------------------------------------------------
