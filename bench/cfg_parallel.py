@@ -42,6 +42,8 @@ def rank_main(args) -> None:
 
     device = pair_device("auto", args.rank)
     cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(device)  # the speed-ups' probes and compilation allocate on the current device
     t0 = time.perf_counter()
     pipe = build_pipeline(args.size, device)
     fast = prepare(pipe, SpeedOptions.for_device(torch.device(device)))
@@ -51,7 +53,7 @@ def rank_main(args) -> None:
     link = CfgLink.connect(f"127.0.0.1:{args.port}", args.rank, device, timeout_s=600, connect_timeout_s=1800)
     link.store.set(f"checksum/{args.rank}", str(_weights_checksum(pipe.transformer)))
     if args.rank == 1:
-        serve(pipe.transformer, link, pipe.transformer.dtype)  # until rank 0 leaves
+        serve(pipe.transformer, link)  # until rank 0 leaves
         return
 
     cfg = CfgParallel(link)

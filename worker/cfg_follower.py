@@ -91,7 +91,7 @@ def main() -> int:
                            connect_timeout_s=settings.cfg_parallel_connect_timeout_s)
     log.info("CFG-parallel follower ready on %s", pipeline.device)
     try:
-        served = serve(pipeline.pipe.transformer, link, pipeline.dtype)
+        served = serve(pipeline.pipe.transformer, link)
         log.info("CFG-parallel follower leaving after %d jobs: rank 0 closed the pair", served)
     except PeerLost as lost:
         if stopping:

@@ -122,7 +122,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _loads(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # tensors, dtypes, lists only
 
 
 def _cpu(value: Any) -> Any:
@@ -272,8 +272,7 @@ def _last_step(scheduler: Any) -> bool:
 
 
 # --- rank 1 ------------------------------------------------------------------------------------------
-def serve(transformer: Any, link: CfgLink, dtype: torch.dtype, *, should_stop: Callable[[], bool] = lambda: False,
-          ) -> int:
+def serve(transformer: Any, link: CfgLink, *, should_stop: Callable[[], bool] = lambda: False) -> int:
     """The follower's loop: wait for a job in the store, then run one uncond pass per step until rank 0
     says the call ended. Returns the number of jobs served once rank 0 closed the pair (or
     `should_stop()` turned true); raises `PeerLost` when rank 0 dies (its store goes with it)."""
@@ -290,18 +289,16 @@ def serve(transformer: Any, link: CfgLink, dtype: torch.dtype, *, should_stop: C
             raise PeerLost(f"CFG-parallel store unreachable (rank 0 gone?): {exc}") from exc
         if not data:  # rank 0 closed the pair
             break
-        _serve_job(transformer, link, dtype, _loads(data))
+        _serve_job(transformer, link, _loads(data))
         served += 1
     return served
 
 
-def _serve_job(transformer: Any, link: CfgLink, dtype: torch.dtype, header: dict[str, Any]) -> None:
+def _serve_job(transformer: Any, link: CfgLink, header: dict[str, Any]) -> None:
     dev = link.device
 
-    def on_device(value: Any, to_dtype: torch.dtype | None = None) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        return value.to(dev, dtype=to_dtype) if to_dtype is not None and value.is_floating_point() else value.to(dev)
+    def on_device(value: Any) -> Any:  # dtypes travel as they were on rank 0
+        return value.to(dev) if isinstance(value, torch.Tensor) else value
 
     constant = {
         "encoder_hidden_states": on_device(header["neg"]),
