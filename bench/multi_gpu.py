@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--size", choices=["full", "small"], default="full")
+    ap.add_argument("--size", choices=["full", "small", "tiny"], default="full", help="tiny/small: CPU dry check")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--sync-dir", default=None, help=argparse.SUPPRESS)

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", default="layerq@%h")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--gpus", help="`all` or indices like 0,1: supervise one worker per GPU (worker/supervisor.py)")
+    w.add_argument("--cfg-parallel", action="store_true",
+                   help="with --gpus: two GPUs per worker, one job's prompt and negative-prompt passes on both at once")
     w.add_argument("--drain-timeout-s", type=float,
                    help="with --gpus: how long SIGTERM waits for running jobs (default: LAYERQ_JOB_TIME_LIMIT_S + 30)")
 
@@ -145,6 +147,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.gpus:
         return _supervise_gpu_workers(args)
+    if args.cfg_parallel:
+        print("--cfg-parallel needs --gpus (two GPUs per worker, e.g. --gpus 0,1)", file=sys.stderr)
+        return 2
     from worker.celery_app import make_worker_app
 
     settings = Settings.from_env(model=args.model)
@@ -171,7 +176,7 @@ def _supervise_gpu_workers(args: argparse.Namespace) -> int:
     drain_s = args.drain_timeout_s if args.drain_timeout_s is not None else default_drain_timeout_s(settings.job_time_limit_s)
     gpus = discover_gpus(args.gpus)
     return Supervisor(gpus, worker_argv(args.model, args.queues, args.loglevel), drain_s,
-                      metrics_port=settings.worker_metrics_port).run()
+                      metrics_port=settings.worker_metrics_port, cfg_parallel=args.cfg_parallel).run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:

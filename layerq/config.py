@@ -180,6 +180,14 @@ class Settings:
     """Fair queues: every Nth admission prefers bulk over interactive, so bulk is never starved."""
     worker_heartbeat_s: float = 10.0
     """Workers beat this often; a worker silent for 3 beats is dead and its job is put back at once."""
+    cfg_parallel_peer: str = ""
+    """`host:port` where the two ranks of a CFG-parallel pair meet (rank 0 listens); set by `layerq worker
+    --cfg-parallel`, which also starts rank 1 (`python -m worker.cfg_follower`). Empty: CFG in one process."""
+    cfg_parallel_timeout_s: float = 300.0
+    """Longest a CFG-parallel rank waits for the other within a job (one transformer pass, or its first
+    compilation on a new shape); past it the pair counts as broken and is restarted."""
+    cfg_parallel_connect_timeout_s: float = 1800.0
+    """Longest the ranks of a pair wait for each other at start (the slower one's model load)."""
     encode_threads: int = 0
     """Threads a worker encodes a job's PNGs and exports with; 0: one per CPU core it may use, 2 to 8."""
     cpu_worker_concurrency: int = 8

@@ -121,6 +121,7 @@ class DecomposePipeline:
     load_s: float = field(default=0.0)
     runner: Any = None  # worker.acceleration.FastDecomposer on CUDA (same call, same output), else None
     warmup_s: float = field(default=0.0)
+    cfg: Any = None  # worker.accel.cfg_parallel.CfgParallel on rank 0 of a CFG-parallel pair, else None
 
     @classmethod
     def load(
@@ -225,6 +226,10 @@ class DecomposePipeline:
         started = time.monotonic()
         try:
             with torch.inference_mode(), contextlib.ExitStack() as stack:
+                if self.cfg is not None and params.true_cfg_scale > 1:
+                    # The negative-prompt passes run on the pair's other GPU (entered first: a step
+                    # cache wraps it, so a reused step skips both branches on both ranks).
+                    stack.enter_context(self.cfg.active(self.pipe))
                 if step_cache is not None:
                     # Two transformer calls per step with CFG: the pipeline's `do_true_cfg`, since the
                     # negative prompt is always a string here.

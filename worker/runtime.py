@@ -80,11 +80,20 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         from worker.pipeline import DecomposePipeline  # torch is imported only by GPU workers
 
         t0 = time.perf_counter()
+        device = settings.device
+        if settings.cfg_parallel_peer:  # rank 0 of a pair: both ranks see the pair's GPUs, rank r uses the r-th
+            from worker.accel.cfg_parallel import pair_device
+
+            device = pair_device(device, 0)
         pipeline = DecomposePipeline.load(
-            settings.model, device=settings.device, cache_dir=settings.model_cache_dir,
+            settings.model, device=device, cache_dir=settings.model_cache_dir,
             speedups=settings.gpu_speedups, fast_captions=settings.fast_captions,
             warmup_buckets=settings.warmup_bucket_list,
         )
+        if settings.cfg_parallel_peer:
+            from worker.cfg_follower import connect_leader
+
+            pipeline.cfg = connect_leader(settings, pipeline)
         load_s = time.perf_counter() - t0
         log.info("pipeline %s loaded in %.1f s", settings.model, load_s)
         metrics.MODEL_LOAD_SECONDS.labels(settings.model).set(load_s)

@@ -9,6 +9,12 @@ again after a backoff that doubles per consecutive crash up to `MAX_BACKOFF_S` (
 warm shutdown: the running job finishes, nothing new is taken), and whatever still runs after
 `drain_timeout_s` is killed. A second signal kills at once. Children also get SIGTERM from the kernel
 should the supervisor itself die (PR_SET_PDEATHSIG), so they are never orphaned.
+
+With `--cfg-parallel` the GPUs are taken two by two: each pair runs one `layerq worker` (rank 0, the
+Celery worker) and one `python -m worker.cfg_follower` (rank 1, the negative-prompt passes; see
+worker/accel/cfg_parallel.py), both seeing the pair's two GPUs and meeting at a fresh loopback port.
+A pair lives and dies together: when either exits, the other is stopped (SIGTERM, then SIGKILL after
+`PAIR_STOP_GRACE_S`) and both start again after the same backoff.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 STABLE_AFTER_S = 120.0
 POLL_S = 0.2
+PAIR_STOP_GRACE_S = 30.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -111,6 +118,7 @@ class Child:
     crashes: int = 0
     restart_at: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    stop_sent_at: float | None = None  # a pair: when the survivors of a member's exit were told to stop
 
     def start(self, environ: dict[str, str]) -> None:
         env = {**environ, "CUDA_VISIBLE_DEVICES": self.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **self.extra_env}
@@ -145,20 +153,36 @@ class Supervisor:
 
     metrics_port: int = 0
 
+    cfg_parallel: bool = False
+    groups: list[list[Child]] = field(default_factory=list)
+
     def __post_init__(self) -> None:
-        # Each worker serves its own metrics: the worker on the i-th GPU listens on metrics_port + i.
-        self.children = [
-            Child(gpu, [*self.worker_argv, "--name", node_name(gpu)],
-                  extra_env={"LAYERQ_WORKER_METRICS_PORT": str(self.metrics_port + i if self.metrics_port > 0 else 0)})
-            for i, gpu in enumerate(self.gpus)
-        ]
+        # Each worker serves its own metrics: the worker on the i-th GPU (or pair) listens on metrics_port + i.
+        def metrics_env(i: int) -> dict[str, str]:
+            return {"LAYERQ_WORKER_METRICS_PORT": str(self.metrics_port + i if self.metrics_port > 0 else 0)}
+
+        if not self.cfg_parallel:
+            self.groups = [[Child(gpu, [*self.worker_argv, "--name", node_name(gpu)], extra_env=metrics_env(i))]
+                           for i, gpu in enumerate(self.gpus)]
+        else:
+            if len(self.gpus) % 2:
+                raise ValueError(f"--cfg-parallel takes GPUs two by two; {len(self.gpus)} named")
+            follower = [sys.executable, "-m", "worker.cfg_follower"]
+            for i in range(len(self.gpus) // 2):
+                a, b = self.gpus[2 * i], self.gpus[2 * i + 1]
+                visible = f"{a},{b}"  # both ranks see both GPUs; rank r uses the r-th (NCCL peers by bus id)
+                self.groups.append([
+                    Child(visible, [*self.worker_argv, "--name", node_name(f"{a}-{b}")], extra_env=metrics_env(i)),
+                    Child(visible, follower),
+                ])
+        self.children = [child for group in self.groups for child in group]
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for child in self.children:
+        for group in self.groups:
             if not self._stopping:
-                child.start(self.environ)
+                self._start_group(group)
         while not self._stopping:
             self._restart_crashed(time.monotonic())
             time.sleep(POLL_S)
@@ -176,20 +200,42 @@ class Supervisor:
             for child in self.children:
                 child.signal(signal.SIGKILL)
 
+    def _start_group(self, group: list[Child]) -> None:
+        if len(group) > 1:  # a CFG-parallel pair meets at a port of its own, fresh for every start
+            peer = f"127.0.0.1:{_free_port()}"
+            for child in group:
+                child.extra_env["LAYERQ_CFG_PARALLEL_PEER"] = peer
+        for child in group:
+            child.start(self.environ)
+
     def _restart_crashed(self, now: float) -> None:
-        for child in self.children:
-            if child.running() or child.proc is None:
+        for group in self.groups:
+            exited = [c for c in group if c.proc is not None and not c.running()]
+            if not exited:
                 continue
-            if child.restart_at is None:
-                code = child.proc.returncode
-                if now - child.started_at >= STABLE_AFTER_S:
-                    child.crashes = 0
-                child.crashes += 1
-                delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (child.crashes - 1))
-                child.restart_at = now + delay
-                log.warning("worker for GPU %s exited with %s; restarting in %.0f s", child.gpu, code, delay)
-            elif now >= child.restart_at:
-                child.start(self.environ)
+            lead = group[0]  # the Celery worker; a pair's backoff is kept on it
+            if lead.restart_at is None:
+                if any(c.running() for c in group):  # one rank of a pair exited: stop the other
+                    if lead.stop_sent_at is None:
+                        lead.stop_sent_at = now
+                        log.warning("a rank of the CFG-parallel pair on GPUs %s exited with %s; stopping the other",
+                                    lead.gpu, exited[0].proc.returncode)
+                        for child in group:
+                            child.signal(signal.SIGTERM)
+                    elif now - lead.stop_sent_at >= PAIR_STOP_GRACE_S:
+                        for child in group:
+                            child.signal(signal.SIGKILL)
+                    continue
+                lead.stop_sent_at = None
+                code = exited[0].proc.returncode
+                if now - lead.started_at >= STABLE_AFTER_S:
+                    lead.crashes = 0
+                lead.crashes += 1
+                delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (lead.crashes - 1))
+                lead.restart_at = now + delay
+                log.warning("worker for GPU %s exited with %s; restarting in %.0f s", lead.gpu, code, delay)
+            elif now >= lead.restart_at:
+                self._start_group(group)
 
     def _drain(self) -> int:
         deadline = time.monotonic() + self.drain_timeout_s
@@ -204,6 +250,14 @@ class Supervisor:
                 child.proc.wait()
         log.info("all workers stopped")
         return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def default_drain_timeout_s(job_time_limit_s: float) -> float:
