@@ -216,8 +216,10 @@ class BlockStack:
         """Drop resident blocks (the last ones) until `count` remain, loading none: the next
         `set_resident` brings back what it needs."""
         for i in sorted(self.resident, reverse=True)[: max(0, len(self.resident) - count)]:
-            self.groups[i].drop()
             self.resident.discard(i)
+        for i, group in enumerate(self.groups):
+            if i not in self.resident:
+                group.drop()  # also a streamed block prefetched for the next call
 
     def drop_all(self) -> None:
         self.set_resident(0)
@@ -253,9 +255,8 @@ class PlacedPipeline:
         for name, child in transformer.named_children():
             if child is not blocks:
                 child.to(device)
-        for buf_owner in [transformer]:
-            for name, buf in list(buf_owner.named_buffers(recurse=False)):
-                buf_owner._buffers[name] = buf.to(device)
+        for name, buf in list(transformer.named_buffers(recurse=False)):
+            transformer._buffers[name] = buf.to(device)
         pipe.vae.to(device)
         layers = text_layers(text_encoder)
         layer_ids = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
@@ -336,9 +337,6 @@ class PlacedPipeline:
             return decode(*args, **kwargs)
 
         pipe.vae.decode = decode_phase
-
-    def describe(self) -> dict[str, Any]:
-        return self.plan.describe()
 
 
 class _OwnTensors(nn.Module):
