@@ -65,8 +65,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        workers = svc.workers.live_count(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else 0
-        return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers}), (
+        live = svc.workers.live_details(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else []
+        # `worker_details`: each live decompose worker with what it published (its memory plan).
+        body = {"status": "ok" if ok else "degraded", "checks": checks, "workers": len(live), "worker_details": live}
+        return jsonify(body), (
             200 if ok else 503
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 import layerq
@@ -100,10 +100,21 @@ class UploadTicket(BaseModel):
     expires_at: str
 
 
+class WorkerDetail(BaseModel):
+    """A live decompose worker and what it publishes with its heartbeat."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    memory_plan: dict[str, Any] | None = Field(
+        None, description="The worker's memory plan (worker/memory_plan.py `MemoryPlan.describe()`): name, "
+        "budget_gib, resident_blocks, streamed_blocks, text_encoder, vae_tiling, pinned_host_gib, ...")
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
     workers: int
+    worker_details: list[WorkerDetail] = []
 
 
 MODELS: list[type[BaseModel]] = [

@@ -152,6 +152,9 @@ class Settings:
     """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
     warmup_buckets: str = "640x4"
     """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
+    gpu_memory_gib: float = 0.0
+    """GPU memory the worker plans for; 0: the card's free memory at start. Below what the whole
+    model needs (~61 GiB), weights stream from pinned host memory (worker/memory_plan.py)."""
     job_soft_time_limit_s: int = 3000
     """A job still running after this long is stopped by its step callback and ends `failed`."""
     job_time_limit_s: int = 3600

@@ -111,6 +111,10 @@ class Keys:
         """Sorted set: worker name → last heartbeat (unix seconds)."""
         return f"{self.prefix}:workers:{queue}"
 
+    def worker_info(self, queue: str) -> str:
+        """Hash: worker name → JSON of what it published with its heartbeat (its memory plan)."""
+        return f"{self.prefix}:workerinfo:{queue}"
+
     def holding(self, queue: str, worker: str) -> str:
         """Hash: the job and broker delivery tag a worker is running."""
         return f"{self.prefix}:holding:{queue}:{worker}"

@@ -5,8 +5,9 @@ reap a dead one or sweep the unsent jobs. The policy (when to beat, whom to reap
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -29,11 +30,30 @@ class WorkerRegistry:
 
         return cls(connect(url, options), key_prefix=key_prefix)
 
-    def heartbeat(self, queue: str, worker: str) -> None:
-        self._r.zadd(self.keys.workers(queue), {worker: time.time()})
+    def heartbeat(self, queue: str, worker: str, info: dict[str, Any] | None = None) -> None:
+        """Record a beat; `info` (what the worker publishes about itself, e.g. its memory plan) is kept
+        beside it for as long as the worker is registered."""
+        if info:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zadd(self.keys.workers(queue), {worker: time.time()})
+            pipe.hset(self.keys.worker_info(queue), worker, json.dumps(info, sort_keys=True))
+            pipe.execute()
+        else:
+            self._r.zadd(self.keys.workers(queue), {worker: time.time()})
 
     def gone(self, queue: str, worker: str) -> None:
-        self._r.zrem(self.keys.workers(queue), worker)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrem(self.keys.workers(queue), worker)
+        pipe.hdel(self.keys.worker_info(queue), worker)
+        pipe.execute()
+
+    def live_details(self, queue: str, within_s: float = 45.0) -> list[dict[str, Any]]:
+        """The live workers of `queue`, each `{"name": ..., **what it published}` (sorted by name)."""
+        names = sorted(self._r.zrangebyscore(self.keys.workers(queue), time.time() - within_s, "+inf"))
+        if not names:
+            return []
+        published = self._r.hmget(self.keys.worker_info(queue), names)
+        return [{"name": name, **(json.loads(raw) if raw else {})} for name, raw in zip(names, published)]
 
     def live_count(self, queue: str, within_s: float = 45.0) -> int:
         return int(self._r.zcount(self.keys.workers(queue), time.time() - within_s, "+inf"))
@@ -61,6 +81,7 @@ class WorkerRegistry:
         pipe = self._r.pipeline(transaction=False)
         pipe.delete(self.keys.holding(queue, worker))
         pipe.zrem(self.keys.workers(queue), worker)
+        pipe.hdel(self.keys.worker_info(queue), worker)
         pipe.execute()
 
     def claim_reaping(self, dead: str, by: str, ttl_s: int = 60) -> bool:

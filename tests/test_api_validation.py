@@ -133,3 +133,6 @@ def test_openapi_document_describes_every_endpoint(api):
 def test_healthz_reports_dependencies_and_workers(api):
     body = requests.get(api.url + "/healthz", timeout=10).json()
     assert body["status"] == "ok" and body["checks"] == {"redis": "ok", "storage": "ok"} and body["workers"] >= 1
+    # Each live worker with its memory plan (a CPU worker: everything in host memory).
+    assert len(body["worker_details"]) == body["workers"]
+    assert all(w["memory_plan"]["name"] == "full" for w in body["worker_details"]), body["worker_details"]

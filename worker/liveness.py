@@ -33,9 +33,10 @@ def dead_after_s(heartbeat_s: float) -> float:
 class Liveness:
     def __init__(
         self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queue: str, name: str, heartbeat_s: float,
-        enqueue_grace_s: float = 60.0, on_beat: Callable[[], None] | None = None,
+        enqueue_grace_s: float = 60.0, on_beat: Callable[[], None] | None = None, info: dict | None = None,
     ) -> None:
         self.jobs, self.workers, self.app, self.queue, self.name = jobs, workers, app, queue, name
+        self.info = info or {}
         self.heartbeat_s = heartbeat_s
         self.enqueue_grace_s = enqueue_grace_s
         self._stop = threading.Event()
@@ -61,7 +62,7 @@ class Liveness:
             pass
 
     def beat(self) -> None:
-        self.workers.heartbeat(self.queue, self.name)
+        self.workers.heartbeat(self.queue, self.name, self.info)
 
     def _run(self) -> None:
         quiet_until = 0.0

@@ -96,6 +96,14 @@ def _caption_without_cudnn_attention(pipe: Any) -> None:
     pipe.get_image_caption = get_image_caption  # the pipeline calls it through self
 
 
+def _card_free_bytes(dev: torch.device) -> int | None:
+    if dev.type != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.mem_get_info(dev)[0])
+
+
 class _Abort(Exception):
     """Raised from the step callback to leave the pipeline call at once; never escapes `run`.
 
@@ -122,13 +130,23 @@ class DecomposePipeline:
     runner: Any = None  # worker.acceleration.FastDecomposer on CUDA (same call, same output), else None
     warmup_s: float = field(default=0.0)
     cfg: Any = None  # worker.accel.cfg_parallel.CfgParallel on rank 0 of a CFG-parallel pair, else None
+    placement: Any = None
+    """worker.block_streaming.PlacedPipeline when the memory plan is not `full`, else None."""
+    memory_plan: dict[str, Any] = field(default_factory=dict)
+    """The plan's `describe()`: published with the worker's heartbeat (/healthz)."""
 
     @classmethod
     def load(
         cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models",
         speedups: bool = True, fast_captions: bool = False, warmup_buckets: tuple[tuple[int, int], ...] = (),
+        memory_gib: float = 0.0,
     ) -> DecomposePipeline:
         """Load once per worker process (tens of seconds and ~54 GB for the real model).
+
+        The memory plan (worker/memory_plan.py) is chosen here from the card's free memory, or from
+        `memory_gib` (LAYERQ_GPU_MEMORY_GIB) when > 0, for the warm-up buckets: `full` moves the whole
+        pipeline to the device as before; any other plan keeps the big weights in pinned host memory and
+        streams them (worker/block_streaming.py). On a CPU without `memory_gib` the plan is `full`.
 
         `classic` loads the no-GPU baseline instead (worker.layersets.classic), which has the same
         `run` and needs nothing loaded."""
@@ -141,18 +159,47 @@ class DecomposePipeline:
         dev, dtype = resolve_device(device)
         path = resolve_model(model, Path(cache_dir))
         started = time.monotonic()
+        # Measured before any weight lands on the card: what this worker may use.
+        card_free = _card_free_bytes(dev)
         # `dtype` (not the deprecated `torch_dtype`) is what diffusers 0.42 and transformers 5 read.
         pipe = QwenImageLayeredPipeline.from_pretrained(path, dtype=dtype)
-        pipe.to(dev)
         pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
-        if dev.type == "cuda":
-            _caption_without_cudnn_attention(pipe)
-        load_s = time.monotonic() - started
-        log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, load_s)
-        loaded = cls(pipe=pipe, device=dev, dtype=dtype, model_id=model, path=path, load_s=load_s)
+        loaded = cls.place(pipe, dev, dtype, model_id=model, path=path, memory_gib=memory_gib,
+                           card_free_bytes=card_free, buckets=warmup_buckets)
+        loaded.load_s = time.monotonic() - started
+        log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, loaded.load_s)
+        if loaded.placement is not None and fast_captions:
+            # Compiled static-cache decoding keeps the weights' addresses; streamed weights move.
+            log.warning("fast captions are off under memory plan %s", loaded.memory_plan["name"])
+            fast_captions = False
         if speedups and dev.type == "cuda":
             loaded._accelerate(fast_captions, warmup_buckets)
         return loaded
+
+    @classmethod
+    def place(
+        cls, pipe: Any, dev: torch.device, dtype: torch.dtype, *, model_id: str, path: str, memory_gib: float = 0.0,
+        card_free_bytes: int | None = None, buckets: tuple[tuple[int, int], ...] = (), plan: Any = None,
+    ) -> DecomposePipeline:
+        """Choose the memory plan for a loaded pipeline (on the host or already on `dev`) and apply it;
+        `plan` (a `MemoryPlan`) applies that one instead of choosing."""
+        from worker.memory_plan import ModelFootprint, plan_for
+
+        if plan is None:
+            plan = plan_for(ModelFootprint.from_pipeline(pipe), memory_gib=memory_gib, device_type=dev.type,
+                            card_free_bytes=card_free_bytes, buckets=tuple(buckets) or ((640, 4),))
+        placement = None
+        if plan.full:
+            pipe.to(dev)
+        else:
+            from worker.block_streaming import PlacedPipeline
+
+            placement = PlacedPipeline(pipe, plan, dev)
+        if dev.type == "cuda":
+            _caption_without_cudnn_attention(pipe)
+        log.info("memory plan: %s", plan.describe())
+        return cls(pipe=pipe, device=dev, dtype=dtype, model_id=model_id, path=path, placement=placement,
+                   memory_plan=plan.describe())
 
     def _accelerate(self, fast_captions: bool, warmup_buckets: tuple[tuple[int, int], ...]) -> None:
         """Lossless speed-ups (bench/GPU_NOTES.md), then a warm-up per configured bucket so the first
@@ -217,6 +264,13 @@ class DecomposePipeline:
                 raise _Abort(reason=reason)
             return callback_kwargs
 
+        if self.placement is not None:
+            from worker.memory_plan import PlanDoesNotFit
+
+            try:
+                self.placement.begin_job(params.resolution, params.layer_count)
+            except PlanDoesNotFit as exc:
+                raise PipelineFailed(f"this worker's memory plan cannot run the job: {exc}") from None
         # Whitespace-only counts as empty: the pipeline then writes its own caption (None, "" or " ").
         prompt = params.prompt if params.prompt.strip() else None
         # `quality` other than "exact" runs fewer steps and/or reuses transformer outputs (lossy).

@@ -88,7 +88,7 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
         pipeline = DecomposePipeline.load(
             settings.model, device=device, cache_dir=settings.model_cache_dir,
             speedups=settings.gpu_speedups, fast_captions=settings.fast_captions,
-            warmup_buckets=settings.warmup_bucket_list,
+            warmup_buckets=settings.warmup_bucket_list, memory_gib=settings.gpu_memory_gib,
         )
         if settings.cfg_parallel_peer:
             from worker.cfg_follower import connect_leader
@@ -106,9 +106,11 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     liveness = None
     if pipeline:
         queue = EDIT_QUEUE if EDIT_QUEUE in queues else DECOMPOSE_QUEUE
+        # What /healthz shows about this worker next to its heartbeat (its memory plan, where it has one).
+        info = {"memory_plan": plan} if (plan := getattr(pipeline, "memory_plan", None)) else {}
         liveness = Liveness(services.jobs, services.workers, app, queue, name,
                             settings.worker_heartbeat_s, settings.enqueue_grace_s,
-                            on_beat=lambda: dispatch.sweep(services))
+                            on_beat=lambda: dispatch.sweep(services), info=info)
     _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte)
     return _runtime
 

@@ -1,0 +1,356 @@
+"""Applying a `MemoryPlan`: weights in pinned host memory, copied to the GPU by phase and by block.
+
+Why our own streaming and not diffusers' `apply_group_offloading`: its block-level mode offloads every
+block of a ModuleList (it cannot keep a chosen part resident, and partial residency is what makes a
+48 GB card nearly as fast as an 80 GB one), and its hooks run inside the module's `_call_impl`, which
+the regional compile (`worker/accel/transformer.py`, `block.compile()`) traces. Here each repeated
+block is wrapped in a `_StreamedBlock` whose eager `forward` fetches the weights and then calls the
+block, compiled or not: compile and streaming compose, and all blocks still share one compiled graph
+(a parameter's storage is swapped with `.data`; its shape, dtype and device at call time are the same,
+which is all dynamo guards on).
+
+Weights never change at inference, so the pinned host copy is the master: "offloading" a block is
+pointing its parameters back at the host copy (the GPU copy is freed), "onloading" is one
+non-blocking host→device copy on a side stream, recorded with an event the compute stream waits on.
+
+Phases of one job (the pipeline's own call order), switched by hooks:
+
+  caption   `text_encoder.generate`: the transformer's blocks are dropped, the text encoder's other
+            weights and `plan.caption_text_layers` of its layers come on; the rest stream per token.
+  prompt    `text_encoder(...)` (prompt encoding, then the input image's VAE encoding): transformer
+            blocks beyond `plan.prompt_blocks_for(job)` are dropped, the text encoder's other weights
+            come on; its layers stream past the transformer's resident blocks (after a caption, the
+            layers on the GPU stay).
+  denoise   `transformer(...)`: the text encoder is dropped; `plan.resident_blocks_for(job)` blocks are
+            on, the others stream, each prefetched while the block before it computes.
+  decode    `vae.decode`: blocks beyond `plan.decode_blocks_for(job)` are dropped to make room.
+
+On a CPU the same code runs with plain copies (no streams): that is how the tests check that a
+streamed job gives the full-residency job's output exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.memory_plan import MemoryPlan, resident_indices
+
+log = logging.getLogger(__name__)
+
+
+def transformer_blocks(transformer: Any) -> nn.ModuleList:
+    return transformer.transformer_blocks
+
+
+def text_layers(text_encoder: Any) -> nn.ModuleList:
+    """The decoder layers of the Qwen2.5-VL text encoder (transformers 5 nests them under `model`)."""
+    model = getattr(text_encoder, "model", text_encoder)
+    lm = getattr(model, "language_model", model)
+    return lm.layers
+
+
+class Copier:
+    """Host→device copies on a side stream (CUDA) or plain copies (CPU, for tests)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.bytes_copied = 0
+
+    def copy(self, host: torch.Tensor) -> torch.Tensor:
+        self.bytes_copied += host.numel() * host.element_size()
+        # Outside inference mode: `param.data = t` refuses an inference tensor for a normal parameter.
+        with torch.inference_mode(False), torch.no_grad():
+            if self.stream is None:
+                return host.to(self.device, copy=True)
+            with torch.cuda.stream(self.stream):
+                return host.to(self.device, non_blocking=True)
+
+    def record(self) -> Any:
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+
+class WeightGroup:
+    """Tensors (parameters and buffers) of some modules, pinned on the host, on the device on demand."""
+
+    def __init__(self, modules: list[nn.Module], copier: Copier, pin: bool) -> None:
+        self.copier = copier
+        self.tensors: list[torch.Tensor] = []
+        seen: set[int] = set()
+        for module in modules:
+            for t in [*module.parameters(), *module.buffers()]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    self.tensors.append(t)
+        with torch.inference_mode(False), torch.no_grad():
+            if pin:
+                self._pin_into_slab()
+            else:
+                for t in self.tensors:
+                    if t.device.type != "cpu":
+                        t.data = t.data.to("cpu")
+        self.host = [t.data for t in self.tensors]
+        self.nbytes = sum(h.numel() * h.element_size() for h in self.host)
+        self.on_device = False
+        self._event: Any = None
+        self._waited = True
+
+    def _pin_into_slab(self) -> None:
+        """Move the tensors into one page-locked host buffer of exactly their size.
+
+        `pin_memory()` goes through PyTorch's caching host allocator, which rounds every allocation
+        up to a power of two: ~1.3-1.7x the model's bytes of locked host memory. One plain buffer per
+        group, registered with `cudaHostRegister`, locks exactly what the weights need."""
+        align = 256
+        offsets, total = [], 0
+        for t in self.tensors:
+            offsets.append(total)
+            total += -(-t.numel() * t.element_size() // align) * align
+        slab = torch.empty(max(total, 1), dtype=torch.uint8)
+        cudart = torch.cuda.cudart()
+        if cudart.cudaHostRegister(slab.data_ptr(), slab.numel(), 0) != cudart.cudaError.success:
+            slab = slab.pin_memory()  # registration refused: the allocator's pinned memory, rounded
+        for t, offset in zip(self.tensors, offsets):
+            n = t.numel() * t.element_size()
+            view = slab[offset : offset + n].view(t.dtype).view(t.shape)
+            view.copy_(t.data)
+            t.data = view
+        self.slab = slab  # keeps the registered memory alive for the process
+
+    def load(self) -> None:
+        """Start copying to the device (non-blocking); `ready()` makes the compute stream wait for it."""
+        if self.on_device:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            for t, h in zip(self.tensors, self.host):
+                t.data = self.copier.copy(h)
+        self._event = self.copier.record()
+        self._waited = False
+        self.on_device = True
+
+    def ready(self) -> None:
+        self.load()
+        if self._waited:
+            return
+        if self._event is not None:
+            stream = torch.cuda.current_stream(self.copier.device)
+            stream.wait_event(self._event)
+            for t in self.tensors:
+                # Freed later (when dropped), the copy must not be reused before the compute using it ends.
+                t.data.record_stream(stream)
+        self._waited = True
+
+    def drop(self) -> None:
+        if not self.on_device:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            for t, h in zip(self.tensors, self.host):
+                t.data = h
+        self.on_device = False
+        self._event = None
+        self._waited = True
+
+
+class _StreamedBlock(nn.Module):
+    """Wraps one repeated block: fetches its weights (and prefetches the next streamed block's) first."""
+
+    def __init__(self, block: nn.Module, stack: "BlockStack", index: int) -> None:
+        super().__init__()
+        self.block = block
+        object.__setattr__(self, "_stack", stack)  # not a submodule: no cycle in the module tree
+        object.__setattr__(self, "_index", index)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._stack.before(self._index)
+        try:
+            return self.block(*args, **kwargs)
+        finally:
+            self._stack.after(self._index)
+
+    def __getattr__(self, name: str) -> Any:
+        # transformers' decoder loop reads layer attributes (e.g. `attention_type`) off the layer.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)
+
+
+class BlockStack:
+    """A ModuleList of equal blocks, some resident on the device and the others streamed."""
+
+    def __init__(self, blocks: nn.ModuleList, copier: Copier, pin: bool) -> None:
+        self.groups = [WeightGroup([b], copier, pin) for b in blocks]
+        for i, block in enumerate(list(blocks)):
+            blocks[i] = _StreamedBlock(block, self, i)
+        self.resident: set[int] = set()
+        self._next_streamed: list[int | None] = [None] * len(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def set_resident(self, count: int) -> None:
+        """Keep `count` blocks on the device (spread evenly); drop the others."""
+        target = set(resident_indices(len(self.groups), count))
+        for i, group in enumerate(self.groups):
+            if i not in target:
+                group.drop()
+        for i in sorted(target):
+            self.groups[i].load()
+        self.resident = target
+        streamed = [i for i in range(len(self.groups)) if i not in target]
+        # The next streamed block after block i, wrapping to the first one (prefetched for the next call).
+        self._next_streamed = [
+            next((j for j in streamed if j > i), streamed[0] if streamed else None) for i in range(len(self.groups))
+        ]
+
+    def shrink_to(self, count: int) -> None:
+        """Drop resident blocks (the last ones) until `count` remain, loading none: the next
+        `set_resident` brings back what it needs."""
+        for i in sorted(self.resident, reverse=True)[: max(0, len(self.resident) - count)]:
+            self.resident.discard(i)
+        for i, group in enumerate(self.groups):
+            if i not in self.resident:
+                group.drop()  # also a streamed block prefetched for the next call
+
+    def drop_all(self) -> None:
+        self.set_resident(0)
+        for group in self.groups:
+            group.drop()
+
+    def before(self, index: int) -> None:
+        self.groups[index].ready()
+        nxt = self._next_streamed[index]
+        if nxt is not None and nxt != index:
+            self.groups[nxt].load()
+
+    def after(self, index: int) -> None:
+        if index not in self.resident:
+            self.groups[index].drop()
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self.groups[i].nbytes for i in self.resident)
+
+
+class PlacedPipeline:
+    """A `QwenImageLayeredPipeline` arranged as `plan` says; see the module doc for the phases."""
+
+    def __init__(self, pipe: Any, plan: MemoryPlan, device: torch.device) -> None:
+        self.pipe, self.plan, self.device = pipe, plan, device
+        self.copier = Copier(device)
+        pin = device.type == "cuda"
+        transformer, text_encoder = pipe.transformer, pipe.text_encoder
+        # Weights that stay on the device: the VAE and the transformer's modules outside its blocks.
+        blocks = transformer_blocks(transformer)
+        self.transformer_stack = BlockStack(blocks, self.copier, pin)
+        for name, child in transformer.named_children():
+            if child is not blocks:
+                child.to(device)
+        for name, buf in list(transformer.named_buffers(recurse=False)):
+            transformer._buffers[name] = buf.to(device)
+        pipe.vae.to(device)
+        layers = text_layers(text_encoder)
+        layer_ids = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
+        self.text_stack = BlockStack(layers, self.copier, pin)
+        rest = [m for m in text_encoder.modules() if m is not layers and not isinstance(m, _StreamedBlock)]
+        self.text_rest = WeightGroup([_OwnTensors(m, layer_ids) for m in rest], self.copier, pin)
+        if plan.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
+            pipe.vae.enable_tiling()
+        self.phase = "idle"
+        self.job: tuple[int, int] = plan.sized_for
+        self._install_hooks()
+        log.info(
+            "memory plan %s: %d GiB pinned on the host, %s", plan.name, plan.pinned_host_bytes // 2**30, plan.describe()
+        )
+
+    def replan(self, plan: MemoryPlan) -> None:
+        """Switch to another plan of the same model (a benchmark measures several budgets in one
+        process): everything is dropped and the next job's phases load what the new plan keeps."""
+        self.transformer_stack.drop_all()
+        self.text_stack.drop_all()
+        self.text_rest.drop()
+        self.plan, self.phase, self.job = plan, "idle", plan.sized_for
+        if hasattr(self.pipe.vae, "enable_tiling"):
+            self.pipe.vae.enable_tiling() if plan.vae_tiling else self.pipe.vae.disable_tiling()
+
+    # --- per job ---------------------------------------------------------------------------------
+    def begin_job(self, resolution: int, layers: int) -> None:
+        """Size the denoising phase for this job's bucket (raises PlanDoesNotFit if it cannot run)."""
+        self.plan.resident_blocks_for(resolution, layers)
+        self.job = (resolution, layers)
+
+    # --- phases ----------------------------------------------------------------------------------
+    def enter(self, phase: str) -> None:
+        if phase == self.phase:
+            return
+        if phase == "caption":
+            self.transformer_stack.drop_all()
+            self.text_rest.ready()
+            self.text_stack.set_resident(self.plan.caption_text_layers)
+        elif phase == "prompt":
+            if self.phase != "caption":
+                self.transformer_stack.shrink_to(self.plan.prompt_blocks_for(*self.job))
+                self.text_rest.ready()
+                self.text_stack.set_resident(0)
+        elif phase == "denoise":
+            self.text_stack.drop_all()
+            self.text_rest.drop()
+            self.transformer_stack.set_resident(self.plan.resident_blocks_for(*self.job))
+        elif phase == "decode":
+            keep = self.plan.decode_blocks_for(*self.job)
+            self.transformer_stack.shrink_to(keep)
+        self.phase = phase
+
+    def _install_hooks(self) -> None:
+        pipe = self.pipe
+        te = pipe.text_encoder
+        generate = te.generate
+
+        @functools.wraps(generate)
+        def generate_in_caption_phase(*args: Any, **kwargs: Any) -> Any:
+            self.enter("caption")
+            return generate(*args, **kwargs)
+
+        te.generate = generate_in_caption_phase
+
+        def text_hook(module: Any, args: Any) -> None:
+            if self.phase != "caption":
+                self.enter("prompt")
+            self.text_rest.ready()
+
+        te.register_forward_pre_hook(text_hook)
+        pipe.transformer.register_forward_pre_hook(lambda module, args: self.enter("denoise"))
+        decode = pipe.vae.decode
+
+        @functools.wraps(decode)
+        def decode_phase(*args: Any, **kwargs: Any) -> Any:
+            self.enter("decode")
+            return decode(*args, **kwargs)
+
+        pipe.vae.decode = decode_phase
+
+
+class _OwnTensors(nn.Module):
+    """A view of one module's own parameters and buffers (not its children's), minus `skip` ids, so the
+    text encoder's non-layer weights can be grouped without the layers'."""
+
+    def __init__(self, module: nn.Module, skip: set[int]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_own", [
+            t for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)] if id(t) not in skip
+        ])
+
+    def parameters(self, recurse: bool = True):  # type: ignore[override]
+        return iter([t for t in self._own if isinstance(t, nn.Parameter)])
+
+    def buffers(self, recurse: bool = True):  # type: ignore[override]
+        return iter([t for t in self._own if not isinstance(t, nn.Parameter)])

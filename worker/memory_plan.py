@@ -1,0 +1,356 @@
+"""The worker's memory plan: how the model's weights are placed on a card of a given size.
+
+Chosen once at worker start from the card's memory (`torch.cuda.mem_get_info`) or from
+`LAYERQ_GPU_MEMORY_GIB`, logged, and published with the worker's heartbeat (`/healthz`):
+
+- `full`: everything on the GPU, today's path (the real model needs ~54 GiB of weights + ~7 GiB for a
+  640-bucket job).
+- `partial`: the transformer keeps as many of its 60 blocks on the GPU as the budget allows and streams
+  the others from pinned host memory, each copied on a side stream while the block before it computes
+  (`worker/block_streaming.py`). The text encoder is off the GPU between prompts: while a prompt is
+  encoded its layers stream past the resident transformer; while a caption is written (512 forwards) the
+  transformer's blocks are dropped and as many text-encoder layers as fit stay on the GPU. Weights never
+  change, so dropping a copy costs nothing and bringing it back is one host→device copy.
+- `streamed`: the same with no transformer block resident (smallest cards).
+- `transformer-resident`: all 60 blocks fit once the text encoder is off the GPU (e.g. 46 GiB).
+
+The arithmetic here is pure (no torch) so it is unit-tested on its own: `choose_plan(budget, footprint,
+buckets)`. Activation sizes are estimated from the model's dimensions with factors fitted to the
+full-size model on an H200 (bench/GPU_NOTES.md, issue 17); everything else is counted from the loaded
+weights. FP8 weights for `quality=fast` jobs are not part of any plan yet (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+
+# Bytes kept free of any estimate: allocator fragmentation and kernels' workspaces (cuBLAS, attention).
+MARGIN_BYTES = GIB
+MARGIN_FRACTION = 0.04
+# Activations of one transformer call, in units of (joint tokens × inner dim × dtype bytes): the
+# residual stream, the 4× MLP intermediate, q/k/v and the attention output, with the modulation's
+# float32 temporaries; set so a 640-bucket, 4-layer job of the real model reserves 2 GiB (counted for
+# ~1 GiB inside one block: q/k/v, the roped copies, fc1's 9600 × 12288 output; bench checks the peak).
+DENOISE_ACTIVATION_FACTOR = 33
+# The VAE decode's peak in units of (output pixels × frames × VAE base channels × dtype bytes):
+# +6.6 GiB for 640² × 5 frames × 96 channels in bf16 on the real model (bench/GPU_NOTES.md run 7).
+DECODE_ACTIVATION_FACTOR = 18
+# A caption: the vision tower on the input image and a KV cache for prompt + 512 new tokens, in units of
+# (tokens × text hidden size × dtype bytes) for 2048 tokens.
+CAPTION_TOKENS = 2048
+CAPTION_ACTIVATION_FACTOR = 64
+# Text tokens a transformer call sees at most (the pipeline's max_sequence_length).
+MAX_TEXT_TOKENS = 1024
+# A streamed group needs its own copy on the GPU plus the next one prefetched.
+STREAM_BUFFERS = 2
+
+
+class PlanDoesNotFit(ValueError):
+    """The budget cannot hold even the fully streamed model with a job's activations."""
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """Bytes of the loaded weights, split the way a plan places them, and the dimensions that size the
+    activations. `from_pipeline` reads them off a loaded `QwenImageLayeredPipeline`."""
+
+    transformer_block_bytes: int
+    transformer_blocks: int
+    transformer_rest_bytes: int
+    text_layer_bytes: int
+    text_layers: int
+    text_rest_bytes: int
+    vae_bytes: int
+    transformer_inner_dim: int
+    text_hidden_size: int
+    vae_base_dim: int
+    dtype_bytes: int
+    patch_pixels: int = 16
+    """Pixels per latent token side: the VAE's 8× times the transformer's 2×2 patches."""
+
+    @property
+    def transformer_bytes(self) -> int:
+        return self.transformer_block_bytes * self.transformer_blocks + self.transformer_rest_bytes
+
+    @property
+    def text_encoder_bytes(self) -> int:
+        return self.text_layer_bytes * self.text_layers + self.text_rest_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.transformer_bytes + self.text_encoder_bytes + self.vae_bytes
+
+    def tokens(self, resolution: int, layers: int) -> int:
+        """Joint sequence length of a square job: (layers + composite + input image) × patches + text."""
+        side = resolution // self.patch_pixels
+        return (layers + 2) * side * side + MAX_TEXT_TOKENS
+
+    def denoise_activation_bytes(self, resolution: int, layers: int) -> int:
+        return self.tokens(resolution, layers) * self.transformer_inner_dim * self.dtype_bytes * DENOISE_ACTIVATION_FACTOR
+
+    def decode_activation_bytes(self, resolution: int, layers: int) -> int:
+        frames = layers + 1
+        return resolution * resolution * frames * self.vae_base_dim * self.dtype_bytes * DECODE_ACTIVATION_FACTOR
+
+    def caption_activation_bytes(self) -> int:
+        return CAPTION_TOKENS * self.text_hidden_size * self.dtype_bytes * CAPTION_ACTIVATION_FACTOR
+
+    def prompt_activation_bytes(self) -> int:
+        """Encoding one prompt with the text encoder's layers streamed: its non-layer weights, two
+        layers in flight and the activations of ~1.3 k tokens (prompt + image tokens)."""
+        return self.text_rest_bytes + STREAM_BUFFERS * self.text_layer_bytes + self.caption_activation_bytes()
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> "ModelFootprint":
+        from worker.block_streaming import text_layers, transformer_blocks
+
+        def nbytes(module: Any) -> int:
+            seen: set[int] = set()
+            total = 0
+            for t in [*module.parameters(), *module.buffers()]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    total += t.numel() * t.element_size()
+            return total
+
+        blocks = transformer_blocks(pipe.transformer)
+        layers = text_layers(pipe.text_encoder)
+        block_bytes = max(nbytes(b) for b in blocks)
+        layer_bytes = max(nbytes(b) for b in layers)
+        text_cfg = pipe.text_encoder.config.get_text_config()
+        tcfg = pipe.transformer.config
+        return cls(
+            transformer_block_bytes=block_bytes,
+            transformer_blocks=len(blocks),
+            transformer_rest_bytes=nbytes(pipe.transformer) - sum(nbytes(b) for b in blocks),
+            text_layer_bytes=layer_bytes,
+            text_layers=len(layers),
+            text_rest_bytes=nbytes(pipe.text_encoder) - sum(nbytes(b) for b in layers),
+            vae_bytes=nbytes(pipe.vae),
+            transformer_inner_dim=int(tcfg.num_attention_heads * tcfg.attention_head_dim),
+            text_hidden_size=int(text_cfg.hidden_size),
+            vae_base_dim=int(getattr(pipe.vae.config, "base_dim", 96)),
+            dtype_bytes=next(pipe.transformer.parameters()).element_size(),
+            patch_pixels=int(pipe.vae_scale_factor) * 2,
+        )
+
+
+def resident_indices(total: int, resident: int) -> list[int]:
+    """Which of `total` blocks stay on the GPU: the streamed ones are spread evenly between them, so
+    each streamed block's copy overlaps the compute of the resident blocks before it."""
+    resident = max(0, min(total, resident))
+    streamed = total - resident
+    if streamed == 0:
+        return list(range(total))
+    out = {min(total - 1, int((j + 0.5) * total / streamed)) for j in range(streamed)}
+    # int() of evenly spaced points never collides for streamed <= total; keep the count exact anyway.
+    i = 0
+    while len(out) < streamed:
+        out.add(i)
+        i += 1
+    return [k for k in range(total) if k not in out]
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where the weights live for a worker with `budget_bytes` of GPU memory; see the module doc."""
+
+    name: str
+    budget_bytes: int
+    footprint: ModelFootprint
+    sized_for: tuple[int, int]
+    """The (resolution, layers) bucket `resident_blocks` is reported for (the largest configured)."""
+    device_type: str = "cuda"
+    source: str = "card"
+    """Where the budget came from: `card` (mem_get_info), `LAYERQ_GPU_MEMORY_GIB`, or `host` (CPU)."""
+    vae_tiling: bool = False
+    caption_text_layers: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def usable_bytes(self) -> int:
+        return usable_bytes(self.budget_bytes)
+
+    @property
+    def full(self) -> bool:
+        return self.name == "full"
+
+    def denoise_reserve(self, resolution: int, layers: int) -> int:
+        """GPU bytes a job of this bucket needs besides the resident blocks while denoising."""
+        fp = self.footprint
+        return (
+            fp.transformer_rest_bytes + fp.vae_bytes + STREAM_BUFFERS * fp.transformer_block_bytes
+            + fp.denoise_activation_bytes(resolution, layers)
+        )
+
+    def prompt_blocks_for(self, resolution: int, layers: int) -> int:
+        """Transformer blocks that may stay on the GPU while a prompt is encoded (the text encoder's
+        other weights, two streamed layers and the activations beside them) and the input image is
+        VAE-encoded (one frame); the next denoising phase copies back the ones dropped."""
+        fp = self.footprint
+        if self.full:
+            return fp.transformer_blocks
+        room = (
+            self.usable_bytes - fp.transformer_rest_bytes - fp.vae_bytes - fp.prompt_activation_bytes()
+            - fp.decode_activation_bytes(resolution, 0)
+        )
+        return max(0, min(self.resident_blocks_for(resolution, layers), room // fp.transformer_block_bytes))
+
+    def resident_blocks_for(self, resolution: int, layers: int) -> int:
+        """Transformer blocks kept on the GPU while denoising a job of this bucket; raises
+        PlanDoesNotFit when even streaming every block leaves no room for its activations."""
+        fp = self.footprint
+        if self.full:
+            return fp.transformer_blocks
+        room = self.usable_bytes - self.denoise_reserve(resolution, layers)
+        if room < 0:
+            raise PlanDoesNotFit(
+                f"a {resolution}-bucket job with {layers} layers needs {self.denoise_reserve(resolution, layers) / GIB:.1f}"
+                f" GiB besides the streamed weights; this worker's plan has {self.usable_bytes / GIB:.1f} GiB"
+            )
+        return min(fp.transformer_blocks, room // fp.transformer_block_bytes)
+
+    def decode_blocks_for(self, resolution: int, layers: int) -> int:
+        """Transformer blocks that may stay on the GPU while the VAE decodes (the rest are dropped and
+        copied back by the next job's denoising)."""
+        fp = self.footprint
+        if self.full:
+            return fp.transformer_blocks
+        room = (
+            self.usable_bytes - fp.transformer_rest_bytes - fp.vae_bytes
+            - self._decode_need(resolution, layers)
+        )
+        return max(0, min(self.resident_blocks_for(resolution, layers), room // fp.transformer_block_bytes))
+
+    def _decode_need(self, resolution: int, layers: int) -> int:
+        need = self.footprint.decode_activation_bytes(resolution, layers)
+        return need // TILED_DECODE_SHRINK if self.vae_tiling else need
+
+    @property
+    def resident_blocks(self) -> int:
+        return self.resident_blocks_for(*self.sized_for)
+
+    @property
+    def pinned_host_bytes(self) -> int:
+        """Pinned host memory the plan holds: every weight that moves (all transformer blocks, since
+        captions drop them too, and the whole text encoder). The transformer's other modules and the
+        VAE stay on the GPU."""
+        if self.full:
+            return 0
+        fp = self.footprint
+        return fp.transformer_block_bytes * fp.transformer_blocks + fp.text_encoder_bytes
+
+    def text_encoder_placement(self) -> str:
+        if self.full:
+            return "gpu"
+        fp = self.footprint
+        return (
+            f"host (pinned); streamed past the resident transformer blocks to encode a prompt; "
+            f"{self.caption_text_layers} of {fp.text_layers} layers on the GPU while captioning"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as a plain dict (logged at start, published with the heartbeat, shown in /healthz)."""
+        fp = self.footprint
+        resident = self.resident_blocks
+        return {
+            "name": self.name,
+            "source": self.source,
+            "device": self.device_type,
+            "budget_gib": round(self.budget_bytes / GIB, 2),
+            "weights_gib": round(fp.total_bytes / GIB, 2),
+            "sized_for": f"{self.sized_for[0]}x{self.sized_for[1]}",
+            "resident_blocks": resident,
+            "streamed_blocks": fp.transformer_blocks - resident,
+            "text_encoder": self.text_encoder_placement(),
+            "vae_tiling": self.vae_tiling,
+            "fp8_fast_quality": False,
+            "pinned_host_gib": round(self.pinned_host_bytes / GIB, 2),
+            "notes": list(self.notes),
+        }
+
+
+# Tiled decoding keeps a few tiles' activations instead of the whole frame stack (diffusers' tiles are
+# 256 px with overlap: at 1024 px about 1/8 of the untiled peak; 1/4 assumed to stay on the safe side).
+TILED_DECODE_SHRINK = 4
+
+
+def usable_bytes(budget_bytes: int) -> int:
+    return int(budget_bytes - MARGIN_BYTES - MARGIN_FRACTION * budget_bytes)
+
+
+def choose_plan(
+    budget_bytes: int, footprint: ModelFootprint, buckets: tuple[tuple[int, int], ...] = ((640, 4),), *,
+    device_type: str = "cuda", source: str = "card",
+) -> MemoryPlan:
+    """The plan for a card with `budget_bytes` free that must run jobs of every bucket in `buckets`.
+
+    `full` when weights and the largest bucket's peak fit; otherwise `partial` (or `streamed` when no
+    block fits) with the text encoder off the GPU between prompts, a caption's text layers as many as fit,
+    and VAE tiling where the largest bucket's decode alone would not fit. Raises PlanDoesNotFit when the
+    smallest useful placement (every block streamed) cannot hold a bucket's activations.
+    """
+    if not buckets:
+        buckets = ((640, 4),)
+    fp = footprint
+    usable = usable_bytes(budget_bytes)
+    largest = max(buckets, key=lambda b: fp.tokens(*b))
+    peak = max(
+        max(fp.denoise_activation_bytes(*b), fp.decode_activation_bytes(*b), fp.caption_activation_bytes())
+        for b in buckets
+    )
+    if usable >= fp.total_bytes + peak:
+        return MemoryPlan("full", budget_bytes, fp, largest, device_type, source)
+
+    notes = []
+    decode_room = usable - fp.transformer_rest_bytes - fp.vae_bytes
+    vae_tiling = any(fp.decode_activation_bytes(*b) > decode_room for b in buckets)
+    if vae_tiling:
+        notes.append("VAE decodes in tiles: the largest bucket's decode would not fit untiled")
+    caption_room = (
+        usable - fp.transformer_rest_bytes - fp.vae_bytes - fp.text_rest_bytes
+        - STREAM_BUFFERS * fp.text_layer_bytes - fp.caption_activation_bytes()
+    )
+    caption_layers = max(0, min(fp.text_layers, caption_room // fp.text_layer_bytes))
+    if caption_layers < fp.text_layers:
+        notes.append(
+            f"captions stream {fp.text_layers - caption_layers} text-encoder layers per token: auto-captioned jobs are slower"
+        )
+    probe = MemoryPlan("partial", budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers))
+    for bucket in buckets:
+        probe.resident_blocks_for(*bucket)  # raises PlanDoesNotFit for a bucket beyond the budget
+    if probe.resident_blocks == 0:
+        name = "streamed"
+    elif probe.resident_blocks < fp.transformer_blocks:
+        name = "partial"
+    else:
+        name = "transformer-resident"  # only the text encoder leaves the GPU between prompts
+    return MemoryPlan(name, budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers), tuple(notes))
+
+
+def budget_from(memory_gib: float, device_type: str, card_free_bytes: int | None) -> tuple[int | None, str]:
+    """(budget bytes, source): `LAYERQ_GPU_MEMORY_GIB` when set (> 0), else the card's free memory at
+    start; None on a CPU without the variable (the plan is then `full`: host memory is the device)."""
+    if memory_gib and memory_gib > 0:
+        return int(memory_gib * GIB), "LAYERQ_GPU_MEMORY_GIB"
+    if device_type == "cuda" and card_free_bytes is not None:
+        return int(card_free_bytes), "card"
+    return None, "host"
+
+
+def plan_for(
+    footprint: ModelFootprint, *, memory_gib: float, device_type: str, card_free_bytes: int | None,
+    buckets: tuple[tuple[int, int], ...],
+) -> MemoryPlan:
+    """The plan a worker starts with; see `budget_from` and `choose_plan`."""
+    budget, source = budget_from(memory_gib, device_type, card_free_bytes)
+    if budget is None:
+        largest = max(buckets or ((640, 4),), key=lambda b: footprint.tokens(*b))
+        return MemoryPlan("full", 0, footprint, largest, device_type, source)
+    return choose_plan(budget, footprint, buckets, device_type=device_type, source=source)
