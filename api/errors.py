@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
     e.QueueUnavailable: 503,
     e.IdempotencyConflict: 409,
     e.StorageFull: 507,  # Insufficient Storage (RFC 4918): the request was fine, the server is full
+    e.TransientError: 503,  # object storage unreachable or faulting (S3 5xx, a disk's EIO): retry later
 }
 
 
