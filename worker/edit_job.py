@@ -37,7 +37,7 @@ def _open_png(data: bytes, field: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as exc:
-        raise InvalidImage(f"source layer is not a readable image: {exc}", field=field) from exc
+        raise InvalidImage("the source layer is not a readable image", field=field) from exc
     return image.convert("RGBA")
 
 
