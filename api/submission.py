@@ -153,7 +153,7 @@ def enqueue(svc: Services, jobs: list[NewJob]) -> None:
         log.exception("enqueue failed after %d of %d jobs", sent, len(jobs))
         for job in jobs[sent:]:
             try:
-                svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
+                svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}", queue=job.queue)
             except LayerqError:
                 pass
         raise QueueUnavailable("the job queue is unavailable; try again") from exc

@@ -192,10 +192,14 @@ class JobStore:
         return int(self._r.zcard(self.keys.queued(queue)))
 
     # --- transitions ---------------------------------------------------------------------------
-    def transition(self, job_id: str, new: JobStatus, *, queue: str = DECOMPOSE_QUEUE, **fields: Any) -> JobStatus:
-        """Move a job to `new` if ALLOWED from its current status; return the previous status.
+    def transition(self, job_id: str, new: JobStatus, *, queue: str | None = None, **fields: Any) -> JobStatus:
+        """Move a job to `new` if ALLOWED from its current status; return the previous status. A job
+        leaving `queued` leaves its queue's positions: `queue` names it, or (None) it is read from
+        the record, so no caller can leave a stale entry in another kind's queue.
 
         Raise IllegalTransition (naming the current status) when refused, JobNotFound when missing."""
+        if queue is None:
+            queue = self._r.hget(self.keys.job(job_id), "queue") or DECOMPOSE_QUEUE
         allowed_from = [s.value for s, targets in ALLOWED.items() if new in targets]
         args: list[Any] = [*self._common(), "," + ",".join(allowed_from) + ",", new.value]
         for name, value in fields.items():
@@ -250,21 +254,25 @@ class JobStore:
                 totals[name] += int(n)
         return totals
 
-    def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float]) -> JobStatus:
+    def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float], *,
+                queue: str | None = None) -> JobStatus:
         steps = result.get("steps", 0)
         return self.transition(
-            job_id, JobStatus.SUCCEEDED, finished_at=repr(time.time()), result=result, timings=timings,
+            job_id, JobStatus.SUCCEEDED, queue=queue, finished_at=repr(time.time()), result=result, timings=timings,
             progress={"stage": "done", "step": steps, "total": steps},
         )
 
-    def fail(self, job_id: str, code: str, message: str, timings: dict[str, float] | None = None) -> JobStatus:
+    def fail(self, job_id: str, code: str, message: str, timings: dict[str, float] | None = None, *,
+             queue: str | None = None) -> JobStatus:
         fields: dict[str, Any] = {"finished_at": repr(time.time()), "error": {"code": code, "message": message}}
         if timings:
             fields["timings"] = timings
-        return self.transition(job_id, JobStatus.FAILED, **fields)
+        return self.transition(job_id, JobStatus.FAILED, queue=queue, **fields)
 
-    def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None) -> JobStatus:
-        return self.transition(job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=timings or {})
+    def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None, *,
+                      queue: str | None = None) -> JobStatus:
+        return self.transition(job_id, JobStatus.CANCELED, queue=queue, finished_at=repr(time.time()),
+                               timings=timings or {})
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:
