@@ -146,7 +146,7 @@ def enqueue(svc: Services, jobs: list[NewJob]) -> None:
     try:
         with svc.celery.producer_or_acquire() as producer:
             for job in jobs:
-                task, body = message_for(job.queue, job.job_id, job.input_key, job.params)
+                task, body = message_for(job.kind, job.job_id, job.input_key, job.params, job.message)
                 svc.celery.send_task(task, args=[body], queue=job.queue, task_id=job.job_id, producer=producer)
                 sent += 1
     except Exception as exc:

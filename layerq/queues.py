@@ -23,5 +23,8 @@ COMBINE_TASK = "layerq.combine"
 GPU_QUEUES = frozenset({DECOMPOSE_QUEUE, EDIT_QUEUE})
 """Queues whose workers load the model and take part in liveness (heartbeats, reaping)."""
 
-TASK_OF_QUEUE = {DECOMPOSE_QUEUE: DECOMPOSE_TASK, EDIT_QUEUE: EDIT_TASK}
-"""The task a job's message is sent as, by the job's queue."""
+TASK_OF_KIND = {"decompose": DECOMPOSE_TASK, "edit": EDIT_TASK, "compose": COMPOSE_TASK, "combine": COMBINE_TASK}
+"""The task a job's message is sent as, by the job's kind (compose and combine share a queue)."""
+
+JOB_QUEUES = (DECOMPOSE_QUEUE, EDIT_QUEUE, LAYERSET_QUEUE)
+"""Queues that carry jobs (records with a queue position, swept for unsent messages): every job kind's."""

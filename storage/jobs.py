@@ -25,7 +25,7 @@ from storage import lua
 from storage.client import connect
 from storage.keys import Keys
 
-JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
+JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook", "message")
 TIME_FIELDS = ("created_at", "started_at", "finished_at")
 
 
@@ -53,6 +53,9 @@ class NewJob:
     tenant: str = ""
     cache_key: str = ""
     webhook: dict[str, Any] | None = None
+    message: dict[str, Any] | None = None
+    """The whole message body, for kinds whose message holds more than `input_key` and `params`
+    (compose, combine): kept in the record so the unsent-jobs sweep can send it again."""
 
 
 def new_job_id() -> str:
@@ -108,6 +111,8 @@ class JobStore:
             }
             if job.webhook:
                 record["webhook"] = json.dumps(job.webhook)
+            if job.message is not None:
+                record["message"] = json.dumps(job.message)
             pipe.hset(key, mapping=record)
             pipe.expire(key, self.ttl_s)
             # Same-instant jobs keep their submission order in the queue.
