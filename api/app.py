@@ -14,7 +14,7 @@ from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
 from layerq.logs import setup_logging
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, JOB_QUEUES
 from storage.services import Services
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        workers = svc.workers.live_count(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else 0
-        return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers}), (
-            200 if ok else 503
-        )
+        # Live workers per queue: decompose and edit (GPU, one pipeline kind each) and cpu (compose,
+        # combine, webhooks). `workers` stays the decompose count that probes and `layerq up` read.
+        by_queue = {q: svc.workers.live_count(q) if checks["redis"] == "ok" else 0 for q in JOB_QUEUES}
+        return jsonify({"status": "ok" if ok else "degraded", "checks": checks,
+                        "workers": by_queue[DECOMPOSE_QUEUE], "workers_by_queue": by_queue}), (200 if ok else 503)
 
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 import layerq
@@ -92,7 +92,9 @@ class UploadTicket(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
-    workers: int
+    workers: int = Field(description="Live decompose workers (what readiness probes and `layerq up` read).")
+    workers_by_queue: dict[str, int] = Field(
+        description="Live workers per queue: `decompose`, `edit` (GPU) and `cpu` (compose, combine, webhooks).")
 
 
 MODELS: list[type[BaseModel]] = [

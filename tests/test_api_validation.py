@@ -133,3 +133,6 @@ def test_openapi_document_describes_every_endpoint(api):
 def test_healthz_reports_dependencies_and_workers(api):
     body = requests.get(api.url + "/healthz", timeout=10).json()
     assert body["status"] == "ok" and body["checks"] == {"redis": "ok", "storage": "ok"} and body["workers"] >= 1
+    # Every kind of worker is counted on its own queue: the shared stack runs no edit worker.
+    by_queue = body["workers_by_queue"]
+    assert by_queue["decompose"] == body["workers"] and by_queue["edit"] == 0 and by_queue["cpu"] >= 1, body
