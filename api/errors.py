@@ -60,7 +60,10 @@ def register(app: Flask) -> None:
         status = status_for(exc)
         if status >= 500:
             log.exception("internal error")
-        return error_response(exc.code, exc.message, status, exc.field)
+        resp, status = error_response(exc.code, exc.message, status, exc.field)
+        if status == 503:  # the queue or the object store is out for now: say when to come back
+            resp.headers["Retry-After"] = "5"
+        return resp, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
