@@ -44,6 +44,17 @@ class TransientJobError(Exception):
     """Raised when a job hit a fault worth retrying later: storage or Redis unreachable."""
 
 
+def give_up(rt: WorkerRuntime, raw_message: Any, exc: TransientJobError) -> str:
+    """The job's last retry hit a transient fault too: end it `failed` with the fault's code (e.g.
+    `storage_unavailable`) rather than leave it `running` with no message left to run it."""
+    job_id = raw_message.get("job_id") if isinstance(raw_message, dict) else None
+    if not job_id:
+        return "failed"
+    code = getattr(exc.__cause__, "code", None) or "unavailable"
+    log.warning("job %s: transient fault on its last retry (%s); failed", job_id, exc)
+    return _end_failed(rt, job_id, code, f"gave up after retries: {exc}", {})
+
+
 class StageClock:
     """Per-stage wall-clock timings of one job, in seconds."""
 

@@ -22,7 +22,9 @@ from layerq.params import DecomposeParams
 from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from storage.client import is_transient
-from worker.decompose import StageClock, TransientJobError, _cancel, _end_failed, _notify, load_input
+from worker.decompose import (
+    StageClock, TransientJobError, _cancel, _end_failed, _notify, give_up, load_input,
+)
 from worker.liveness import dead_after_s
 from worker.outputs import manifest_for, store_layer_set
 from worker.runtime import WorkerRuntime
@@ -175,6 +177,8 @@ def register(app: Any) -> None:
             try:
                 return run_layerset_job(rt, kind, model, message, build)
             except TransientJobError as exc:
+                if self.request.retries >= rt.settings.max_transient_retries:
+                    return give_up(rt, message, exc)
                 countdown = rt.settings.retry_backoff_s * 2**self.request.retries
                 raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
         return run
