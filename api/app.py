@@ -17,7 +17,7 @@ from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
 from layerq.logs import setup_logging
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, JOB_QUEUES
 from storage.services import Services
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        live = svc.workers.live_details(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else []
-        # `worker_details`: each live decompose worker with what it published (its memory plan).
-        body = {"status": "ok" if ok else "degraded", "checks": checks, "workers": len(live), "worker_details": live}
-        return jsonify(body), (
-            200 if ok else 503
-        )
+        # Live workers per queue: decompose and edit (GPU, one pipeline kind each) and cpu (compose,
+        # combine, webhooks). `workers` stays the decompose count that probes and `layerq up` read;
+        # `worker_details` lists each live decompose worker with what it published (its memory plan).
+        up = checks["redis"] == "ok"
+        by_queue = {q: svc.workers.live_count(q) if up else 0 for q in JOB_QUEUES}
+        live = svc.workers.live_details(DECOMPOSE_QUEUE) if up else []
+        body = {"status": "ok" if ok else "degraded", "checks": checks, "workers": by_queue[DECOMPOSE_QUEUE],
+                "workers_by_queue": by_queue, "worker_details": live}
+        return jsonify(body), (200 if ok else 503)
 
     return app

@@ -26,6 +26,7 @@ STATUS_BY_ERROR: dict[type[e.LayerqError], int] = {
     e.NotReplicated: 503,
     e.IdempotencyConflict: 409,
     e.StorageFull: 507,  # Insufficient Storage (RFC 4918): the request was fine, the server is full
+    e.TransientError: 503,  # object storage unreachable or faulting (S3 5xx, a disk's EIO): retry later
 }
 
 
@@ -60,7 +61,10 @@ def register(app: Flask) -> None:
         status = status_for(exc)
         if status >= 500:
             log.exception("internal error")
-        return error_response(exc.code, exc.message, status, exc.field)
+        resp, status = error_response(exc.code, exc.message, status, exc.field)
+        if status == 503:  # the queue or the object store is out for now: say when to come back
+            resp.headers["Retry-After"] = "5"
+        return resp, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

@@ -1,18 +1,17 @@
 """Layer-set job routes: decompose a layer of a finished set again, compose (operations on a finished
 set) and combine (uploaded layers stacked). Kind-specific parsing lives here; jobs are created with
-the shared stores (`JobStore.create_many`, plus the parent link in `Lineage`) and, for recursive
-decompositions, sent by the shared `send` (fair admission like any decompose job, `interactive`).
-Compose and combine jobs go straight to the `cpu` queue: they are short CPU work on a thread pool,
-never behind a GPU, so they take no part in fair admission, priorities or deadlines
-(docs/decisions.md, "Fair admission and the cpu queue").
+the shared stores (`JobStore.create_many`, plus the parent link in `Lineage`) and sent by the shared
+`send`: recursive decompositions go through fair admission like any decompose job (`interactive`);
+compose and combine jobs go straight to the `cpu` queue through `enqueue` (short CPU work on a thread
+pool, never behind a GPU, so no fair admission, priorities or deadlines: docs/decisions.md, "Fair
+admission and the cpu queue"). Either way every kind fails the same way when the broker is unreachable
+and is re-sent by the workers' unsent-jobs sweep when the API dies before sending.
 
 A source is a succeeded job of the caller: another tenant's or an unknown one is 404 naming
 `source.job_id`; one not finished yet is 409; a failed or canceled one (no layer set) is 400."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
@@ -26,21 +25,20 @@ from api.submission import check_uploads, check_webhook, send, Item
 from api.tenancy import tenant
 from api.views import job_view
 from layerq import objects
-from layerq.errors import IllegalTransition, JobNotFound, LayerqError, QueueUnavailable, ValidationFailed
+from layerq.errors import IllegalTransition, JobNotFound, ValidationFailed
 from layerq.images import normalise_image, png_bytes
 from layerq.jobs import JobStatus
 from layerq.layer_ops import CombineParams, ComposeParams, check_ops
 from layerq.layersets import (
     MAX_COMBINE_LAYERS, CombineMessage, CombineRequest, ComposeMessage, ComposeRequest, LayerDecomposeRequest,
 )
-from layerq.queues import COMBINE_TASK, COMPOSE_TASK, DECOMPOSE_QUEUE, LAYERSET_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from layerq.scheduling import schedule
 from layerq.webhooks import WebhookSpec
 from storage.jobs import NewJob, new_job_id
 from storage.services import Services
 
-log = logging.getLogger(__name__)
 bp = Blueprint("layersets", __name__)
 
 COMBINE_FORM_FIELDS = {"layers", "params", "webhook", "retain_s"}
@@ -71,7 +69,7 @@ def source_layers(svc: Services, job_id: str) -> list[dict[str, Any]]:
     return layers
 
 
-def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, send: Callable[[], None]):
+def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None):
     """Write the job (and its parent link) in one round trip, answer it as accepted, then send it;
     with durable submissions on, answer only once the replicas hold both (else 503, job canceled)."""
     pipe = svc.jobs.pipeline()
@@ -80,31 +78,13 @@ def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, s
         svc.lineage.link(job.job_id, parent[0], parent[1], pipe=pipe)
     pipe.execute()
     view = job_view(svc.jobs.get(job.job_id), svc)
-    send()
+    send(svc, [job])
     # Durable submissions (`LAYERQ_REDIS_WAIT_REPLICAS`) cover layer-set jobs as they do the others.
     ensure_replicated(svc, [job], [])
     resp = jsonify(view)
     resp.status_code = 202
     resp.headers["Location"] = url_for("jobs.get_job", job_id=job.job_id)
     return resp
-
-
-def _send_cpu(svc: Services, job: NewJob, task: str, message: dict[str, Any]) -> None:
-    """Send one layer-set message to the `cpu` queue; fail the job if the broker is unreachable."""
-    try:
-        svc.celery.send_task(task, args=[message], queue=job.queue, task_id=job.job_id)
-    except Exception as exc:
-        log.exception("enqueue of %s failed", job.job_id)
-        try:
-            svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
-        except LayerqError:
-            pass
-        raise QueueUnavailable("the job queue is unavailable; try again") from exc
-    finally:
-        try:
-            svc.jobs.mark_sent([job.job_id], job.queue)
-        except Exception:
-            log.warning("could not mark %s as sent", job.job_id, exc_info=True)
 
 
 @bp.post("/v1/layersets/decompose")
@@ -122,7 +102,7 @@ def decompose_layer():
     job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
                  tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE, retain_s=_retain(svc, body.retain_s),
                  **sched.job_fields())
-    return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: send(svc, [job]))
+    return _accept(svc, job, (body.source.job_id, body.source.layer))
 
 
 @bp.post("/v1/layersets/compose")
@@ -137,12 +117,13 @@ def compose_layers():
     layers = source_layers(svc, body.source.job_id)
     check_ops(params.ops, len(layers), layers[0]["width"], layers[0]["height"])
     webhook = check_webhook(body.webhook, svc)
-    job = NewJob(new_job_id(), params.model_dump(mode="json"), "", kind="compose", queue=LAYERSET_QUEUE,
-                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, body.retain_s))
-    message = ComposeMessage(job_id=job.job_id, parent_id=body.source.job_id,
+    job_id = new_job_id()
+    message = ComposeMessage(job_id=job_id, parent_id=body.source.job_id,
                              layer_keys=[layer["key"] for layer in layers], params=params)
-    return _accept(svc, job, (body.source.job_id, None),
-                   lambda: _send_cpu(svc, job, COMPOSE_TASK, message.model_dump(mode="json")))
+    job = NewJob(job_id, params.model_dump(mode="json"), "", kind="compose", queue=LAYERSET_QUEUE,
+                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, body.retain_s),
+                 message=message.model_dump(mode="json"))
+    return _accept(svc, job, (body.source.job_id, None))
 
 
 @bp.post("/v1/layersets/combine")
@@ -181,10 +162,11 @@ def combine_layers():
                    for i, key in enumerate(keys)]
         check_uploads(svc, tenant(), uploads)  # another tenant's upload reads as absent: 404
     _check_placements(params, len(keys))
-    job = NewJob(job_id, params.model_dump(mode="json"), keys[0], kind="combine", queue=LAYERSET_QUEUE,
-                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, retain_s))
     message = CombineMessage(job_id=job_id, input_keys=keys, params=params)
-    return _accept(svc, job, None, lambda: _send_cpu(svc, job, COMBINE_TASK, message.model_dump(mode="json")))
+    job = NewJob(job_id, params.model_dump(mode="json"), keys[0], kind="combine", queue=LAYERSET_QUEUE,
+                 tenant=tenant(), webhook=webhook, retain_s=_retain(svc, retain_s),
+                 message=message.model_dump(mode="json"))
+    return _accept(svc, job, None)
 
 
 def _retain(svc: Services, retain_s: int | None) -> int:

@@ -113,8 +113,11 @@ class WorkerDetail(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
-    workers: int
-    worker_details: list[WorkerDetail] = []
+    workers: int = Field(description="Live decompose workers (what readiness probes and `layerq up` read).")
+    workers_by_queue: dict[str, int] = Field(
+        description="Live workers per queue: `decompose`, `edit` (GPU) and `cpu` (compose, combine, webhooks).")
+    worker_details: list[WorkerDetail] = Field(
+        default=[], description="Each live decompose worker with what it published (its memory plan).")
 
 
 MODELS: list[type[BaseModel]] = [

@@ -21,7 +21,7 @@ from layerq.errors import JobNotFound, LayerqError, QueueUnavailable, Validation
 from layerq.images import png_bytes
 from layerq.messages import message_for
 from layerq.params import DecomposeParams
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, TASK_OF_QUEUE
 from layerq.scheduling import Schedule
 from layerq.webhooks import WebhookSpec, check_request, notify
 from storage.jobs import NewJob, new_job_id
@@ -147,12 +147,12 @@ def submit(
 
 def send(svc: Services, jobs: list[NewJob]) -> None:
     """Start written jobs on their way to a worker: with fair queues they wait in their tenant's
-    backlog and what fits is admitted now (layerq/dispatch.py); otherwise every message goes now."""
-    if svc.jobs.fair:
-        for queue in sorted({job.queue for job in jobs}):
-            dispatch.admit(svc, queue)
-    else:
-        enqueue(svc, jobs)
+    backlog and what fits is admitted now (layerq/dispatch.py); any other message goes now."""
+    admitted = [job for job in jobs if svc.jobs.fair and job.queue in TASK_OF_QUEUE]
+    for queue in sorted({job.queue for job in admitted}):
+        dispatch.admit(svc, queue)
+    # The cpu queue's compose and combine jobs (and every job with fair queues off) go now.
+    enqueue(svc, [job for job in jobs if job not in admitted])
 
 
 def enqueue(svc: Services, jobs: list[NewJob]) -> None:
@@ -164,14 +164,14 @@ def enqueue(svc: Services, jobs: list[NewJob]) -> None:
     try:
         with svc.celery.producer_or_acquire() as producer:
             for job in jobs:
-                task, body = message_for(job.queue, job.job_id, job.input_key, job.params)
+                task, body = message_for(job.kind, job.job_id, job.input_key, job.params, job.message)
                 svc.celery.send_task(task, args=[body], queue=job.queue, task_id=job.job_id, producer=producer)
                 sent += 1
     except Exception as exc:
         log.exception("enqueue failed after %d of %d jobs", sent, len(jobs))
         for job in jobs[sent:]:
             try:
-                svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}")
+                svc.jobs.fail(job.job_id, "enqueue_failed", f"could not enqueue the job: {exc}", queue=job.queue)
             except LayerqError:
                 pass
         raise QueueUnavailable("the job queue is unavailable; try again") from exc

@@ -1,8 +1,8 @@
 """Sending admitted jobs to the broker (fair queues, storage/admission.py), for the API and workers.
 
-Kind-agnostic: an admitted job's message is built from its record (`job_id`, `input_key`,
-`params`, what every job message carries) by layerq/messages.py message_for, the same as the API's
-enqueue, and sent to the task layerq/queues.py TASK_OF_QUEUE names for its queue."""
+Kind-agnostic: an admitted job's message is built from its record by layerq/messages.py message_for
+(by the job's kind, with the whole message where the record keeps one), the same as the API's enqueue
+and the workers' unsent-jobs sweep; the queues admitted are those layerq/queues.py TASK_OF_QUEUE names."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def send(svc: Services, job_ids: list[str], queue: str) -> int:
         with svc.celery.producer_or_acquire() as producer:
             for rec in svc.jobs.get_many(job_ids):
                 if rec and rec["status"] == "queued":
-                    task, body = message_for(queue, rec["id"], rec["input_key"], rec["params"])
+                    task, body = message_for(rec["kind"], rec["id"], rec["input_key"], rec["params"], rec.get("message"))
                     svc.celery.send_task(task, args=[body], queue=queue, task_id=rec["id"], producer=producer)
                 sent.append(rec["id"] if rec else "")
     finally:

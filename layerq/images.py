@@ -41,10 +41,15 @@ def normalise_image(data: bytes, *, max_pixels: int, max_side_px: int, field: st
             img.load()
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise InvalidImage(f"not a decodable image: {exc}", field=field) from exc
+    # Pillow's own messages name its internals (`cannot identify image file <_io.BytesIO object at
+    # 0x…>`, `broken PNG file (chunk b'…')`): the client gets a plain sentence naming its field.
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"{field}: not an image in a known format (allowed: "
+                           f"{', '.join(sorted(ALLOWED_FORMATS))})", field=field) from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"{field}: decodes to more pixels than allowed ({max_pixels})", field=field) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise InvalidImage(f"image data is corrupt or truncated: {exc}", field=field) from exc
+        raise InvalidImage(f"{field}: the image data is corrupt or truncated", field=field) from exc
     img = ImageOps.exif_transpose(img)
     if img.mode != "RGBA":
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 from layerq.params import DecomposeParams
 
 from layerq.queues import DECOMPOSE_QUEUE, DECOMPOSE_TASK  # noqa: F401 (re-exported: names live in layerq/queues.py)
-from layerq.queues import EDIT_QUEUE, TASK_OF_QUEUE
+from layerq.queues import TASK_OF_KIND
 
 
 class DecomposeMessage(BaseModel):
@@ -21,11 +21,17 @@ class DecomposeMessage(BaseModel):
     params: DecomposeParams
 
 
-def message_for(queue: str, job_id: str, input_key: str, params: dict) -> tuple[str, dict]:
-    """The task name and message body of a job on `queue` (the API's enqueue and the workers' sweep of
-    unsent jobs build them the same way)."""
+def message_for(kind: str, job_id: str, input_key: str, params: dict,
+                message: dict | None = None) -> tuple[str, dict]:
+    """The task name and message body of a job of `kind` (the API's enqueue and the workers' sweep of
+    unsent jobs build them the same way). Decompose and edit messages are the job's input key and
+    params; compose and combine messages carry more (the parent's layer keys, the uploads), so their
+    jobs keep the whole body in their record as `message`. Raises pydantic's ValidationError for a
+    body its kind's model refuses, KeyError for an unknown kind."""
     from layerq.edits import EditMessage
+    from layerq.layersets import CombineMessage, ComposeMessage
 
-    cls = EditMessage if queue == EDIT_QUEUE else DecomposeMessage
-    msg = cls.model_validate({"job_id": job_id, "input_key": input_key, "params": params})
-    return TASK_OF_QUEUE[queue], msg.model_dump(mode="json")
+    model = {"decompose": DecomposeMessage, "edit": EditMessage, "compose": ComposeMessage,
+             "combine": CombineMessage}[kind]
+    body = message if message is not None else {"job_id": job_id, "input_key": input_key, "params": params}
+    return TASK_OF_KIND[kind], model.model_validate(body).model_dump(mode="json")

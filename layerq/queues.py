@@ -29,3 +29,8 @@ enqueue, the unsent-jobs sweeper and fair admission (layerq/dispatch.py) all use
 queue's compose and combine jobs are not here: their messages carry more than the record (the
 source's layer keys), so they are sent once, by their route (docs/decisions.md, "Fair admission
 and the cpu queue")."""
+TASK_OF_KIND = {"decompose": DECOMPOSE_TASK, "edit": EDIT_TASK, "compose": COMPOSE_TASK, "combine": COMBINE_TASK}
+"""The task a job's message is sent as, by the job's kind (compose and combine share a queue)."""
+
+JOB_QUEUES = (DECOMPOSE_QUEUE, EDIT_QUEUE, LAYERSET_QUEUE)
+"""Queues that carry jobs (records with a queue position, swept for unsent messages): every job kind's."""

@@ -259,6 +259,7 @@ class LocalStack:
             self.add_edit_worker()
         wait_until(self._healthy(workers), timeout_s, "layerq stack", interval_s=0.25)
         wait_until(lambda: self._live_on("edit") >= edit_workers, timeout_s, "edit workers", interval_s=0.25)
+        wait_until(lambda: self._live_on(WEBHOOK_QUEUE) >= cpu_workers, timeout_s, "cpu workers", interval_s=0.25)
         return self
 
     def add_edit_worker(self) -> subprocess.Popen:

@@ -27,7 +27,7 @@ from storage.keys import Keys
 from storage.retention import Retention
 
 EXPIRED_ERROR = json.dumps({"code": "expired", "message": "the job did not start within its cancel_after_s"})
-JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook")
+JSON_FIELDS = ("params", "progress", "error", "result", "timings", "webhook", "message")
 TIME_FIELDS = ("created_at", "started_at", "finished_at", "expires_at")
 
 
@@ -61,6 +61,9 @@ class NewJob:
     """Time allowed in the queue: not started by then, the job ends `expired` (0: no deadline)."""
     retain_s: int = 0
     """How long its results live once it ends; 0: the store's `ttl_s` (storage/retention.py)."""
+    message: dict[str, Any] | None = None
+    """The whole message body, for kinds whose message holds more than `input_key` and `params`
+    (compose, combine): kept in the record so the unsent-jobs sweep can send it again."""
 
 
 def new_job_id() -> str:
@@ -140,6 +143,8 @@ class JobStore:
             if job.cancel_after_s:
                 record["deadline"] = repr(now + job.cancel_after_s)
                 pipe.zadd(self.keys.deadlines(job.queue), {job.job_id: now + job.cancel_after_s})
+            if job.message is not None:
+                record["message"] = json.dumps(job.message)
             pipe.hset(key, mapping=record)
             pipe.expire(key, self.ttl_s)
             # Same-instant jobs keep their submission order in the queue.
@@ -273,10 +278,14 @@ class JobStore:
         return out
 
     # --- transitions ---------------------------------------------------------------------------
-    def transition(self, job_id: str, new: JobStatus, *, queue: str = DECOMPOSE_QUEUE, **fields: Any) -> JobStatus:
-        """Move a job to `new` if ALLOWED from its current status; return the previous status.
+    def transition(self, job_id: str, new: JobStatus, *, queue: str | None = None, **fields: Any) -> JobStatus:
+        """Move a job to `new` if ALLOWED from its current status; return the previous status. A job
+        leaving `queued` leaves its queue's positions: `queue` names it, or (None) it is read from
+        the record, so no caller can leave a stale entry in another kind's queue.
 
         Raise IllegalTransition (naming the current status) when refused, JobNotFound when missing."""
+        if queue is None:
+            queue = self._r.hget(self.keys.job(job_id), "queue") or DECOMPOSE_QUEUE
         allowed_from = [s.value for s, targets in ALLOWED.items() if new in targets]
         args: list[Any] = [*self._common(), "," + ",".join(allowed_from) + ",", new.value]
         for name, value in fields.items():
@@ -337,21 +346,25 @@ class JobStore:
                 self.retention.seal(job_ids[i : i + chunk])  # only the ones that ended are sealed
         return totals
 
-    def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float]) -> JobStatus:
+    def succeed(self, job_id: str, result: dict[str, Any], timings: dict[str, float], *,
+                queue: str | None = None) -> JobStatus:
         steps = result.get("steps", 0)
         return self.transition(
-            job_id, JobStatus.SUCCEEDED, finished_at=repr(time.time()), result=result, timings=timings,
+            job_id, JobStatus.SUCCEEDED, queue=queue, finished_at=repr(time.time()), result=result, timings=timings,
             progress={"stage": "done", "step": steps, "total": steps},
         )
 
-    def fail(self, job_id: str, code: str, message: str, timings: dict[str, float] | None = None) -> JobStatus:
+    def fail(self, job_id: str, code: str, message: str, timings: dict[str, float] | None = None, *,
+             queue: str | None = None) -> JobStatus:
         fields: dict[str, Any] = {"finished_at": repr(time.time()), "error": {"code": code, "message": message}}
         if timings:
             fields["timings"] = timings
-        return self.transition(job_id, JobStatus.FAILED, **fields)
+        return self.transition(job_id, JobStatus.FAILED, queue=queue, **fields)
 
-    def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None) -> JobStatus:
-        return self.transition(job_id, JobStatus.CANCELED, finished_at=repr(time.time()), timings=timings or {})
+    def mark_canceled(self, job_id: str, timings: dict[str, float] | None = None, *,
+                      queue: str | None = None) -> JobStatus:
+        return self.transition(job_id, JobStatus.CANCELED, queue=queue, finished_at=repr(time.time()),
+                               timings=timings or {})
 
 
 def decode_record(raw: dict[str, str]) -> dict[str, Any]:

@@ -14,13 +14,14 @@ Limitation (inherent to a filesystem): a key cannot be both an object and a pref
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mimetypes
 import os
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from layerq.errors import ObjectNotFound, StorageFull
@@ -39,6 +40,25 @@ from .base import (
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 """Write errors that mean "no space" (disk full, or the user's quota): `StorageFull`, not a crash."""
+
+_LEFT_TO_CALLER_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST})
+"""Not faults of the filesystem: an absent object (each method says what that means) or a key that is
+both an object and a prefix (the module's limitation: the caller's bug). Left as they are."""
+
+
+@contextlib.contextmanager
+def _os_faults(what: str) -> Iterator[None]:
+    """The filesystem's faults as the storage errors callers handle, as the S3 backend does: no space
+    is `StorageFull`; any other (EIO, EACCES, EROFS, ESTALE...) is `StorageUnavailable`, which the
+    API answers with 503 and a worker retries with backoff, like an unreachable S3 endpoint."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL_ERRNOS:
+            raise StorageFull(f"no space left to {what}: {exc.strerror}") from exc
+        if exc.errno in _LEFT_TO_CALLER_ERRNOS:
+            raise
+        raise StorageUnavailable(f"local storage could not {what}: {exc.strerror or exc}") from exc
 
 _TMP_PREFIX = ".layerq-tmp-"
 """Temporary files of in-flight writes start with this; listings skip them."""
@@ -118,14 +138,11 @@ class LocalDiskStore(ObjectStore):
         """Write `data` at `key` atomically (temp file, fsync, rename, fsync of the directory).
 
         `content_type` is accepted for interface parity and not stored (see `content_type_for`).
-        Raises `StorageFull` when the filesystem is out of space or quota; nothing of the object stays."""
+        Raises `StorageFull` when the filesystem is out of space or quota, `StorageUnavailable` on any
+        other filesystem fault; either way nothing of the object stays."""
         path = self._path(key)
-        try:
+        with _os_faults(f"store {key} under {self.root}"):
             self._write(path, data)
-        except OSError as exc:
-            if exc.errno in _FULL_ERRNOS:
-                raise StorageFull(f"no space left to store {key} under {self.root}: {exc.strerror}") from exc
-            raise
 
     def _write(self, path: Path, data: bytes | Pieces) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +169,8 @@ class LocalDiskStore(ObjectStore):
     def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with _os_faults(f"read {key} under {self.root}"):
+                return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"object not found: {key}") from None
 
@@ -190,7 +208,8 @@ class LocalDiskStore(ObjectStore):
         for key in self.list(prefix):
             path = self.root.joinpath(*key.split("/"))
             try:
-                path.unlink()
+                with _os_faults(f"delete {key} under {self.root}"):
+                    path.unlink()
             except FileNotFoundError:
                 continue  # deleted concurrently: not ours to count
             deleted += 1

@@ -1,10 +1,11 @@
 """Measured service times, and the estimates built on them (job ETAs, batch dry runs).
 
 A job's time is modelled as `fixed + steps × step_s (+ caption_s when the prompt is empty)`, with
-`fixed` covering input, decoding, exports and uploads. Each term is the median of the last
-`KEEP` measurements per (resolution, layers) bucket, since the per-step cost grows with both; a
-median shrugs off a worker's cold first job, which a running mean would carry for many jobs. A bucket never measured is
-estimated from a measured one, scaled by the number of latent tokens the transformer sees."""
+`fixed` covering input, decoding, exports and uploads. Each term is the median of the last `KEEP`
+measurements per (resolution, layers, quality) bucket, since the per-step cost grows with the first two
+and the lossy qualities skip transformer calls; a median shrugs off a worker's cold first job, which a
+running mean would carry for many jobs. A bucket never measured is estimated from a measured one of
+the same quality where there is one, scaled by the number of latent tokens the transformer sees."""
 
 from __future__ import annotations
 
@@ -20,14 +21,26 @@ KEEP = 10  # measurements kept per term and bucket: recent ones, since a machine
 
 
 def bucket(params: dict[str, Any]) -> str:
+    """`<resolution>x<layers>`, plus `-<quality>` for a lossy `quality` (`640x4-fast`): those modes run
+    fewer transformer calls per requested step, so their times must not mix with `exact` ones."""
     layers = params.get("layers", 4)
     if layers == "auto":  # the model is asked for max_layers; dropping afterwards costs nothing
         layers = params.get("max_layers", 8)
-    return f"{int(params.get('resolution', 640))}x{int(layers)}"
+    quality = params.get("quality") or "exact"
+    return f"{int(params.get('resolution', 640))}x{int(layers)}" + ("" if quality == "exact" else f"-{quality}")
+
+
+def _shape(b: str) -> tuple[int, int]:
+    res, layers = b.split("-")[0].split("x")
+    return int(res), int(layers)
+
+
+def _quality(b: str) -> str:
+    return b.partition("-")[2] or "exact"
 
 
 def _tokens(b: str) -> float:
-    res, layers = (int(v) for v in b.split("x"))
+    res, layers = _shape(b)
     return (res / 16) ** 2 * (layers + 1)
 
 
@@ -65,13 +78,17 @@ class ServiceTimes:
         Pass `means` (from `snapshot()`) to estimate many jobs with one read."""
         means = self.snapshot() if means is None else means
         b = bucket(params)
-        known = sorted({k.split(":")[0] for k in means}, key=lambda k: abs(_tokens(k) - _tokens(b)))
+        # The nearest measured bucket by token count: of the same quality when one was measured, else
+        # an `exact` one (it over-estimates a lossy job: the safe side for an ETA), else any.
+        quality = _quality(b)
+        known = sorted({k.split(":")[0] for k in means}, key=lambda k: (
+            _quality(k) != quality, _quality(k) != "exact", abs(_tokens(k) - _tokens(b))))
         if not known:
             return None
         source = b if f"{b}:step_s" in means else known[0]
         scale = _tokens(b) / _tokens(source)
         step_s = float(means[f"{source}:step_s"]) * scale
-        fixed_s = float(means[f"{source}:fixed_s"]) * (int(b.split("x")[1]) / int(source.split("x")[1]))
+        fixed_s = float(means[f"{source}:fixed_s"]) * (_shape(b)[1] / _shape(source)[1])
         total = fixed_s + int(params.get("num_inference_steps", 50)) * step_s
         if not (params.get("prompt") or "").strip():
             caption = means.get(f"{source}:caption_s") or next(

@@ -136,3 +136,6 @@ def test_healthz_reports_dependencies_and_workers(api):
     # Each live worker with its memory plan (a CPU worker: everything in host memory).
     assert len(body["worker_details"]) == body["workers"]
     assert all(w["memory_plan"]["name"] == "full" for w in body["worker_details"]), body["worker_details"]
+    # Every kind of worker is counted on its own queue: the shared stack runs no edit worker.
+    by_queue = body["workers_by_queue"]
+    assert by_queue["decompose"] == body["workers"] and by_queue["edit"] == 0 and by_queue["cpu"] >= 1, body

@@ -59,6 +59,10 @@ def test_format_comes_from_content_not_the_name(local_stack):
     assert client.wait(good.json()["id"], timeout_s=60)["status"] == "succeeded"
     bad = post(local_stack, b"<svg xmlns='http://www.w3.org/2000/svg'/>", name="logo.png")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
+    error = bad.json()["error"]
+    # A sentence naming the field, not Pillow's `<_io.BytesIO object at 0x…>`.
+    assert error["field"] == "image" and error["message"].startswith("image: ") and " at 0x" not in error["message"]
+    assert "PNG" in error["message"], error
 
 
 def test_input_urls_are_not_accepted(local_stack):

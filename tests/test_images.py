@@ -48,6 +48,15 @@ def test_format_is_recognised_from_content_not_name():
     assert info.value.field == "image"
 
 
+@pytest.mark.parametrize("data", [b"<svg/>", b"GIF89a not really", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+def test_undecodable_input_is_named_plainly(data):
+    """The message names the field and holds no Python repr (`<_io.BytesIO object at 0x…>`, `b'…'`)."""
+    with pytest.raises(InvalidImage) as info:
+        normalise_image(data, **LIMITS, field="layers.2")
+    assert info.value.field == "layers.2" and info.value.message.startswith("layers.2")
+    assert " at 0x" not in info.value.message and "b'" not in info.value.message and "<" not in info.value.message
+
+
 def test_too_many_pixels_rejected_from_header():
     with pytest.raises(InvalidImage, match="at most"):
         normalise_image(encode(Image.new("1", (3000, 3000)), "PNG"), max_pixels=1_000_000, max_side_px=4096)

@@ -31,6 +31,19 @@ def test_created_job_is_queued_with_a_position(jobs):
     assert jobs.queue_position("decompose", a) is None and jobs.queue_position("decompose", b) == 0
 
 
+@pytest.mark.parametrize("queue", ["edit", "cpu"])
+def test_a_job_failed_before_it_starts_leaves_its_own_queue(jobs, queue):
+    """An edit or compose job failed at enqueue (broker down) or for a bad message: no stale position
+    is left in its queue, whether or not the caller names the queue."""
+    named, unnamed = new_job_id(), new_job_id()
+    for job_id in (named, unnamed):
+        jobs.create(job_id, kind="edit" if queue == "edit" else "compose", queue=queue, params={}, input_key="")
+    jobs.fail(named, "enqueue_failed", "broker down", queue=queue)
+    jobs.fail(unnamed, "invalid_request", "bad message")
+    assert jobs.queue_position(queue, named) is None and jobs.queue_position(queue, unnamed) is None
+    assert jobs.queued_count(queue) == 0
+
+
 def test_terminal_statuses_never_change(jobs):
     job = make_job(jobs)
     jobs.begin_attempt(job, max_deliveries=3)

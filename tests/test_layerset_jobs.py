@@ -233,3 +233,32 @@ def test_compose_and_decompose_again_carry_retain_s_and_stream_their_events(loca
     assert job["priority"] == "bulk" and job["deadline_at"] is not None
     events = list(client.events(f"/v1/jobs/{job['id']}/events"))
     assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", events[-1]
+def test_compose_and_combine_jobs_the_api_never_sent_are_sent_by_a_worker(local_stack, client, parent):
+    """As if the API died between writing the records and sending the messages: the workers' sweep of
+    unsent jobs sends compose and combine jobs too (from the message kept in their record), and a
+    record no message can be made of ends `failed`, not queued forever."""
+    from layerq.layer_ops import ComposeParams
+    from layerq.layersets import ComposeMessage
+    from layerq.results import with_object_keys
+    from storage.jobs import JobStore, NewJob, new_job_id
+    from storage.keys import Keys
+
+    settings = local_stack.settings
+    jobs = JobStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)
+    keys = [ref["key"] for ref in with_object_keys(jobs.get(parent["id"])["result"], parent["id"])["layers"]]
+    params = ComposeParams.from_request({"ops": [{"op": "hide", "index": 0}]})
+    good, bad = new_job_id(), new_job_id()
+    message = ComposeMessage(job_id=good, parent_id=parent["id"], layer_keys=keys, params=params)
+    jobs.create_many([
+        NewJob(good, params.model_dump(mode="json"), "", kind="compose", queue="cpu",
+               message=message.model_dump(mode="json")),
+        NewJob(bad, params.model_dump(mode="json"), "", kind="compose", queue="cpu"),  # no message kept
+    ])  # recorded, never sent; backdated past the grace period instead of waiting a minute
+    redis.Redis.from_url(settings.redis_url).zadd(Keys(settings.key_prefix).unsent("cpu"), {good: 1.0, bad: 1.0})
+
+    done = client.wait(good, timeout_s=120)
+    assert done["status"] == "succeeded", done
+    assert len(done["result"]["layers"]) == len(keys) - 1
+    failed = client.wait(bad, timeout_s=60)
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "enqueue_failed"), failed
+    assert jobs.unsent_since(0, "cpu") == [] and jobs.queued_count("cpu") == 0

@@ -23,6 +23,27 @@ def test_quality_defaults_to_exact_and_names_the_field_when_wrong():
     assert err.field == "params.quality"
 
 
+def test_estimates_are_kept_per_quality(redis_url):
+    """ETAs and dry runs of a `fast` job use `fast` jobs' times, not a median mixed with `exact` ones;
+    a quality never measured falls back to the nearest measured bucket of another."""
+    import uuid
+
+    from storage.client import connect
+    from storage.stats import ServiceTimes, bucket
+
+    stats = ServiceTimes(connect(redis_url), f"q{uuid.uuid4().hex[:8]}")
+    exact = DecomposeParams(layers=4, num_inference_steps=50, prompt="p").model_dump()
+    fast, balanced = {**exact, "quality": "fast"}, {**exact, "quality": "balanced"}
+    assert bucket(exact) == "640x4" and bucket(fast) == "640x4-fast"
+    for _ in range(3):
+        stats.record(exact, {"denoising": 50.0, "total": 52.0})
+        stats.record(fast, {"denoising": 20.0, "total": 22.0})
+    assert stats.estimate_s(exact) == pytest.approx(52.0)
+    assert stats.estimate_s(fast) == pytest.approx(22.0)
+    assert stats.estimate_s({**fast, "layers": 8}) > stats.estimate_s(fast)  # scaled within its quality
+    assert stats.estimate_s(balanced) == pytest.approx(52.0)  # never measured: the exact bucket, same size
+
+
 def test_modes_schedule():
     assert not mode("exact").lossy and mode("exact").step_cache() is None
     assert mode("exact").steps(50) == 50 and mode("balanced").steps(50) == 50

@@ -10,6 +10,7 @@ Needs the S3 plugin: `pytest -p tests.plugins.s3server` (conftest registers it f
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import threading
@@ -516,12 +517,38 @@ def test_local_writes_are_atomic(local: LocalDiskStore, monkeypatch: pytest.Monk
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageUnavailable, match="disk full"):
         local.put("jobs/j1/manifest.json", b'{"v": 2}', "application/json")
     monkeypatch.undo()
     assert local.get("jobs/j1/manifest.json") == b'{"v": 1}'
     # The temporary file was cleaned up and never shows in a listing.
     assert sorted(p.name for p in (local.root / "jobs" / "j1").iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES, errno.EROFS, errno.ESTALE])
+def test_local_filesystem_faults_are_storage_errors(local: LocalDiskStore, monkeypatch: pytest.MonkeyPatch,
+                                                    code: int) -> None:
+    """Like S3's outages: a transient storage error (503 at the API, retried by a worker), never a
+    bare OSError (a 500, or a job failed as `internal`); a failed write leaves nothing behind."""
+    local.put("jobs/j1/input.png", PNG)
+
+    def fault(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fault)
+    with pytest.raises(StorageUnavailable) as caught:
+        local.put("jobs/j1/layers/00.png", PNG)
+    assert isinstance(caught.value, TransientError) and os.strerror(code) in caught.value.message
+    monkeypatch.setattr(Path, "read_bytes", fault)
+    with pytest.raises(StorageUnavailable):
+        local.get("jobs/j1/input.png")
+    monkeypatch.setattr(Path, "unlink", fault)
+    with pytest.raises(StorageUnavailable):
+        local.delete_prefix("jobs/j1/")
+    monkeypatch.undo()
+    assert local.list("jobs/") == ["jobs/j1/input.png"]
+    with pytest.raises(ObjectNotFound):  # an absent object is still just absent
+        local.get("jobs/j1/missing.png")
 
 
 def test_local_listing_skips_in_flight_temp_files(local: LocalDiskStore) -> None:

@@ -88,6 +88,14 @@ def test_local_write_errors_for_lack_of_space_are_storage_full(tmp_path, monkeyp
     assert store.list("jobs/") == [] and [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+def test_the_api_answers_storage_faults_as_retryable():
+    """No space is 507; any other storage fault (S3 5xx, a local disk's EIO or EROFS) is 503, not 500."""
+    from api.errors import status_for
+
+    assert status_for(StorageFull("full")) == 507
+    assert status_for(StorageUnavailable("EIO")) == 503
+
+
 @pytest.mark.parametrize("code,status",
                          [("XMinioStorageFull", 507), ("QuotaExceeded", 403), ("InsufficientStorage", 507)])
 def test_s3_no_space_answers_are_storage_full(code, status):

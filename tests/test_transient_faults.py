@@ -86,3 +86,20 @@ def test_storage_outage_is_retried_and_the_job_succeeds_once(make_stack, s3_sett
     assert final["status"] == "succeeded", final.get("error")
     assert final["attempts"] >= 2
     assert len(terminal_transitions(stack, job["id"])) == 1
+
+
+def test_an_outage_longer_than_every_retry_fails_the_job_cleanly(make_stack, s3_settings_overrides):
+    """Past its last retry a job ends `failed` with the fault's code, not `running` forever."""
+    stack = make_stack(workers=0, retry_backoff_s=1.0, s3_max_attempts=2, max_transient_retries=1,
+                       **s3_settings_overrides)
+    proxy = CuttableProxy(int(s3_settings_overrides["s3_endpoint_url"].rsplit(":", 1)[1]))
+    stack.add_worker(extra_env={"LAYERQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
+    stack.wait_for_workers(1)
+    client = LayerqClient(stack.url)
+
+    proxy.cut()
+    job = client.submit(sample_png(128, 128), {"layers": 2, "num_inference_steps": 2, "prompt": "x"})
+    final = client.wait(job["id"], timeout_s=180)
+    assert (final["status"], final["error"]["code"]) == ("failed", "storage_unavailable"), final
+    assert final["attempts"] == 2  # the first delivery and its one retry
+    assert len(terminal_transitions(stack, job["id"])) == 1

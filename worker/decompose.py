@@ -8,13 +8,11 @@ it ran.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -29,20 +27,32 @@ from layerq.logs import bind_log_context
 from layerq.messages import DecomposeMessage
 from layerq.params import DecomposeParams
 from layerq.queues import DECOMPOSE_QUEUE
-from storage.base import Pieces
 from storage.client import is_transient
-from worker import exports
 from worker.liveness import dead_after_s
+from worker.outputs import manifest_for, store_layer_set
 from worker.runtime import WorkerRuntime
+
+if TYPE_CHECKING:
+    from worker.layersets.tree import Decomposition
 
 log = logging.getLogger(__name__)
 
 KIND = "decompose"
-_UPLOAD_THREADS = 8  # storage writes are I/O bound: more of them than encoding threads
 
 
 class TransientJobError(Exception):
     """Raised when a job hit a fault worth retrying later: storage or Redis unreachable."""
+
+
+def give_up(rt: WorkerRuntime, raw_message: Any, exc: TransientJobError) -> str:
+    """The job's last retry hit a transient fault too: end it `failed` with the fault's code (e.g.
+    `storage_unavailable`) rather than leave it `running` with no message left to run it."""
+    job_id = raw_message.get("job_id") if isinstance(raw_message, dict) else None
+    if not job_id:
+        return "failed"
+    code = getattr(exc.__cause__, "code", None) or "unavailable"
+    log.warning("job %s: transient fault on its last retry (%s); failed", job_id, exc)
+    return _end_failed(rt, job_id, code, f"gave up after retries: {exc}", {})
 
 
 class StageClock:
@@ -202,36 +212,22 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     from worker.layersets.jobs import decompose_tree, drop_layers
 
     layers, dropped = drop_layers(params, layers)  # `layers: "auto"`, `drop_empty: true`
-    formats = rt.settings.export_format_list
-    manifest = _manifest(msg, params, layers, rt.settings.model, formats)
+    manifest = manifest_for(msg.job_id, KIND, [im.size for im in layers], rt.settings.export_format_list,
+                            params.model_dump(), model=rt.settings.model)
     if dropped is not None:
         manifest["dropped"] = dropped
+    stack: list[Image.Image] | Decomposition = layers
     parent = rt.services.lineage.parent(msg.job_id)
     if parent is not None and parent.get("layer") is not None:  # a layer of a finished set, decomposed again
-        result = decompose_tree(rt, msg.job_id, parent, layers, manifest)
-        clock.lap("exporting")
-        return {**result, "steps": params.num_inference_steps}
-    # Each object is stored as soon as it is encoded, so storage writes overlap the encoding of the
-    # rest; the manifest is written only after every other object is stored.
-    with ThreadPoolExecutor(_UPLOAD_THREADS) as uploads, \
-            ThreadPoolExecutor(rt.settings.encode_thread_count, thread_name_prefix="exports") as encoders:
-        pending = []
+        stack, manifest = decompose_tree(rt, parent, layers, manifest)
 
-        def store(name: str, data: bytes | Pieces) -> None:
-            key, content_type = _object_for(msg.job_id, name)
-            pending.append(uploads.submit(rt.store.put, key, data, content_type))
-
-        exports.encode_all(layers, manifest, formats, pool=encoders, on_ready=store, pieces=True)
+    def encoded() -> None:
         clock.lap("exporting")
         _set_stage(rt, msg.job_id, "uploading", params)
-        for future in pending:
-            future.result()
-    rt.store.put(keys.manifest_key(msg.job_id), json.dumps(manifest, indent=2).encode(), "application/json")
+
+    result = store_layer_set(rt, msg.job_id, stack, manifest, on_encoded=encoded)
     clock.lap("uploading")
-    # Every object by its key: a job answered from the cache later signs these very keys.
-    return {"layers": manifest["layers"], "composite": manifest["composite"],
-            "manifest": keys.manifest_key(msg.job_id), "exports": dict(manifest["exports"]),
-            "steps": params.num_inference_steps}
+    return {**result, "steps": params.num_inference_steps}
 
 
 DECOMPOSE = JobKind(KIND, DECOMPOSE_QUEUE, parse_message, decompose_job)
@@ -272,34 +268,6 @@ class _StepTimes:
         clock.add(first_stage, self.first - started - step_s)
         clock.add("denoising", self.last - self.first + step_s)
         clock.add("decoding", ended - self.last)
-
-
-def _object_for(job_id: str, name: str) -> tuple[str, str]:
-    """Object key and content type of a piece `exports.encode_all` hands over."""
-    png = exports.CONTENT_TYPES["png"]
-    if name.startswith("layer:"):
-        return keys.layer_key(job_id, int(name.split(":")[1])), png
-    if name == "composite":
-        return keys.composite_key(job_id), png
-    return keys.export_key(job_id, name), exports.CONTENT_TYPES[name]
-
-
-def _manifest(
-    msg: DecomposeMessage, params: DecomposeParams, layers: list[Image.Image], model: str, formats: tuple[str, ...]
-) -> dict:
-    return {
-        "job_id": msg.job_id,
-        "kind": KIND,
-        "model": model,
-        "params": params.model_dump(),
-        "layers": [
-            {"index": i, "key": keys.layer_key(msg.job_id, i), "width": im.width, "height": im.height}
-            for i, im in enumerate(layers)
-        ],
-        "composite": keys.composite_key(msg.job_id),
-        "exports": {fmt: keys.export_key(msg.job_id, fmt) for fmt in formats},
-        "order": "bottom-to-top",
-    }
 
 
 def _set_stage(rt: WorkerRuntime, job_id: str, stage: str, params: DecomposeParams) -> None:

@@ -10,29 +10,20 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from layerq.errors import JobCanceled, JobTimedOut, PipelineFailed, ValidationFailed
+from layerq.errors import PipelineFailed, ValidationFailed
 from worker.matte import DEFAULT_MATTE, Matte, get_matte, on_backdrop
+from worker.stepping import OnStep, ShouldStop, StopAtStep, raise_stopped, step_callback
 
 log = logging.getLogger(__name__)
 
 EDIT_MODEL_DEFAULT = "Qwen/Qwen-Image-Edit-2509"
 MAX_PROMPT_CHARS = 2000
 _MAX_ERROR_CHARS = 500
-
-
-class _Stop(Exception):
-    """Raised from the step callback to leave the pipeline call at once; never escapes `edit_layer`."""
-
-    def __init__(self, reason: str | None = None, error: Exception | None = None) -> None:
-        super().__init__(reason or repr(error))
-        self.reason = reason
-        self.error = error
 
 
 def resolve_edit_model(model: str, cache_dir: Path) -> str:
@@ -86,8 +77,8 @@ def edit_layer(
     num_inference_steps: int = 50,
     seed: int = 0,
     matte: Matte | str = DEFAULT_MATTE,
-    on_step: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], str | None] | None = None,
+    on_step: OnStep | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Image.Image:
     """Edit one RGBA layer; return the edited RGBA layer at the source layer's size.
 
@@ -114,19 +105,6 @@ def edit_layer(
         raise ValidationFailed(str(exc), field="matte") from None
     source = layer.convert("RGBA")
 
-    def step_end(p: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        try:
-            if on_step is not None:
-                on_step(i + 1, p.num_timesteps)
-            reason = should_stop() if should_stop is not None else None
-        except Exception as exc:
-            raise _Stop(error=exc) from exc
-        if reason:
-            # `_interrupt` alone skips the remaining steps but still VAE-decodes; raising returns at once.
-            p._interrupt = True
-            raise _Stop(reason=reason)
-        return callback_kwargs
-
     device = pipe._execution_device
     started = time.monotonic()
     try:
@@ -140,15 +118,11 @@ def edit_layer(
                 generator=torch.Generator(device=device).manual_seed(seed),
                 num_images_per_prompt=1,
                 output_type="pil",
-                callback_on_step_end=step_end,
+                callback_on_step_end=step_callback(on_step, should_stop),
             )
-    except _Stop as stop:
+    except StopAtStep as stop:
         _release(stop, device)
-        if stop.error is not None:
-            raise stop.error
-        if stop.reason == "time_limit":
-            raise JobTimedOut("the job passed its time limit and was stopped") from None
-        raise JobCanceled("the job was canceled") from None
+        raise_stopped(stop)
     except Exception as exc:
         log.error("edit pipeline failed after %.1f s", time.monotonic() - started, exc_info=exc)
         _release(exc, device)

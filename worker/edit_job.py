@@ -11,21 +11,17 @@ written last and a redelivered job writes the same keys again.
 from __future__ import annotations
 
 import io
-import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
 
-from layerq import objects as keys
 from layerq.edits import KIND, EditMessage
 from layerq.errors import InvalidImage, JobNotFound, ObjectNotFound, ValidationFailed
 from layerq.queues import EDIT_QUEUE
 from layerq.results import with_object_keys
-from storage.base import Pieces
-from worker import exports
-from worker.decompose import _UPLOAD_THREADS, JobKind, StageClock, _object_for, _StepTimes, load_input
+from worker.decompose import JobKind, StageClock, _StepTimes, load_input
+from worker.outputs import manifest_for, store_layer_set
 from worker.runtime import WorkerRuntime
 
 
@@ -41,7 +37,7 @@ def _open_png(data: bytes, field: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as exc:
-        raise InvalidImage(f"source layer is not a readable image: {exc}", field=field) from exc
+        raise InvalidImage("the source layer is not a readable image", field=field) from exc
     return image.convert("RGBA")
 
 
@@ -91,45 +87,18 @@ def edit_job(rt: WorkerRuntime, msg: EditMessage, clock: StageClock) -> dict[str
     layers = [*stack[:index], edited, *stack[index + 1:]]
     n = params.num_inference_steps
     rt.jobs.set_progress(msg.job_id, "exporting", n, n)
-    formats = rt.settings.export_format_list
-    manifest = _manifest(msg, layers, index, rt.settings.edit_model, formats)
-    with ThreadPoolExecutor(_UPLOAD_THREADS) as uploads, \
-            ThreadPoolExecutor(rt.settings.encode_thread_count, thread_name_prefix="exports") as encoders:
-        pending = []
+    parent = None if params.source is None else {"job_id": params.source.job_id, "layer": params.source.layer}
+    manifest = manifest_for(msg.job_id, KIND, [im.size for im in layers], rt.settings.export_format_list,
+                            params.model_dump(), model=rt.settings.edit_model, parent=parent,
+                            changed_layers=[index])
 
-        def store(name: str, data: bytes | Pieces) -> None:
-            key, content_type = _object_for(msg.job_id, name)
-            pending.append(uploads.submit(rt.store.put, key, data, content_type))
-
-        exports.encode_all(layers, manifest, formats, pool=encoders, on_ready=store, pieces=True)
+    def encoded() -> None:
         clock.lap("exporting")
         rt.jobs.set_progress(msg.job_id, "uploading", n, n)
-        for future in pending:
-            future.result()
-    rt.store.put(keys.manifest_key(msg.job_id), json.dumps(manifest, indent=2).encode(), "application/json")
+
+    result = store_layer_set(rt, msg.job_id, layers, manifest, on_encoded=encoded)
     clock.lap("uploading")
-    return {"layers": manifest["layers"], "composite": manifest["composite"],
-            "manifest": keys.manifest_key(msg.job_id), "exports": dict(manifest["exports"]), "steps": n,
-            "parent": manifest["parent"], "changed_layers": manifest["changed_layers"]}
-
-
-def _manifest(msg: EditMessage, layers: list[Image.Image], index: int, model: str, formats: tuple[str, ...]) -> dict:
-    source = msg.params.source
-    return {
-        "job_id": msg.job_id,
-        "kind": KIND,
-        "model": model,
-        "params": msg.params.model_dump(),
-        "parent": None if source is None else {"job_id": source.job_id, "layer": source.layer},
-        "changed_layers": [index],
-        "layers": [
-            {"index": i, "key": keys.layer_key(msg.job_id, i), "width": im.width, "height": im.height}
-            for i, im in enumerate(layers)
-        ],
-        "composite": keys.composite_key(msg.job_id),
-        "exports": {fmt: keys.export_key(msg.job_id, fmt) for fmt in formats},
-        "order": "bottom-to-top",
-    }
+    return {**result, "steps": n, "parent": parent, "changed_layers": [index]}
 
 
 EDIT = JobKind(KIND, EDIT_QUEUE, parse_edit_message, edit_job)

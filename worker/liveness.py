@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from layerq.errors import LayerqError
 from layerq.messages import message_for
+from layerq.queues import JOB_QUEUES
 from storage.jobs import JobStore
 from storage.workers import WorkerRegistry
 
@@ -100,21 +102,35 @@ class Liveness:
         return reaped
 
     def send_unsent(self) -> int:
-        """Send the message of every job the API recorded but never confirmed sending (it died in
-        between). Sending twice is harmless: JobStore.begin_attempt skips finished jobs and refuses
-        duplicates of running ones."""
+        """Send the message of every job, of every kind, the API recorded but never confirmed sending
+        (it died in between). One worker sweeps all job queues per beat (the sweep lock is shared),
+        so a deployment's compose and combine jobs are covered as long as any worker lives. Sending
+        twice is harmless: JobStore.begin_attempt skips finished jobs and refuses duplicates of
+        running ones."""
         if not self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s))):
             return 0
-        job_ids = self.jobs.unsent_since(self.enqueue_grace_s, self.queue)
+        return sum(self._send_unsent_on(queue) for queue in JOB_QUEUES)
+
+    def _send_unsent_on(self, queue: str) -> int:
+        job_ids = self.jobs.unsent_since(self.enqueue_grace_s, queue)
         sent = 0
         for rec in self.jobs.get_many(job_ids):
-            if rec and rec["status"] == "queued":
-                task, body = message_for(self.queue, rec["id"], rec["input_key"], rec["params"])
-                self.app.send_task(task, args=[body], queue=self.queue, task_id=rec["id"])
-                sent += 1
+            if not rec or rec["status"] != "queued":
+                continue
+            try:
+                task, body = message_for(rec["kind"], rec["id"], rec["input_key"], rec["params"], rec.get("message"))
+            except Exception as exc:  # a record no message can be made of: it would wait forever
+                log.warning("job %s: cannot build its message (%s); failed", rec["id"], exc)
+                try:
+                    self.jobs.fail(rec["id"], "enqueue_failed", f"could not enqueue the job: {exc}", queue=queue)
+                except LayerqError:
+                    pass
+                continue
+            self.app.send_task(task, args=[body], queue=queue, task_id=rec["id"])
+            sent += 1
         if job_ids:
-            self.jobs.mark_sent(job_ids, self.queue)
-            log.warning("sent %d jobs whose API process never confirmed sending them", sent)
+            self.jobs.mark_sent(job_ids, queue)
+            log.warning("sent %d %s jobs whose API process never confirmed sending them", sent, queue)
         return sent
 
     def _restore(self, delivery_tag: str) -> None:

@@ -15,23 +15,20 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerq.errors import JobCanceled, JobTimedOut, PipelineFailed, ValidationFailed
+from layerq.errors import PipelineFailed, ValidationFailed
 from layerq.params import DecomposeParams
 from worker.accel.quality import mode as quality_mode
+from worker.stepping import OnStep, ShouldStop, StopAtStep, raise_stopped, step_callback
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)
-
-OnStep = Callable[[int, int], None]
-ShouldStop = Callable[[], str | None]
 
 # calculate_dimensions in diffusers' qwenimage pipelines rounds both sides to this multiple.
 _SIDE_MULTIPLE = 32
@@ -102,19 +99,6 @@ def _card_free_bytes(dev: torch.device) -> int | None:
     import torch
 
     return int(torch.cuda.mem_get_info(dev)[0])
-
-
-class _Abort(Exception):
-    """Raised from the step callback to leave the pipeline call at once; never escapes `run`.
-
-    Carries either the stop reason from `should_stop` or an exception a callback raised (which `run`
-    re-raises as it was, so e.g. a lost progress store is not reported as a model failure).
-    """
-
-    def __init__(self, reason: str | None = None, error: Exception | None = None) -> None:
-        super().__init__(reason or repr(error))
-        self.reason = reason
-        self.error = error
 
 
 @dataclass
@@ -250,20 +234,6 @@ class DecomposePipeline:
                 "num_inference_steps must be at least 2 with this model's scheduler", field="num_inference_steps"
             )
 
-        def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            try:
-                if on_step is not None:
-                    on_step(i + 1, pipe.num_timesteps)
-                reason = should_stop() if should_stop is not None else None
-            except Exception as exc:
-                raise _Abort(error=exc) from exc
-            if reason:
-                # Setting `pipe._interrupt` alone skips the remaining steps but still VAE-decodes and
-                # post-processes the half-denoised latents; raising here returns at once.
-                pipe._interrupt = True
-                raise _Abort(reason=reason)
-            return callback_kwargs
-
         if self.placement is not None:
             from worker.memory_plan import PlanDoesNotFit
 
@@ -303,16 +273,13 @@ class DecomposePipeline:
                     generator=torch.Generator(device=self.device).manual_seed(params.seed),
                     num_images_per_prompt=1,
                     output_type="pil",
-                    callback_on_step_end=step_end,
+                    callback_on_step_end=step_callback(on_step, should_stop),
                 )
-        except _Abort as abort:
-            self._release(abort)
-            if abort.error is not None:
-                self._release(abort.error)
-                raise abort.error
-            if abort.reason == "time_limit":
-                raise JobTimedOut("the job passed its time limit and was stopped") from None
-            raise JobCanceled("the job was canceled") from None
+        except StopAtStep as stop:
+            self._release(stop)
+            if stop.error is not None:
+                self._release(stop.error)
+            raise_stopped(stop)
         except Exception as exc:
             log.error("pipeline failed after %.1f s", time.monotonic() - started, exc_info=exc)
             self._release(exc)

@@ -18,7 +18,7 @@ from celery import Celery
 
 from layerq import dispatch, metrics
 from layerq.config import Settings
-from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, GPU_QUEUES
+from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, GPU_QUEUES, LAYERSET_QUEUE
 from storage.base import ObjectStore
 from storage.jobs import JobStore
 from storage.services import Services
@@ -103,14 +103,17 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     # Unique per process, even when a restarted pod reuses its hostname: a dead worker's heartbeat
     # entry must never be refreshed by its successor, or its job would never be put back.
     name = f"{name or socket.gethostname()}#{os.getpid()}-{secrets.token_hex(3)}"
-    liveness = None
+    # Every worker beats on one queue: GPU workers on theirs (for reaping and ETAs), CPU workers on
+    # `cpu` (counted by /healthz, compose/combine ETAs); any of them sweeps every queue's unsent jobs.
     if pipeline:
         queue = EDIT_QUEUE if EDIT_QUEUE in queues else DECOMPOSE_QUEUE
         # What /healthz shows about this worker next to its heartbeat (its memory plan, where it has one).
         info = {"memory_plan": plan} if (plan := getattr(pipeline, "memory_plan", None)) else {}
-        liveness = Liveness(services.jobs, services.workers, app, queue, name,
-                            settings.worker_heartbeat_s, settings.enqueue_grace_s,
-                            on_beat=lambda: dispatch.sweep(services), info=info)
+    else:
+        queue, info = LAYERSET_QUEUE, {}
+    liveness = Liveness(services.jobs, services.workers, app, queue, name,
+                        settings.worker_heartbeat_s, settings.enqueue_grace_s,
+                        on_beat=lambda: dispatch.sweep(services), info=info)
     _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte)
     return _runtime
 

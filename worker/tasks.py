@@ -22,13 +22,15 @@ TASK_QUEUES = {task: queue for queue, task in TASK_OF_QUEUE.items()}
 def register(app: Celery) -> None:
     @app.task(name=DECOMPOSE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def decompose(self, message: dict) -> str:
-        from worker.decompose import TransientJobError, run_job
+        from worker.decompose import TransientJobError, give_up, run_job
 
         rt = runtime.current()
         tag = _delivery_tags.pop(self.request.id, None)
         try:
             return run_job(rt, message, delivery_tag=tag, retries=self.request.retries)
         except TransientJobError as exc:
+            if self.request.retries >= rt.settings.max_transient_retries:
+                return give_up(rt, message, exc)
             # Back off and try again; a retry is a new message, and begin_attempt allows one more
             # delivery per retry so retries are not mistaken for a poison job.
             countdown = rt.settings.retry_backoff_s * 2**self.request.retries
@@ -37,7 +39,7 @@ def register(app: Celery) -> None:
 
     @app.task(name=EDIT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def edit(self, message: dict) -> str:
-        from worker.decompose import TransientJobError, run_job
+        from worker.decompose import TransientJobError, give_up, run_job
         from worker.edit_job import EDIT
 
         rt = runtime.current()
@@ -45,6 +47,8 @@ def register(app: Celery) -> None:
         try:
             return run_job(rt, message, delivery_tag=tag, retries=self.request.retries, kind=EDIT)
         except TransientJobError as exc:
+            if self.request.retries >= rt.settings.max_transient_retries:
+                return give_up(rt, message, exc)
             countdown = rt.settings.retry_backoff_s * 2**self.request.retries
             raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
 

@@ -7,7 +7,6 @@ manifest last, and only then `succeeded`."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,57 +22,20 @@ from layerq.params import DecomposeParams
 from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from storage.client import is_transient
-from worker import exports
 from worker.decompose import (
-    StageClock, TransientJobError, _cancel, _end_failed, _notify, _object_for, load_input,
+    StageClock, TransientJobError, _cancel, _end_failed, _notify, give_up, load_input,
 )
+from worker.liveness import dead_after_s
+from worker.outputs import manifest_for, store_layer_set
 from worker.runtime import WorkerRuntime
 
 from .combine import combine
 from .coverage import drop_sparse_layers
 from .operations import compose
 from .placed import Canvas, PlacedLayer, render_stack
-from .tree import Decomposition, fitted, leaves, tree_exports
+from .tree import Decomposition, fitted, leaves
 
 log = logging.getLogger(__name__)
-
-
-# --- storing a layer set ------------------------------------------------------------------------
-
-def manifest_for(job_id: str, kind: str, sizes: list[tuple[int, int]], formats: tuple[str, ...],
-                 params: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": job_id, "kind": kind, "params": params,
-        "layers": [{"index": i, "key": keys.layer_key(job_id, i), "width": w, "height": h}
-                   for i, (w, h) in enumerate(sizes)],
-        "composite": keys.composite_key(job_id),
-        "exports": {fmt: keys.export_key(job_id, fmt) for fmt in formats},
-        "order": "bottom-to-top",
-        **extra,
-    }
-
-
-def store_encoded(rt: WorkerRuntime, job_id: str, pngs: list[bytes], composite_png: bytes,
-                  built: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Store what `encode_all` / `tree_exports` made, the manifest last; the job's result."""
-    for i, data in enumerate(pngs):
-        rt.store.put(*_put(job_id, f"layer:{i}", data))
-    rt.store.put(*_put(job_id, "composite", composite_png))
-    for fmt, data in built.items():
-        rt.store.put(*_put(job_id, fmt, data))
-    rt.store.put(keys.manifest_key(job_id), json.dumps(manifest, indent=2).encode(), "application/json")
-    return {"layers": manifest["layers"], "composite": manifest["composite"],
-            "manifest": keys.manifest_key(job_id), "exports": dict(manifest["exports"]), "steps": 0}
-
-
-def _put(job_id: str, name: str, data: Any) -> tuple[str, Any, str]:
-    key, content_type = _object_for(job_id, name)
-    return key, data, content_type
-
-
-def store_stack(rt: WorkerRuntime, job_id: str, stack: list[Image.Image], manifest: dict[str, Any]) -> dict[str, Any]:
-    pngs, composite_png, built = exports.encode_all(stack, manifest, rt.settings.export_format_list)
-    return store_encoded(rt, job_id, pngs, composite_png, built, manifest)
 
 
 def _rgba(rt: WorkerRuntime, key: str, field: str) -> Image.Image:
@@ -94,10 +56,11 @@ def drop_layers(params: DecomposeParams, layers: list[Image.Image]) -> tuple[lis
     return kept, [{"index": d.index, "coverage": d.coverage} for d in dropped]
 
 
-def decompose_tree(rt: WorkerRuntime, job_id: str, parent: dict[str, Any], sub_layers: list[Image.Image],
-                   manifest: dict[str, Any]) -> dict[str, Any]:
-    """A recursive decomposition's layer set: the parent's layers with layer `parent["layer"]`
-    replaced by `sub_layers`, depth first; the PSD groups and the ORA stacks them (`tree_exports`)."""
+def decompose_tree(rt: WorkerRuntime, parent: dict[str, Any], sub_layers: list[Image.Image],
+                   manifest: dict[str, Any]) -> tuple[Decomposition, dict[str, Any]]:
+    """A recursive decomposition's layer set and its manifest: the parent's layers with layer
+    `parent["layer"]` replaced by `sub_layers`, depth first; its PSD groups and its ORA stacks them
+    (`tree_exports`, through `store_layer_set`)."""
     try:
         rec = rt.jobs.get(parent["job_id"])
     except JobNotFound as exc:
@@ -107,6 +70,7 @@ def decompose_tree(rt: WorkerRuntime, job_id: str, parent: dict[str, Any], sub_l
     index = int(parent["layer"])
     tree = Decomposition(images, {index: Decomposition(fitted(sub_layers, images[index].size))})
     drawn = leaves(tree)
+    job_id = manifest["job_id"]
     manifest = {**manifest, "layers": [
         {"index": i, "key": keys.layer_key(job_id, i), "width": leaf.image.width, "height": leaf.image.height,
          "name": leaf.name, "group": leaf.groups[-1] if leaf.groups else None}
@@ -114,9 +78,7 @@ def decompose_tree(rt: WorkerRuntime, job_id: str, parent: dict[str, Any], sub_l
     ], "tree": {"parent": {"job_id": parent["job_id"], "layer": index},
                 "group": drawn[index].groups[-1] if drawn[index].groups else None,
                 "sub_layers": len(sub_layers)}}
-    pngs, composite_png, built = tree_exports(tree, manifest, rt.settings.export_format_list)
-    result = store_encoded(rt, job_id, pngs, composite_png, built, manifest)
-    return result
+    return tree, manifest
 
 
 # --- compose and combine ------------------------------------------------------------------------
@@ -129,7 +91,7 @@ def build_compose(rt: WorkerRuntime, msg: ComposeMessage) -> dict[str, Any]:
                             msg.params.model_dump(mode="json"), parent={"job_id": msg.parent_id, "layer": None},
                             ops=msg.params.model_dump(mode="json")["ops"],
                             sources=[layer.source for layer in placed if layer.visible])
-    return store_stack(rt, msg.job_id, stack, manifest)
+    return {**store_layer_set(rt, msg.job_id, stack, manifest), "steps": 0}
 
 
 def build_combine(rt: WorkerRuntime, msg: CombineMessage) -> dict[str, Any]:
@@ -150,7 +112,7 @@ def build_combine(rt: WorkerRuntime, msg: CombineMessage) -> dict[str, Any]:
     stack = layer_set.stack
     manifest = manifest_for(msg.job_id, "combine", [im.size for im in stack], rt.settings.export_format_list,
                             msg.params.model_dump(mode="json"), parent=None, inputs=list(msg.input_keys))
-    return store_stack(rt, msg.job_id, stack, manifest)
+    return {**store_layer_set(rt, msg.job_id, stack, manifest), "steps": 0}
 
 
 def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: Any,
@@ -164,8 +126,11 @@ def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: 
             _end_failed(rt, job_id, "invalid_request", f"malformed {kind} message: {exc}", {})
         return "failed"
     try:
-        attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries,
-                                        worker=rt.name, queue=LAYERSET_QUEUE)
+        # CPU workers beat on the `cpu` queue too: a duplicate message of a job running on a live
+        # worker is refused, a dead worker's job is taken over.
+        attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries, worker=rt.name,
+                                        alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
+                                        queue=LAYERSET_QUEUE)
     except JobNotFound:
         return "missing"
     if not attempt.run:
@@ -212,6 +177,8 @@ def register(app: Any) -> None:
             try:
                 return run_layerset_job(rt, kind, model, message, build)
             except TransientJobError as exc:
+                if self.request.retries >= rt.settings.max_transient_retries:
+                    return give_up(rt, message, exc)
                 countdown = rt.settings.retry_backoff_s * 2**self.request.retries
                 raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
         return run

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from layerq.errors import JobCanceled, JobTimedOut
 from layerq.params import DecomposeParams
 from worker.exports import composite
+from worker.stepping import OnStep, ShouldStop, stop_if_asked
 
 from .layering import merge_groups, paint_layers
 from .regions import find_regions, palette_groups
@@ -76,10 +75,6 @@ def _repair(layers: list[np.ndarray], rgba: np.ndarray) -> None:
             layer[partial & (top != index), 3] = 0
 
 
-OnStep = Callable[[int, int], None]
-ShouldStop = Callable[[], "str | None"]
-
-
 @dataclass
 class ClassicDecomposer:
     """Shaped like `worker.pipeline.DecomposePipeline` (load once, `run` per job), so the worker
@@ -114,20 +109,12 @@ class ClassicDecomposer:
         work = image.convert("RGBA")
         if work.size != size:
             work = work.resize(size, Image.Resampling.LANCZOS)
-        _check(should_stop)
+        stop_if_asked(should_stop)
         if on_step is not None:
             on_step(1, 2)
         layers = decompose_flat(work, params.layer_count)
-        _check(should_stop)
+        stop_if_asked(should_stop)
         if on_step is not None:
             on_step(2, 2)
         log.info("classic: %d layers in %.2f s", len(layers), time.monotonic() - started)
         return layers
-
-
-def _check(should_stop: ShouldStop | None) -> None:
-    reason = should_stop() if should_stop is not None else None
-    if reason == "time_limit":
-        raise JobTimedOut("the job passed its time limit and was stopped")
-    if reason:
-        raise JobCanceled("the job was canceled")
