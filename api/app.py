@@ -14,14 +14,17 @@ from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
 from layerq.logs import setup_logging
-from layerq.queues import DECOMPOSE_QUEUE
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE
 from storage.services import Services
 
 log = logging.getLogger(__name__)
 
+GPU_QUEUE_ORDER = (*DECOMPOSE_QUEUES, EDIT_QUEUE)
+
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or Settings.from_env(**overrides)
+    settings.fleet_memory_classes  # a bad LAYERQ_MEMORY_CLASSES stops the API at start, not per request
     app = Flask("layerq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
@@ -59,9 +62,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        workers = svc.workers.live_count(DECOMPOSE_QUEUE) if checks["redis"] == "ok" else 0
-        return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers}), (
-            200 if ok else 503
-        )
+        workers, live = 0, []
+        if checks["redis"] == "ok":
+            # `workers`: decompose workers of every memory class, each once; `live_workers`: every GPU
+            # worker with what its heartbeat says (kind, queues, memory class and budget, plan).
+            workers = svc.workers.live_count_on(DECOMPOSE_QUEUES)
+            names = svc.workers.live_names(GPU_QUEUE_ORDER)
+            live = [{**info, "name": name} for name, info in zip(names, svc.workers.descriptions(names))]
+        return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers,
+                        "memory_classes": [c.name for c in svc.settings.fleet_memory_classes],
+                        "live_workers": live}), (200 if ok else 503)
 
     return app

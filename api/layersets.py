@@ -17,6 +17,7 @@ from flask import Blueprint, jsonify, request, url_for
 from api.bodies import json_field, json_object, parse_model
 from api.context import services
 from api.idempotency import idempotent
+from api.routing import decompose_queue_for
 from api.submission import check_uploads, check_webhook, enqueue, Item
 from api.tenancy import tenant
 from api.views import job_view
@@ -28,7 +29,7 @@ from layerq.layer_ops import CombineParams, ComposeParams, check_ops
 from layerq.layersets import (
     MAX_COMBINE_LAYERS, CombineMessage, CombineRequest, ComposeMessage, ComposeRequest, LayerDecomposeRequest,
 )
-from layerq.queues import COMBINE_TASK, COMPOSE_TASK, DECOMPOSE_QUEUE, LAYERSET_QUEUE
+from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from layerq.webhooks import WebhookSpec
 from storage.jobs import NewJob, new_job_id
@@ -109,8 +110,9 @@ def decompose_layer():
         raise ValidationFailed(f"layer {body.source.layer} does not exist; job {body.source.job_id} has "
                                f"{len(layers)} layers", field="source.layer")
     webhook = check_webhook(body.webhook, svc)
-    job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
-                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE)
+    params = body.params.with_seed()
+    job = NewJob(new_job_id(), params.model_dump(), layers[body.source.layer]["key"],
+                 tenant=tenant(), webhook=webhook, queue=decompose_queue_for(params, svc.settings))
     return _accept(svc, job, (body.source.job_id, body.source.layer), lambda: enqueue(svc, [job]))
 
 

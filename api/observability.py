@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from api.tenancy import tenant
 from layerq import metrics
 from layerq.logs import bind_log_context
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE
 
 JOB_ROUTE = "/v1/jobs"
 BATCH_ROUTE = "/v1/batches"
@@ -21,7 +22,7 @@ EDIT_ROUTE = "/v1/edits"
 
 
 def register(app: Flask, queued_count) -> None:
-    depth = metrics.QueueDepth(queued_count, ("decompose", "edit"))
+    depth = metrics.QueueDepth(queued_count, (*DECOMPOSE_QUEUES, EDIT_QUEUE))
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 import layerq
@@ -89,10 +89,23 @@ class UploadTicket(BaseModel):
     expires_at: str
 
 
+class LiveWorker(BaseModel):
+    """A GPU worker as its last heartbeat describes it (more fields may follow, e.g. its memory plan)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    kind: str | None = None
+    queues: list[str] = []
+    memory_class: str | None = Field(None, description="GPU memory class (80, 48, 24, 16) of a decompose worker.")
+    memory_budget_gib: float | None = Field(None, description="GPU memory the worker may use; null: not limited.")
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
-    workers: int
+    workers: int = Field(description="Live decompose workers, all memory classes.")
+    memory_classes: list[str] = Field(description="The fleet's configured memory classes (LAYERQ_MEMORY_CLASSES).")
+    live_workers: list[LiveWorker]
 
 
 MODELS: list[type[BaseModel]] = [

@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layerq.memory_classes import MemoryClass
 
 ENV_PREFIX = "LAYERQ_"
 
@@ -27,6 +30,12 @@ class Settings:
     job_ttl_s: int = 7 * 24 * 3600
     """How long job records are kept in Redis after creation. layerq does not delete result
     objects itself yet: give the bucket (or the storage directory) a lifecycle rule of the same age."""
+
+    memory_classes: str = "80"
+    """GPU memory classes of this fleet's decompose workers (comma-separated, from 80, 48, 24, 16;
+    layerq/memory_classes.py). The API sends each decompose job to the queue of the smallest of these
+    that fits it, and refuses (400, naming the field) a job that none of them fits. The default, the
+    80 GB class only, is a fleet of full-memory workers: every job on the `decompose` queue."""
 
     # --- object storage ----------------------------------------------------------------------
     storage: str = "local"
@@ -110,6 +119,10 @@ class Settings:
     """Where `tiny` is built and cached."""
     device: str = "auto"
     """`auto` (CUDA + bf16 when a GPU is present, else CPU + float32), `cuda`, `cpu`."""
+    gpu_memory_gib: float = 0.0
+    """GPU memory this worker may use, in GiB; it sets the worker's memory class and so its queues
+    (`layerq worker` with the default `--queues decompose`). 0: the card's total memory, read at
+    start; a CPU worker without it is not limited (the largest class)."""
     gpu_speedups: bool = True
     """Lossless speed-ups on CUDA (compiled transformer blocks, cached negative-prompt embeddings, ...)."""
     fast_captions: bool = False
@@ -170,6 +183,13 @@ class Settings:
             return self.encode_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
         return max(2, min(8, cores))
+
+    @property
+    def fleet_memory_classes(self) -> tuple["MemoryClass", ...]:
+        """`memory_classes` parsed, largest first (ValueError on an unknown class)."""
+        from layerq.memory_classes import parse_classes
+
+        return parse_classes(self.memory_classes)
 
     @property
     def warmup_bucket_list(self) -> tuple[tuple[int, int], ...]:

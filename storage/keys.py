@@ -90,9 +90,14 @@ class Keys:
         """String (lock, 60 s): which live worker is putting a dead worker's job back."""
         return f"{self.prefix}:reaping:{worker}"
 
-    def sending_unsent(self) -> str:
-        """String (lock, one heartbeat): which worker sweeps the unsent jobs now."""
-        return f"{self.prefix}:sending-unsent"
+    def sending_unsent(self, queue: str = "") -> str:
+        """String (lock, one heartbeat): which worker sweeps the unsent jobs (of `queue`) now."""
+        return f"{self.prefix}:sending-unsent" + (f":{queue}" if queue else "")
+
+    def worker_info(self, worker: str) -> str:
+        """String (JSON, lives 3 beats): what a live worker says about itself (kind, queues, memory
+        class and budget, memory plan), renewed with each heartbeat; for /healthz."""
+        return f"{self.prefix}:worker:{worker}"
 
     # --- service times (storage/stats.py) -----------------------------------------------------
     def stats(self, kind: str) -> str:

@@ -22,7 +22,8 @@ from layerq import metrics
 from layerq import objects as keys
 from layerq.config import Settings
 from layerq.errors import (
-    InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed, ValidationFailed,
+    ExceedsGpuMemory, InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed,
+    ValidationFailed,
 )
 from layerq.jobs import JobStatus
 from layerq.logs import bind_log_context
@@ -114,9 +115,12 @@ def run_job(
         return "failed"
 
     try:
+        # The job's own queue (decompose jobs wait in their memory class's queue), for its place in
+        # the queue and the duplicate check against the workers of that queue.
+        queue = rt.jobs.get(msg.job_id).get("queue") or kind.queue
         attempt = rt.jobs.begin_attempt(
             msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
-            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=kind.queue,
+            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=queue,
         )
     except JobNotFound:  # expired record, or a message for another deployment: nothing to do
         log.warning("job %s has no record; message dropped", msg.job_id)
@@ -128,7 +132,7 @@ def run_job(
             _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
-        rt.liveness.hold(msg.job_id, delivery_tag)
+        rt.liveness.hold(msg.job_id, delivery_tag, queue)
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
     context = bind_log_context(job_id=msg.job_id, tenant=(rt.jobs.get(msg.job_id) or {}).get("tenant"))
@@ -178,6 +182,7 @@ def _run_claimed(rt: WorkerRuntime, msg: Any, kind: JobKind) -> str:
 def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -> dict[str, Any]:
     """Fetch the input, run the pipeline, write layers, composite, exports and manifest (last)."""
     params = msg.params
+    _check_fits(rt, params)
     try:
         image = load_input(rt.store.get(msg.input_key), rt.settings)
     except ObjectNotFound as exc:
@@ -233,6 +238,23 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
 
 
 DECOMPOSE = JobKind(KIND, DECOMPOSE_QUEUE, parse_message, decompose_job)
+
+
+def _check_fits(rt: WorkerRuntime, params: DecomposeParams) -> None:
+    """The last guard of the memory-class routing: a job this worker's class cannot run (a queue
+    named by hand, fit constants changed between the API's version and this one) ends at once with
+    `exceeds_gpu_memory`, never with an out-of-memory error halfway through."""
+    memory = rt.memory
+    if memory is None or memory.memory_class is None:
+        return
+    from layerq.memory_classes import fits, need_gib
+
+    resolution, layers, caption = params.resolution, params.layer_count, not params.prompt.strip()
+    if not fits(memory.memory_class, resolution, layers, caption):
+        raise ExceedsGpuMemory(
+            f"resolution {resolution} with {layers} layers{' and an auto-caption' if caption else ''} needs about "
+            f"{need_gib(resolution, layers, caption):.0f} GiB; this worker is {memory.memory_class.label} "
+            f"({memory.budget_gib or 0:.1f} GiB)", field="params")
 
 
 class _StepTimes:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from celery import Celery
 
 from layerq.messages import message_for
+from layerq.queues import GPU_QUEUES
 from storage.jobs import JobStore
 from storage.workers import WorkerRegistry
 
@@ -30,21 +32,36 @@ def dead_after_s(heartbeat_s: float) -> float:
 
 
 class Liveness:
+    """Heartbeats and reaping for one worker process on every GPU queue it consumes: a worker beats
+    on each (a big-memory worker consumes its class's decompose queue and the smaller classes'), so
+    each queue's live workers, duplicate checks and reaping see it. `info` (kind, queues, memory
+    class and budget, memory plan) is published with every beat for /healthz."""
+
     def __init__(
-        self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queue: str, name: str, heartbeat_s: float,
-        enqueue_grace_s: float = 60.0,
+        self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queues: list[str] | str, name: str,
+        heartbeat_s: float, enqueue_grace_s: float = 60.0, info: dict[str, Any] | None = None,
     ) -> None:
-        self.jobs, self.workers, self.app, self.queue, self.name = jobs, workers, app, queue, name
+        self.jobs, self.workers, self.app, self.name = jobs, workers, app, name
+        self.queues = [queues] if isinstance(queues, str) else list(queues)
         self.heartbeat_s = heartbeat_s
         self.enqueue_grace_s = enqueue_grace_s
+        self.info = dict(info or {})
+        self._held: str | None = None
         self._stop = threading.Event()
 
-    def hold(self, job_id: str, delivery_tag: str | None) -> None:
-        """Record the message this worker is running (for reaping if the worker dies)."""
-        self.workers.hold(self.queue, self.name, job_id, delivery_tag)
+    @property
+    def queue(self) -> str:
+        """The first queue (the largest memory class's, for decompose workers)."""
+        return self.queues[0]
+
+    def hold(self, job_id: str, delivery_tag: str | None, queue: str | None = None) -> None:
+        """Record the message this worker is running, taken from `queue` (for reaping if the worker dies)."""
+        self._held = queue or self.queue
+        self.workers.hold(self._held, self.name, job_id, delivery_tag)
 
     def release(self) -> None:
-        self.workers.release(self.queue, self.name)
+        self.workers.release(self._held or self.queue, self.name)
+        self._held = None
 
     def start(self) -> None:
         self.beat()
@@ -53,12 +70,14 @@ class Liveness:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.workers.gone(self.queue, self.name)
+            for queue in self.queues:
+                self.workers.gone(queue, self.name)
         except Exception:  # shutting down; Redis may be gone already
             pass
 
     def beat(self) -> None:
-        self.workers.heartbeat(self.queue, self.name)
+        # The description outlives the beat by the time it takes to be declared dead.
+        self.workers.beat(self.queues, self.name, self.info, ttl_s=int(dead_after_s(self.heartbeat_s)) + 1)
 
     def _run(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -70,36 +89,45 @@ class Liveness:
                 log.warning("heartbeat failed", exc_info=True)
 
     def reap(self) -> list[str]:
-        """Put back the messages of workers silent for MISSED_BEATS beats; return their names."""
+        """Put back the messages of workers silent for MISSED_BEATS beats on any queue this worker
+        watches; return their names. A dead worker's records are cleared on every GPU queue, not only
+        the ones watched here: its held message goes back to the queue it came from (kombu keeps
+        that with the message), whoever restores it."""
         cutoff = time.time() - dead_after_s(self.heartbeat_s)
+        silent = sorted({w for queue in self.queues for w in self.workers.silent_since(queue, cutoff)})
         reaped = []
-        for worker in self.workers.silent_since(self.queue, cutoff):
+        for worker in silent:
             if not self.workers.claim_reaping(worker, self.name):
                 continue
-            held = self.workers.held_by(self.queue, worker)
-            if held.get("delivery_tag"):
-                self._restore(held["delivery_tag"])
-                log.warning("worker %s is gone; job %s put back on the queue", worker, held.get("job_id"))
-            self.workers.forget(self.queue, worker)
+            for queue in sorted(GPU_QUEUES):
+                held = self.workers.held_by(queue, worker)
+                if held.get("delivery_tag"):
+                    self._restore(held["delivery_tag"])
+                    log.warning("worker %s is gone; job %s put back on %s", worker, held.get("job_id"), queue)
+                self.workers.forget(queue, worker)
             reaped.append(worker)
         return reaped
 
     def send_unsent(self) -> int:
         """Send the message of every job the API recorded but never confirmed sending (it died in
         between). Sending twice is harmless: JobStore.begin_attempt skips finished jobs and refuses
-        duplicates of running ones."""
-        if not self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s))):
-            return 0
-        job_ids = self.jobs.unsent_since(self.enqueue_grace_s, self.queue)
+        duplicates of running ones. Each queue has its own sweep lock, so a worker of a small
+        memory class sweeping its queues never keeps the larger classes' queues waiting."""
         sent = 0
-        for rec in self.jobs.get_many(job_ids):
-            if rec and rec["status"] == "queued":
-                task, body = message_for(self.queue, rec["id"], rec["input_key"], rec["params"])
-                self.app.send_task(task, args=[body], queue=self.queue, task_id=rec["id"])
-                sent += 1
-        if job_ids:
-            self.jobs.mark_sent(job_ids, self.queue)
-            log.warning("sent %d jobs whose API process never confirmed sending them", sent)
+        for queue in self.queues:
+            if not self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s)), queue):
+                continue
+            job_ids = self.jobs.unsent_since(self.enqueue_grace_s, queue)
+            here = 0
+            for rec in self.jobs.get_many(job_ids):
+                if rec and rec["status"] == "queued":
+                    task, body = message_for(queue, rec["id"], rec["input_key"], rec["params"])
+                    self.app.send_task(task, args=[body], queue=queue, task_id=rec["id"])
+                    here += 1
+            if job_ids:
+                self.jobs.mark_sent(job_ids, queue)
+                log.warning("sent %d jobs of %s whose API process never confirmed sending them", here, queue)
+            sent += here
         return sent
 
     def _restore(self, delivery_tag: str) -> None:

@@ -60,7 +60,8 @@ def register(app: Celery) -> None:
         # worker_init runs in the process that executes tasks under the solo pool, before the first
         # message is taken: the model loads once, and CUDA is never initialised before a fork.
         queues = set(app.conf.layerq_queues)
-        runtime.start(app.conf.layerq_settings, app, queues, name=getattr(sender, "hostname", None))
+        runtime.start(app.conf.layerq_settings, app, queues, name=getattr(sender, "hostname", None),
+                      memory=getattr(app.conf, "layerq_memory", None))
 
     @signals.worker_ready.connect(weak=False)
     def announce(sender=None, **_kwargs) -> None:
