@@ -123,3 +123,15 @@ def test_memory_classes_setting_is_checked():
     assert [c.name for c in Settings(memory_classes="24, 80GB").fleet_memory_classes] == ["80", "24"]
     with pytest.raises(ValueError, match="LAYERQ_MEMORY_CLASSES"):
         Settings(memory_classes="80,40").fleet_memory_classes
+
+
+def test_the_worker_refuses_a_job_its_class_does_not_fit_before_it_touches_the_gpu():
+    from types import SimpleNamespace
+
+    from worker.decompose import _check_fits
+
+    small = SimpleNamespace(memory=WorkerMemory(14.0, mc.class_of_budget(14.0)))
+    _check_fits(small, DecomposeParams(prompt="a poster"))  # 640/4 with a prompt: 13.0 GiB fits
+    with pytest.raises(ExceedsGpuMemory, match="16 GB-class"):
+        _check_fits(small, DecomposeParams())  # the auto-caption needs the text encoder on the GPU
+    _check_fits(SimpleNamespace(memory=None), DecomposeParams(resolution=1024, layers=10))  # not limited

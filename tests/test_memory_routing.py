@@ -99,6 +99,14 @@ def test_a_small_job_runs_on_the_small_class_worker(stack, client):
     assert final["status"] == "succeeded", final
     rec = record(stack, job["id"])
     assert rec["queue"] == "decompose.24" and rec["worker"].startswith("w0@")
+    # Decomposing one of its layers again is routed (and refused) the same way.
+    body = {"source": {"job_id": job["id"], "layer": 0}, "params": NEEDS_80}
+    resp = requests.post(stack.url + "/v1/layersets/decompose", json=body, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["field"] == "params.layers", resp.text
+    body["params"] = SMALL
+    again = client.wait(requests.post(stack.url + "/v1/layersets/decompose", json=body, timeout=10).json()["id"],
+                        timeout_s=120)
+    assert again["status"] == "succeeded" and record(stack, again["id"])["queue"] == "decompose.24"
 
 
 def test_a_job_for_a_configured_class_without_a_live_worker_waits_for_one(stack, client):

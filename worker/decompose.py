@@ -117,7 +117,8 @@ def run_job(
     try:
         # The job's own queue (decompose jobs wait in their memory class's queue), for its place in
         # the queue and the duplicate check against the workers of that queue.
-        queue = rt.jobs.get(msg.job_id).get("queue") or kind.queue
+        rec = rt.jobs.get(msg.job_id)
+        queue = rec.get("queue") or kind.queue
         attempt = rt.jobs.begin_attempt(
             msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
             alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=queue,
@@ -135,7 +136,7 @@ def run_job(
         rt.liveness.hold(msg.job_id, delivery_tag, queue)
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
-    context = bind_log_context(job_id=msg.job_id, tenant=(rt.jobs.get(msg.job_id) or {}).get("tenant"))
+    context = bind_log_context(job_id=msg.job_id, tenant=rec.get("tenant"))
     metrics.JOBS.labels(kind.name, "running").inc()
     try:
         status = _run_claimed(rt, msg, kind)
