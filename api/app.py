@@ -17,14 +17,17 @@ from api.body_deadline import BodyDeadline
 from api.context import EXTENSION, services
 from layerq.config import Settings
 from layerq.logs import setup_logging
-from layerq.queues import DECOMPOSE_QUEUE, JOB_QUEUES
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE, LAYERSET_QUEUE
 from storage.services import Services
 
 log = logging.getLogger(__name__)
 
+GPU_QUEUE_ORDER = (*DECOMPOSE_QUEUES, EDIT_QUEUE)
+
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or Settings.from_env(**overrides)
+    settings.fleet_memory_classes  # a bad LAYERQ_MEMORY_CLASSES stops the API at start, not per request
     app = Flask("layerq")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
@@ -65,14 +68,20 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
             except Exception as exc:  # report, don't raise: this is the probe
                 checks[name] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
-        # Live workers per queue: decompose and edit (GPU, one pipeline kind each) and cpu (compose,
-        # combine, webhooks). `workers` stays the decompose count that probes and `layerq up` read;
-        # `worker_details` lists each live decompose worker with what it published (its memory plan).
-        up = checks["redis"] == "ok"
-        by_queue = {q: svc.workers.live_count(q) if up else 0 for q in JOB_QUEUES}
-        live = svc.workers.live_details(DECOMPOSE_QUEUE) if up else []
-        body = {"status": "ok" if ok else "degraded", "checks": checks, "workers": by_queue[DECOMPOSE_QUEUE],
-                "workers_by_queue": by_queue, "worker_details": live}
-        return jsonify(body), (200 if ok else 503)
+        workers, by_queue, live = 0, {"decompose": 0, EDIT_QUEUE: 0, LAYERSET_QUEUE: 0}, []
+        if checks["redis"] == "ok":
+            # `workers`: decompose workers of every memory class, each once (what probes and `layerq
+            # up` read); `workers_by_queue`: live workers of each kind (decompose, edit, cpu);
+            # `live_workers`: every GPU worker with what its heartbeat says (kind, queues, memory
+            # class and budget, memory plan).
+            workers = svc.workers.live_count_on(DECOMPOSE_QUEUES)
+            by_queue = {"decompose": workers, EDIT_QUEUE: svc.workers.live_count(EDIT_QUEUE),
+                        LAYERSET_QUEUE: svc.workers.live_count(LAYERSET_QUEUE)}
+            names = svc.workers.live_names(GPU_QUEUE_ORDER)
+            live = [{**info, "name": name} for name, info in zip(names, svc.workers.descriptions(names))]
+        return jsonify({"status": "ok" if ok else "degraded", "checks": checks, "workers": workers,
+                        "workers_by_queue": by_queue,
+                        "memory_classes": [c.name for c in svc.settings.fleet_memory_classes],
+                        "live_workers": live}), (200 if ok else 503)
 
     return app

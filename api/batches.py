@@ -12,13 +12,14 @@ from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_batch, services
 from api.idempotency import idempotent
 from api.paging import page
+from api.routing import decompose_queue_for
 from api.submission import Item, check_webhook, submit
 from api.tenancy import tenant
 from api.views import iso
 from layerq.errors import ValidationFailed
 from layerq.images import normalise_image
 from layerq.params import DecomposeParams
-from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE
 from layerq.requests import BatchRequest
 from layerq.scheduling import schedule
 from layerq.webhooks import notify
@@ -45,18 +46,20 @@ def submit_batch():
             return jsonify(_estimate(params, "edit"))
         return _accepted(svc, body, webhook, params, items)
     params = [_item_params(body, i) for i in range(len(body.items))]
+    # Every item must fit a GPU memory class of the fleet (a dry run too: it estimates what would run).
+    queues = [decompose_queue_for(p, svc.settings, f"items.{i}.params") for i, p in enumerate(params)]
     if body.dry_run:
         return jsonify(_estimate(params))
 
     # Every file is decoded and checked before anything is stored: a bad item rejects the whole
     # request and leaves nothing behind.
     items = []
-    for i, (item, p) in enumerate(zip(body.items, params)):
+    for i, (item, p, queue) in enumerate(zip(body.items, params, queues)):
         if item.file is not None:
             data, image = _item_file(item.file, i)
-            items.append(Item(params=p, field=f"items.{i}.file", data=data, image=image))
+            items.append(Item(params=p, field=f"items.{i}.file", data=data, image=image, queue=queue))
         else:
-            items.append(Item(params=p, field=f"items.{i}.input_key", input_key=item.input_key))
+            items.append(Item(params=p, field=f"items.{i}.input_key", input_key=item.input_key, queue=queue))
     return _accepted(svc, body, webhook, params, items)
 
 
@@ -90,7 +93,7 @@ def get_batch(batch_id: str):
     stats = svc.stats_of(kind)
     means = stats.snapshot() if kind != "decompose" else means
     per_job = stats.estimate_s(batch["meta"].get("params") or DecomposeParams().model_dump(), means)
-    workers = max(1, svc.workers.live_count(_queue(kind)))
+    workers = max(1, svc.workers.live_count_on(_queues(kind)))
     eta = None if per_job is None or remaining == 0 else round((remaining - partial) * per_job / workers, 1)
     return jsonify({
         "id": batch_id, "count": batch["count"], "counts": counts, "created_at": iso(batch["created_at"]),
@@ -104,7 +107,7 @@ def cancel_batch(batch_id: str):
     svc = services()
     batch = owned_batch(batch_id)
     ids = svc.batches.job_ids(batch_id)
-    outcome = svc.jobs.cancel(ids, queue=_queue(batch["meta"].get("kind") or "decompose"))
+    outcome = svc.jobs.cancel(ids, queues=_queues(batch["meta"].get("kind") or "decompose"))
     if outcome["canceled"] and batch["meta"].get("webhook"):
         # Jobs canceled while queued never reach a worker: their `canceled` webhooks go from here.
         for rec in svc.jobs.get_many(ids):
@@ -113,8 +116,10 @@ def cancel_batch(batch_id: str):
     return jsonify({"id": batch_id, **outcome})
 
 
-def _queue(kind: str) -> str:
-    return EDIT_QUEUE if kind == "edit" else DECOMPOSE_QUEUE
+def _queues(kind: str) -> tuple[str, ...]:
+    """The queues a batch's jobs wait in: `edit`, or the decompose queue of each memory class (items
+    are routed one by one, so one batch may span several)."""
+    return (EDIT_QUEUE,) if kind == "edit" else DECOMPOSE_QUEUES
 
 
 def _estimate(params: list, kind: str = "decompose") -> dict:
@@ -127,9 +132,9 @@ def _estimate(params: list, kind: str = "decompose") -> dict:
     if any(e is None for e in estimates):
         raise ValidationFailed(f"no measured service times yet: run a {kind} job first, then ask again",
                                field="dry_run")
-    workers = max(1, svc.workers.live_count(_queue(kind)))
+    workers = max(1, svc.workers.live_count_on(_queues(kind)))
     gpu_s = sum(estimates)
-    ahead = svc.jobs.queued_count(_queue(kind)) * (gpu_s / len(estimates))
+    ahead = sum(svc.jobs.queued_count(q) for q in _queues(kind)) * (gpu_s / len(estimates))
     completion_s = (ahead + gpu_s) / workers
     return {"dry_run": True, "count": len(params), "estimated_gpu_s": round(gpu_s, 2),
             "queue_ahead_gpu_s": round(ahead, 2), "workers": workers,

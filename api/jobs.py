@@ -9,6 +9,7 @@ from api.context import owned_job, services
 from api.form import form_flag, form_seconds
 from api.idempotency import idempotent
 from api.paging import page_of_jobs, page_of_own_jobs
+from api.routing import decompose_queue_for
 from api.answers import answer_one
 from api.submission import Item, check_webhook
 from api.views import job_view
@@ -32,7 +33,9 @@ def submit_job():
     svc = services()
     if request.mimetype == "application/json":
         body = json_body(JobRequest)
-        item = Item(params=body.params.with_seed(), field="input_key", input_key=body.input_key)
+        params = body.params.with_seed()
+        item = Item(params=params, field="input_key", input_key=body.input_key,
+                    queue=decompose_queue_for(params, svc.settings))
         webhook, use_cache = check_webhook(body.webhook, svc), False  # bytes unread: no cache key
         sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
         retain_s = body.retain_s
@@ -41,6 +44,7 @@ def submit_job():
         if unknown:
             raise ValidationFailed(f"unknown form field {unknown[0]!r}", field=unknown[0])
         params = parse_params(json_field(request.form.get("params"), "params")).with_seed()
+        queue = decompose_queue_for(params, svc.settings)  # before the image is read: refused at once
         webhook = check_webhook(_webhook_field(request.form.get("webhook")), svc)
         use_cache = form_flag(request.form.get("cache"), "cache", default=True)
         sched = schedule_from_form(request.form, default_priority="interactive")
@@ -51,7 +55,7 @@ def submit_job():
         data = upload.read()
         image = normalise_image(data, max_pixels=svc.settings.max_image_pixels,
                                 max_side_px=svc.settings.max_image_side_px)
-        item = Item(params=params, field="image", data=data, image=image)
+        item = Item(params=params, field="image", data=data, image=image, queue=queue)
     else:
         raise ValidationFailed("send multipart/form-data with an `image` file, or JSON with an `input_key`",
                                field="image")

@@ -21,6 +21,7 @@ from api.form import form_seconds
 from api.context import services
 from api.durability import ensure_replicated
 from api.idempotency import idempotent
+from api.routing import decompose_queue_for
 from api.submission import check_uploads, check_webhook, send, Item
 from api.tenancy import tenant
 from api.views import job_view
@@ -32,7 +33,7 @@ from layerq.layer_ops import CombineParams, ComposeParams, check_ops
 from layerq.layersets import (
     MAX_COMBINE_LAYERS, CombineMessage, CombineRequest, ComposeMessage, ComposeRequest, LayerDecomposeRequest,
 )
-from layerq.queues import DECOMPOSE_QUEUE, LAYERSET_QUEUE
+from layerq.queues import LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from layerq.scheduling import schedule
 from layerq.webhooks import WebhookSpec
@@ -99,9 +100,10 @@ def decompose_layer():
                                f"{len(layers)} layers", field="source.layer")
     webhook = check_webhook(body.webhook, svc)
     sched = schedule(body.priority, body.cancel_after_s, default_priority="interactive")
-    job = NewJob(new_job_id(), body.params.with_seed().model_dump(), layers[body.source.layer]["key"],
-                 tenant=tenant(), webhook=webhook, queue=DECOMPOSE_QUEUE, retain_s=_retain(svc, body.retain_s),
-                 **sched.job_fields())
+    params = body.params.with_seed()
+    job = NewJob(new_job_id(), params.model_dump(), layers[body.source.layer]["key"],
+                 tenant=tenant(), webhook=webhook, queue=decompose_queue_for(params, svc.settings),
+                 retain_s=_retain(svc, body.retain_s), **sched.job_fields())
     return _accept(svc, job, (body.source.job_id, body.source.layer))
 
 

@@ -14,7 +14,7 @@ from flask import Flask, Response, g, request
 from api.tenancy import tenant
 from layerq import metrics
 from layerq.logs import bind_log_context
-from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, LAYERSET_QUEUE
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE, LAYERSET_QUEUE
 
 JOB_ROUTE = "/v1/jobs"
 BATCH_ROUTE = "/v1/batches"
@@ -22,7 +22,7 @@ EDIT_ROUTE = "/v1/edits"
 
 
 def register(app: Flask, queued_by_priority) -> None:
-    depth = metrics.QueueDepth(queued_by_priority, (DECOMPOSE_QUEUE, EDIT_QUEUE, LAYERSET_QUEUE))
+    depth = metrics.QueueDepth(queued_by_priority, (*DECOMPOSE_QUEUES, EDIT_QUEUE, LAYERSET_QUEUE))
 
     @app.get("/metrics")
     def prometheus_metrics():

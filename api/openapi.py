@@ -100,11 +100,15 @@ class UploadTicket(BaseModel):
     expires_at: str
 
 
-class WorkerDetail(BaseModel):
-    """A live decompose worker and what it publishes with its heartbeat."""
+class LiveWorker(BaseModel):
+    """A GPU worker as its last heartbeat describes it (more fields may follow)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
+    kind: str | None = None
+    queues: list[str] = []
+    memory_class: str | None = Field(None, description="GPU memory class (80, 48, 24, 16) of a decompose worker.")
+    memory_budget_gib: float | None = Field(None, description="GPU memory the worker may use; null: not limited.")
     memory_plan: dict[str, Any] | None = Field(
         None, description="The worker's memory plan (worker/memory_plan.py `MemoryPlan.describe()`): name, "
         "budget_gib, resident_blocks, streamed_blocks, text_encoder, vae_tiling, pinned_host_gib, ...")
@@ -113,11 +117,13 @@ class WorkerDetail(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
-    workers: int = Field(description="Live decompose workers (what readiness probes and `layerq up` read).")
+    workers: int = Field(description="Live decompose workers, all memory classes (what readiness probes and "
+                         "`layerq up` read).")
     workers_by_queue: dict[str, int] = Field(
-        description="Live workers per queue: `decompose`, `edit` (GPU) and `cpu` (compose, combine, webhooks).")
-    worker_details: list[WorkerDetail] = Field(
-        default=[], description="Each live decompose worker with what it published (its memory plan).")
+        description="Live workers per kind: `decompose` (all memory classes), `edit` (GPU) and `cpu` (compose, "
+        "combine, webhooks).")
+    memory_classes: list[str] = Field(description="The fleet's configured memory classes (LAYERQ_MEMORY_CLASSES).")
+    live_workers: list[LiveWorker]
 
 
 MODELS: list[type[BaseModel]] = [

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="a Celery worker (one per GPU; loads the model once)")
     w.add_argument("--model", help="hub id, local directory, or 'tiny' (default: LAYERQ_MODEL)")
-    w.add_argument("--queues", default=DECOMPOSE_QUEUE)
+    w.add_argument("--queues", default=DECOMPOSE_QUEUE,
+                   help="comma-separated; `decompose` (default): every decompose queue of this worker's GPU memory "
+                        "class (LAYERQ_GPU_MEMORY_GIB or the card's memory) and the smaller classes'")
     w.add_argument("--name", default="layerq@%h")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument("--gpus", help="`all` or indices like 0,1: supervise one worker per GPU (worker/supervisor.py)")
@@ -155,17 +157,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(model=args.model)
     if "edit" in args.queues.split(",") and args.model:  # an edit worker's --model is its edit model
         settings = settings.replace(edit_model=args.model)
-    app = make_worker_app(settings, queues=args.queues)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    memory = None
+    if _wants_decompose(queues):
+        # The memory class decides which decompose queues this worker consumes (issue 17).
+        from worker.memory_budget import resolve_queues, worker_memory
+
+        memory = worker_memory(settings)
+        try:
+            queues = resolve_queues(queues, memory, settings)
+        except ValueError as exc:
+            print(f"layerq worker: {exc}", file=sys.stderr)
+            return 2
+    app = make_worker_app(settings, queues=",".join(queues), memory=memory)
     # Solo pool: the model lives in the process that runs the jobs, CUDA is never initialised before
     # a fork, and concurrency is 1 (one worker per GPU).
-    gpu = bool(GPU_QUEUES & set(args.queues.split(",")))
+    gpu = bool(GPU_QUEUES & set(queues))
     # GPU queues: solo pool, concurrency 1 (one worker per GPU). The CPU queue (webhooks) is I/O bound:
     # a few threads, no model.
     pool = ["--pool=solo", "--concurrency=1"] if gpu else ["--pool=threads",
                                                           f"--concurrency={settings.cpu_worker_concurrency}"]
-    app.worker_main(["worker", *pool, "-Q", args.queues, "-n", args.name,
+    app.worker_main(["worker", *pool, "-Q", ",".join(queues), "-n", args.name,
                      "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"])
     return 0
+
+
+def _wants_decompose(queues: list[str]) -> bool:
+    from layerq.queues import DECOMPOSE_QUEUES
+
+    return any(q in DECOMPOSE_QUEUES for q in queues)
 
 
 def _supervise_gpu_workers(args: argparse.Namespace) -> int:

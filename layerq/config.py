@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layerq.memory_classes import MemoryClass
 
 ENV_PREFIX = "LAYERQ_"
 
@@ -45,6 +48,12 @@ class Settings:
     """CPU workers delete the objects of expired jobs this often (0: never; the lifecycle rule then)."""
     reap_batch: int = 500
     """Most jobs one reaper pass deletes; a full pass is followed by another at once."""
+
+    memory_classes: str = "80"
+    """GPU memory classes of this fleet's decompose workers (comma-separated, from 80, 48, 24, 16;
+    layerq/memory_classes.py). The API sends each decompose job to the queue of the smallest of these
+    that fits it, and refuses (400, naming the field) a job that none of them fits. The default, the
+    80 GB class only, is a fleet of full-memory workers: every job on the `decompose` queue."""
 
     # --- object storage ----------------------------------------------------------------------
     storage: str = "local"
@@ -145,6 +154,17 @@ class Settings:
     """Where `tiny` is built and cached."""
     device: str = "auto"
     """`auto` (CUDA + bf16 when a GPU is present, else CPU + float32), `cuda`, `cpu`."""
+    gpu_memory_gib: float = 0.0
+    """GPU memory this worker may use, in GiB; it sets the worker's memory class and so its queues
+    (`layerq worker` with the default `--queues decompose`). 0: the card's total memory, read at
+    start; a CPU worker without it is not limited (the largest class). It also sets the worker's
+    memory plan (worker/memory_plan.py): below what the whole model needs (~61 GiB), weights stream
+    from pinned host memory; 0 there means the card's free memory at start."""
+    memory_class: str = ""
+    """This worker's GPU memory class (80, 48, 24, 16), declared; empty: derived from the budget above.
+    The class table (layerq/memory_classes.py) describes the full-size model: declare the class when
+    the budget the memory plan works with is not what routing should see (a smaller model, such as
+    the tiny test model, planned on a tiny budget; a card shared with other work)."""
     gpu_speedups: bool = True
     """Lossless speed-ups on CUDA (compiled transformer blocks, cached negative-prompt embeddings, ...),
     for decompose and edit workers alike (edit workers: the transformer switches only, worker.accel.editor)."""
@@ -152,9 +172,6 @@ class Settings:
     """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
     warmup_buckets: str = "640x4"
     """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
-    gpu_memory_gib: float = 0.0
-    """GPU memory the worker plans for; 0: the card's free memory at start. Below what the whole
-    model needs (~61 GiB), weights stream from pinned host memory (worker/memory_plan.py)."""
     job_soft_time_limit_s: int = 3000
     """A job still running after this long is stopped by its step callback and ends `failed`."""
     job_time_limit_s: int = 3600
@@ -225,6 +242,13 @@ class Settings:
             return self.encode_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
         return max(2, min(8, cores))
+
+    @property
+    def fleet_memory_classes(self) -> tuple["MemoryClass", ...]:
+        """`memory_classes` parsed, largest first (ValueError on an unknown class)."""
+        from layerq.memory_classes import parse_classes
+
+        return parse_classes(self.memory_classes)
 
     @property
     def warmup_bucket_list(self) -> tuple[tuple[int, int], ...]:

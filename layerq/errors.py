@@ -27,6 +27,13 @@ class InvalidImage(ValidationFailed):
     code = "invalid_image"
 
 
+class ExceedsGpuMemory(ValidationFailed):
+    """Raised when a decompose job needs more GPU memory than any worker memory class of the fleet
+    (at submission) or than the worker holding it (layerq/memory_classes.py)."""
+
+    code = "exceeds_gpu_memory"
+
+
 class PayloadTooLarge(ValidationFailed):
     """Raised when a request body exceeds `max_upload_bytes`."""
 

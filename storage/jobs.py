@@ -334,12 +334,15 @@ class JobStore:
         cur = self._r.hget(self.keys.job(job_id), "status")
         return JobStatus(cur) if cur else None
 
-    def cancel(self, job_ids: list[str], *, queue: str = DECOMPOSE_QUEUE, chunk: int = 1000) -> dict[str, int]:
-        """Cancel jobs: queued ones end `canceled` now, running ones become `canceling`."""
+    def cancel(self, job_ids: list[str], *, queue: str = DECOMPOSE_QUEUE, queues: tuple[str, ...] = (),
+               chunk: int = 1000) -> dict[str, int]:
+        """Cancel jobs: queued ones end `canceled` now, running ones become `canceling`. `queues`, when
+        given, are every queue the jobs may wait in (instead of `queue`)."""
         totals = {"canceled": 0, "canceling": 0, "already_finished": 0, "missing": 0}
+        queued_sets = [self.keys.queued(q) for q in (queues or (queue,))]
         for i in range(0, len(job_ids), chunk):
             keys = [self.keys.job(j) for j in job_ids[i : i + chunk]]
-            counts = self._cancel(keys=[self.keys.queued(queue)], args=[*self._common(), *keys])
+            counts = self._cancel(keys=queued_sets, args=[*self._common(), *keys])
             for name, n in zip(totals, counts):
                 totals[name] += int(n)
             if int(counts[0]):

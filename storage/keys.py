@@ -111,10 +111,6 @@ class Keys:
         """Sorted set: worker name → last heartbeat (unix seconds)."""
         return f"{self.prefix}:workers:{queue}"
 
-    def worker_info(self, queue: str) -> str:
-        """Hash: worker name → JSON of what it published with its heartbeat (its memory plan)."""
-        return f"{self.prefix}:workerinfo:{queue}"
-
     def holding(self, queue: str, worker: str) -> str:
         """Hash: the job and broker delivery tag a worker is running."""
         return f"{self.prefix}:holding:{queue}:{worker}"
@@ -123,9 +119,14 @@ class Keys:
         """String (lock, 60 s): which live worker is putting a dead worker's job back."""
         return f"{self.prefix}:reaping:{worker}"
 
-    def sending_unsent(self) -> str:
-        """String (lock, one heartbeat): which worker sweeps the unsent jobs now."""
-        return f"{self.prefix}:sending-unsent"
+    def sending_unsent(self, queue: str = "") -> str:
+        """String (lock, one heartbeat): which worker sweeps the unsent jobs (of `queue`) now."""
+        return f"{self.prefix}:sending-unsent" + (f":{queue}" if queue else "")
+
+    def worker_info(self, worker: str) -> str:
+        """String (JSON, lives 3 beats): what a live worker says about itself (kind, queues, memory
+        class and budget, memory plan), renewed with each heartbeat; for /healthz."""
+        return f"{self.prefix}:worker:{worker}"
 
     # --- service times (storage/stats.py) -----------------------------------------------------
     def stats(self, kind: str) -> str:

@@ -80,7 +80,8 @@ redis.call('HSET', KEYS[1], 'started_at', ARGV[1], 'worker', ARGV[5])
 return {'run', tostring(attempts)}
 """
 
-# Cancel many jobs. KEYS: queue zset. ARGV[3..]: job keys. queued → canceled at once (the worker
+# Cancel many jobs. KEYS: the queue zsets the jobs may wait in (a batch's decompose jobs span the
+# memory classes' queues). ARGV[3..]: job keys. queued → canceled at once (the worker
 # will skip its message), running → canceling (the worker stops at its next step).
 # Returns {canceled, canceling, already_finished, missing}.
 CANCEL = _MOVE + """
@@ -92,7 +93,8 @@ for i = 3, #ARGV do
   elseif cur == 'queued' then
     move(job, cur, 'canceled')
     redis.call('HSET', job, 'finished_at', ARGV[1])
-    redis.call('ZREM', KEYS[1], redis.call('HGET', job, 'id'))
+    local id = redis.call('HGET', job, 'id')
+    for k = 1, #KEYS do redis.call('ZREM', KEYS[k], id) end
     out[1] = out[1] + 1
   elseif cur == 'running' then
     move(job, cur, 'canceling')

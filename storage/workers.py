@@ -30,33 +30,43 @@ class WorkerRegistry:
 
         return cls(connect(url, options), key_prefix=key_prefix)
 
-    def heartbeat(self, queue: str, worker: str, info: dict[str, Any] | None = None) -> None:
-        """Record a beat; `info` (what the worker publishes about itself, e.g. its memory plan) is kept
-        beside it for as long as the worker is registered."""
-        if info:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.zadd(self.keys.workers(queue), {worker: time.time()})
-            pipe.hset(self.keys.worker_info(queue), worker, json.dumps(info, sort_keys=True))
-            pipe.execute()
-        else:
-            self._r.zadd(self.keys.workers(queue), {worker: time.time()})
+    def heartbeat(self, queue: str, worker: str) -> None:
+        self._r.zadd(self.keys.workers(queue), {worker: time.time()})
+
+    def beat(self, queues: list[str], worker: str, info: dict[str, Any] | None = None, ttl_s: int = 30) -> None:
+        """One heartbeat on every queue `worker` consumes, and its description renewed, in one round trip."""
+        now = time.time()
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zadd(self.keys.workers(queue), {worker: now})
+        if info is not None:
+            pipe.set(self.keys.worker_info(worker), json.dumps(info), ex=max(1, int(ttl_s)))
+        pipe.execute()
 
     def gone(self, queue: str, worker: str) -> None:
         pipe = self._r.pipeline(transaction=False)
         pipe.zrem(self.keys.workers(queue), worker)
-        pipe.hdel(self.keys.worker_info(queue), worker)
+        pipe.delete(self.keys.worker_info(worker))
         pipe.execute()
-
-    def live_details(self, queue: str, within_s: float = 45.0) -> list[dict[str, Any]]:
-        """The live workers of `queue`, each `{"name": ..., **what it published}` (sorted by name)."""
-        names = sorted(self._r.zrangebyscore(self.keys.workers(queue), time.time() - within_s, "+inf"))
-        if not names:
-            return []
-        published = self._r.hmget(self.keys.worker_info(queue), names)
-        return [{"name": name, **(json.loads(raw) if raw else {})} for name, raw in zip(names, published)]
 
     def live_count(self, queue: str, within_s: float = 45.0) -> int:
         return int(self._r.zcount(self.keys.workers(queue), time.time() - within_s, "+inf"))
+
+    def live_names(self, queues: tuple[str, ...] | list[str], within_s: float = 45.0) -> list[str]:
+        """Workers that beat on any of `queues` within `within_s`, each once (a worker beats on every
+        queue it consumes: a big-memory worker on its class's decompose queue and the smaller ones')."""
+        pipe = self._r.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zrangebyscore(self.keys.workers(queue), time.time() - within_s, "+inf")
+        return sorted({name for names in pipe.execute() for name in names})
+
+    def live_count_on(self, queues: tuple[str, ...] | list[str], within_s: float = 45.0) -> int:
+        return len(self.live_names(queues, within_s))
+
+    def descriptions(self, workers: list[str]) -> list[dict[str, Any]]:
+        """What each worker published (`{}` for one that published nothing or expired)."""
+        raw = self._r.mget([self.keys.worker_info(w) for w in workers]) if workers else []
+        return [json.loads(r) if r else {} for r in raw]
 
     def names(self, queue: str) -> list[str]:
         """Every registered worker of `queue`, alive or not yet reaped."""
@@ -81,13 +91,13 @@ class WorkerRegistry:
         pipe = self._r.pipeline(transaction=False)
         pipe.delete(self.keys.holding(queue, worker))
         pipe.zrem(self.keys.workers(queue), worker)
-        pipe.hdel(self.keys.worker_info(queue), worker)
+        pipe.delete(self.keys.worker_info(worker))
         pipe.execute()
 
     def claim_reaping(self, dead: str, by: str, ttl_s: int = 60) -> bool:
         """One reaper per dead worker, even with many live workers watching."""
         return bool(self._r.set(self.keys.reaping(dead), by, nx=True, ex=ttl_s))
 
-    def claim_unsent_sweep(self, by: str, ttl_s: int) -> bool:
-        """One worker at a time sends the jobs the API recorded but never sent."""
-        return bool(self._r.set(self.keys.sending_unsent(), by, nx=True, ex=ttl_s))
+    def claim_unsent_sweep(self, by: str, ttl_s: int, queue: str = "") -> bool:
+        """One worker at a time sends the jobs (of `queue`) the API recorded but never sent."""
+        return bool(self._r.set(self.keys.sending_unsent(queue), by, nx=True, ex=ttl_s))

@@ -134,8 +134,8 @@ def test_healthz_reports_dependencies_and_workers(api):
     body = requests.get(api.url + "/healthz", timeout=10).json()
     assert body["status"] == "ok" and body["checks"] == {"redis": "ok", "storage": "ok"} and body["workers"] >= 1
     # Each live worker with its memory plan (a CPU worker: everything in host memory).
-    assert len(body["worker_details"]) == body["workers"]
-    assert all(w["memory_plan"]["name"] == "full" for w in body["worker_details"]), body["worker_details"]
+    assert len(body["live_workers"]) == body["workers"]
+    assert all(w["memory_plan"]["name"] == "full" for w in body["live_workers"]), body["live_workers"]
     # Every kind of worker is counted on its own queue: the shared stack runs no edit worker.
     by_queue = body["workers_by_queue"]
     assert by_queue["decompose"] == body["workers"] and by_queue["edit"] == 0 and by_queue["cpu"] >= 1, body

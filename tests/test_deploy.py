@@ -337,7 +337,7 @@ def test_compose_api_matches_its_image():
 def test_compose_gpu_workers_reserve_their_gpus_and_never_share_one():
     workers = gpu_workers()
     assert "worker-gpu" in workers
-    pinned, takes_all = [], []
+    claims: dict[str, list[str] | str] = {}  # service → the GPUs it reserves, or "all"
     for name, svc in workers.items():
         argv = command_of(svc)
         assert option(argv, "--queues") == "decompose", name
@@ -352,14 +352,26 @@ def test_compose_gpu_workers_reserve_their_gpus_and_never_share_one():
             # A container sees its GPUs renumbered from 0, so the supervisor takes all it is given.
             assert gpus == "all", f"{name}: inside a container use --gpus all and reserve the GPUs"
         if device.get("count") == "all":
-            takes_all.append(name)
+            claims[name] = "all"
         elif "count" in device:
-            pinned += [str(i) for i in range(device["count"])]  # docker hands `count: N` the first N GPUs
+            claims[name] = [str(i) for i in range(device["count"])]  # docker hands `count: N` the first N GPUs
         else:
-            pinned += [str(d) for d in device["device_ids"]]
+            claims[name] = [str(d) for d in device["device_ids"]]
         assert env_of(svc)["LAYERQ_DEVICE"] == "cuda", f"{name}: fail loudly without a GPU"
-    assert len(pinned) == len(set(pinned)), f"two GPU workers share a GPU: {pinned}"
-    assert not takes_all or len(workers) == 1, f"{takes_all} take every GPU, another GPU worker would share one"
+    # Which GPU workers run together: those without a profile, plus a profile's. A profile whose
+    # documented command scales worker-gpu (every GPU) to 0 runs instead of it.
+    always = [n for n in workers if not workers[n].get("profiles")]
+    text = COMPOSE_FILE.read_text()
+    groups = [always]
+    for profile in sorted({p for svc in workers.values() for p in svc.get("profiles", [])}):
+        members = [n for n in workers if profile in workers[n].get("profiles", [])]
+        replaces = f"--profile {profile} up -d --scale worker-gpu=0" in text
+        groups.append(members + [n for n in always if not (replaces and n == "worker-gpu")])
+    for group in groups:
+        takes_all = [n for n in group if claims[n] == "all"]
+        pinned = [g for n in group if claims[n] != "all" for g in claims[n]]
+        assert len(pinned) == len(set(pinned)), f"two GPU workers share a GPU: {group}"
+        assert not takes_all or len(group) == 1, f"{takes_all} take every GPU, another GPU worker would share one"
     assert option(command_of(workers["worker-gpu"]), "--gpus") == "all", "compose supervises one worker per GPU"
 
 
@@ -403,6 +415,21 @@ def test_compose_gpu_workers_keep_weights_on_a_volume_and_stop_gracefully():
             assert duration_s(svc["stop_grace_period"]) > default_drain_timeout_s(limit), (
                 f"{name}: docker would kill the supervisor before it has drained its workers")
         assert svc.get("init") is True, f"{name}: an init process forwards SIGTERM and reaps children"
+
+
+def test_compose_mixed_profile_runs_an_80_and_a_48_gb_worker_the_api_routes_to():
+    svcs = services()
+    for name in ("worker-gpu-80", "worker-gpu-48"):
+        svc = svcs[name]
+        assert svc["profiles"] == ["mixed"], name
+        # `decompose`: the worker derives its class's queues from its card (worker/memory_budget.py).
+        assert queues(command_of(svc)) == {"decompose"}, name
+        env = env_of(svc)
+        assert env["LAYERQ_MEMORY_CLASSES"] == env_of(svcs["api"])["LAYERQ_MEMORY_CLASSES"]
+    fleet = [c.name for c in Settings.from_env(env_of(svcs["api"])).fleet_memory_classes]
+    assert fleet == ["80", "48"]
+    text = COMPOSE_FILE.read_text()
+    assert "--profile mixed up -d --scale worker-gpu=0" in text
 
 
 def test_compose_cpu_worker_runs_from_the_api_image():
@@ -671,8 +698,12 @@ def test_k8s_every_http_probe_targets_an_open_port():
 
 def test_k8s_gpu_worker_requests_one_gpu_and_waits_for_its_job():
     gpu = [w for w in of_kind("Deployment") for c in containers(w) if "decompose" in queues(c.get("command", []))]
-    assert len(gpu) == 1
-    worker = gpu[0]
+    assert {w["metadata"]["name"] for w in gpu} == {"layerq-worker-gpu", "layerq-worker-gpu-48"}
+    for worker in gpu:
+        _check_gpu_worker(worker)
+
+
+def _check_gpu_worker(worker: dict[str, Any]) -> None:
     (container,) = containers(worker)
     assert container["image"] == "layerq-worker"
     resources = container["resources"]
@@ -687,6 +718,48 @@ def test_k8s_gpu_worker_requests_one_gpu_and_waits_for_its_job():
     assert option(container["command"], "--gpus") is None, "Kubernetes runs one pod per GPU, no supervisor"
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert any(env["HF_HOME"].startswith(m.rstrip("/") + "/") for m in mounts), "HF cache must be on the volume"
+
+
+def test_k8s_memory_class_workers_land_on_cards_of_their_class_and_the_api_routes_to_it():
+    from layerq.memory_classes import BY_NAME
+
+    def mib(gib: float) -> int:
+        return int(gib * 1024)
+
+    def terms(worker: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        affinity = worker["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][kind]
+        if kind.startswith("required"):
+            return [e for t in affinity["nodeSelectorTerms"] for e in t["matchExpressions"]]
+        return [e for p in affinity for e in p["preference"]["matchExpressions"]]
+
+    small = {e["operator"]: int(e["values"][0]) for e in
+             terms(named("Deployment", "layerq-worker-gpu-48"), "requiredDuringSchedulingIgnoredDuringExecution")
+             if e["key"] == "nvidia.com/gpu.memory"}
+    # GPU Feature Discovery's label is the card's memory in MiB: the band of the 48 GB class.
+    assert small == {"Gt": mib(BY_NAME["48"].floor_gib) - 1, "Lt": mib(BY_NAME["80"].floor_gib)}
+    (big,) = terms(named("Deployment", "layerq-worker-gpu"), "preferredDuringSchedulingIgnoredDuringExecution")
+    assert big["key"] == "nvidia.com/gpu.memory" and int(big["values"][0]) == mib(BY_NAME["80"].floor_gib) - 1
+    fleet = [c.name for c in Settings.from_env(configmap_data()).fleet_memory_classes]
+    assert fleet == ["80", "48"], "the API must route to the classes the Deployments run"
+
+
+KEDA_SCALEDOBJECT_48 = K8S / "optional" / "keda-scaledobject-48.yaml"
+
+
+def test_keda_scales_the_48_gb_workers_on_their_class_queue():
+    from layerq.celery_app import celery_config
+    from layerq.memory_classes import BY_NAME
+    from layerq.queues import decompose_queue
+
+    (scaled,) = [d for d in yaml.safe_load_all(KEDA_SCALEDOBJECT_48.read_text()) if d]
+    target = named("Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    assert target["metadata"]["name"] == "layerq-worker-gpu-48"
+    (trigger,) = scaled["spec"]["triggers"]
+    prefix = celery_config(Settings.from_env(configmap_data()))["broker_transport_options"]["global_keyprefix"]
+    assert trigger["metadata"]["listName"] == prefix + decompose_queue(BY_NAME["48"])
+    other = [d for d in yaml.safe_load_all(KEDA_SCALEDOBJECT.read_text()) if d][0]
+    assert other["metadata"]["name"] != scaled["metadata"]["name"]
+    assert trigger["metadata"]["address"] == other["spec"]["triggers"][0]["metadata"]["address"]
 
 
 def test_k8s_cpu_worker_runs_without_torch():

@@ -196,14 +196,15 @@ def test_a_job_beyond_the_plan_fails_at_once_with_a_clear_error(streamed):
 def test_a_worker_planned_from_layerq_gpu_memory_gib_runs_jobs_and_shows_its_plan(make_stack):
     # 1.15 GiB leaves the tiny model ~100 MB past the margin: less than its 640-bucket decode estimate,
     # so the worker streams (text encoder off the device between prompts, VAE tiled).
-    stack = make_stack(gpu_memory_gib=1.15)
+    # The tiny model planned on 1.15 GiB; the class table (full-size model) is told its class.
+    stack = make_stack(gpu_memory_gib=1.15, memory_class="16", memory_classes="16")
     client = LayerqClient(stack.url, timeout_s=30)
     job = client.submit(sample_png(96, 64), {"num_inference_steps": 2, "prompt": "shapes", "layers": 2, "seed": 1})
     done = client.wait(job["id"], timeout_s=300)
     assert done["status"] == "succeeded", done.get("error")
     assert len(done["result"]["layers"]) == 2
     health = requests.get(stack.url + "/healthz", timeout=10).json()
-    plans = [w["memory_plan"] for w in health["worker_details"]]
+    plans = [w["memory_plan"] for w in health["live_workers"]]
     assert len(plans) == health["workers"] == 1
     assert plans[0]["source"] == "LAYERQ_GPU_MEMORY_GIB" and plans[0]["budget_gib"] == 1.15
     assert plans[0]["name"] != "full" and plans[0]["vae_tiling"] is True

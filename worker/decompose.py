@@ -20,7 +20,8 @@ from layerq import metrics
 from layerq import objects as keys
 from layerq.config import Settings
 from layerq.errors import (
-    InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed, ValidationFailed,
+    ExceedsGpuMemory, InvalidImage, JobCanceled, JobNotFound, JobTimedOut, LayerqError, ObjectNotFound, PipelineFailed,
+    ValidationFailed,
 )
 from layerq.jobs import JobStatus
 from layerq.logs import bind_log_context
@@ -124,9 +125,13 @@ def run_job(
         return "failed"
 
     try:
+        # The job's own queue (decompose jobs wait in their memory class's queue), for its place in
+        # the queue and the duplicate check against the workers of that queue.
+        rec = rt.jobs.get(msg.job_id)
+        queue = rec.get("queue") or kind.queue
         attempt = rt.jobs.begin_attempt(
             msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
-            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=kind.queue,
+            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=queue,
         )
     except JobNotFound:  # expired record, or a message for another deployment: nothing to do
         log.warning("job %s has no record; message dropped", msg.job_id)
@@ -140,10 +145,10 @@ def run_job(
             _notify(rt, msg.job_id)
         return attempt.status
     if rt.liveness:
-        rt.liveness.hold(msg.job_id, delivery_tag)
+        rt.liveness.hold(msg.job_id, delivery_tag, queue)
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
-    context = bind_log_context(job_id=msg.job_id, tenant=(rt.jobs.get(msg.job_id) or {}).get("tenant"))
+    context = bind_log_context(job_id=msg.job_id, tenant=rec.get("tenant"))
     metrics.JOBS.labels(kind.name, "running").inc()
     try:
         status = _run_claimed(rt, msg, kind)
@@ -190,6 +195,7 @@ def _run_claimed(rt: WorkerRuntime, msg: Any, kind: JobKind) -> str:
 def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -> dict[str, Any]:
     """Fetch the input, run the pipeline, write layers, composite, exports and manifest (last)."""
     params = msg.params
+    _check_fits(rt, params)
     try:
         image = load_input(rt.store.get(msg.input_key), rt.settings)
     except ObjectNotFound as exc:
@@ -231,6 +237,23 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
 
 
 DECOMPOSE = JobKind(KIND, DECOMPOSE_QUEUE, parse_message, decompose_job)
+
+
+def _check_fits(rt: WorkerRuntime, params: DecomposeParams) -> None:
+    """The last guard of the memory-class routing: a job this worker's class cannot run (a queue
+    named by hand, fit constants changed between the API's version and this one) ends at once with
+    `exceeds_gpu_memory`, never with an out-of-memory error halfway through."""
+    memory = rt.memory
+    if memory is None or memory.memory_class is None:
+        return
+    from layerq.memory_classes import fits, need_gib
+
+    resolution, layers, caption = params.resolution, params.layer_count, not params.prompt.strip()
+    if not fits(memory.memory_class, resolution, layers, caption):
+        raise ExceedsGpuMemory(
+            f"resolution {resolution} with {layers} layers{' and an auto-caption' if caption else ''} needs about "
+            f"{need_gib(resolution, layers, caption):.0f} GiB; this worker is {memory.memory_class.label} "
+            f"({memory.budget_gib or 0:.1f} GiB)", field="params")
 
 
 class _StepTimes:

@@ -14,12 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from celery import Celery
 
 from layerq.errors import LayerqError
 from layerq.messages import message_for
-from layerq.queues import JOB_QUEUES
+from layerq.queues import GPU_QUEUES, JOB_QUEUES
 from storage.jobs import JobStore
 from storage.workers import WorkerRegistry
 
@@ -33,24 +34,39 @@ def dead_after_s(heartbeat_s: float) -> float:
 
 
 class Liveness:
+    """Heartbeats and reaping for one worker process on every GPU queue it consumes: a worker beats
+    on each (a big-memory worker consumes its class's decompose queue and the smaller classes'), so
+    each queue's live workers, duplicate checks and reaping see it. `info` (kind, queues, memory
+    class and budget, memory plan) is published with every beat for /healthz."""
+
     def __init__(
-        self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queue: str, name: str, heartbeat_s: float,
-        enqueue_grace_s: float = 60.0, on_beat: Callable[[], None] | None = None, info: dict | None = None,
+        self, jobs: JobStore, workers: WorkerRegistry, app: Celery, queues: list[str] | str, name: str,
+        heartbeat_s: float, enqueue_grace_s: float = 60.0, on_beat: Callable[[], None] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
-        self.jobs, self.workers, self.app, self.queue, self.name = jobs, workers, app, queue, name
-        self.info = info or {}
+        self.jobs, self.workers, self.app, self.name = jobs, workers, app, name
+        self.queues = [queues] if isinstance(queues, str) else list(queues)
         self.heartbeat_s = heartbeat_s
         self.enqueue_grace_s = enqueue_grace_s
+        self.info = dict(info or {})
+        self._held: str | None = None
         self._stop = threading.Event()
         self.on_beat = on_beat
         """Runs after every beat: the fair-admission sweep (layerq/dispatch.py sweep)."""
 
-    def hold(self, job_id: str, delivery_tag: str | None) -> None:
-        """Record the message this worker is running (for reaping if the worker dies)."""
-        self.workers.hold(self.queue, self.name, job_id, delivery_tag)
+    @property
+    def queue(self) -> str:
+        """The first queue (the largest memory class's, for decompose workers)."""
+        return self.queues[0]
+
+    def hold(self, job_id: str, delivery_tag: str | None, queue: str | None = None) -> None:
+        """Record the message this worker is running, taken from `queue` (for reaping if the worker dies)."""
+        self._held = queue or self.queue
+        self.workers.hold(self._held, self.name, job_id, delivery_tag)
 
     def release(self) -> None:
-        self.workers.release(self.queue, self.name)
+        self.workers.release(self._held or self.queue, self.name)
+        self._held = None
 
     def start(self) -> None:
         self.beat()
@@ -59,12 +75,14 @@ class Liveness:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.workers.gone(self.queue, self.name)
+            for queue in self.queues:
+                self.workers.gone(queue, self.name)
         except Exception:  # shutting down; Redis may be gone already
             pass
 
     def beat(self) -> None:
-        self.workers.heartbeat(self.queue, self.name, self.info)
+        # The description outlives the beat by the time it takes to be declared dead.
+        self.workers.beat(self.queues, self.name, self.info, ttl_s=int(dead_after_s(self.heartbeat_s)) + 1)
 
     def _run(self) -> None:
         quiet_until = 0.0
@@ -87,29 +105,36 @@ class Liveness:
                 log.warning("heartbeat failed", exc_info=True)
 
     def reap(self) -> list[str]:
-        """Put back the messages of workers silent for MISSED_BEATS beats; return their names."""
+        """Put back the messages of workers silent for MISSED_BEATS beats on any queue this worker
+        watches; return their names. A dead worker's records are cleared on every GPU queue, not only
+        the ones watched here: its held message goes back to the queue it came from (kombu keeps
+        that with the message), whoever restores it."""
         cutoff = time.time() - dead_after_s(self.heartbeat_s)
+        silent = sorted({w for queue in self.queues for w in self.workers.silent_since(queue, cutoff)})
         reaped = []
-        for worker in self.workers.silent_since(self.queue, cutoff):
+        for worker in silent:
             if not self.workers.claim_reaping(worker, self.name):
                 continue
-            held = self.workers.held_by(self.queue, worker)
-            if held.get("delivery_tag"):
-                self._restore(held["delivery_tag"])
-                log.warning("worker %s is gone; job %s put back on the queue", worker, held.get("job_id"))
-            self.workers.forget(self.queue, worker)
+            for queue in sorted(GPU_QUEUES | set(self.queues)):
+                held = self.workers.held_by(queue, worker)
+                if held.get("delivery_tag"):
+                    self._restore(held["delivery_tag"])
+                    log.warning("worker %s is gone; job %s put back on %s", worker, held.get("job_id"), queue)
+                self.workers.forget(queue, worker)
             reaped.append(worker)
         return reaped
 
     def send_unsent(self) -> int:
-        """Send the message of every job, of every kind, the API recorded but never confirmed sending
-        (it died in between). One worker sweeps all job queues per beat (the sweep lock is shared),
-        so a deployment's compose and combine jobs are covered as long as any worker lives. Sending
-        twice is harmless: JobStore.begin_attempt skips finished jobs and refuses duplicates of
-        running ones."""
-        if not self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s))):
-            return 0
-        return sum(self._send_unsent_on(queue) for queue in JOB_QUEUES)
+        """Send the message of every job, of every kind and memory class, the API recorded but never
+        confirmed sending (it died in between). Every worker sweeps every job queue, so compose and
+        combine jobs are covered as long as any worker lives; each queue has its own sweep lock, so a
+        worker sweeping one queue never keeps another waiting. Sending twice is harmless:
+        JobStore.begin_attempt skips finished jobs and refuses duplicates of running ones."""
+        sent = 0
+        for queue in JOB_QUEUES:
+            if self.workers.claim_unsent_sweep(self.name, max(5, int(self.heartbeat_s)), queue):
+                sent += self._send_unsent_on(queue)
+        return sent
 
     def _send_unsent_on(self, queue: str) -> int:
         job_ids = self.jobs.unsent_since(self.enqueue_grace_s, queue)

@@ -18,7 +18,7 @@ from celery import Celery
 
 from layerq import dispatch, metrics
 from layerq.config import Settings
-from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, GPU_QUEUES, LAYERSET_QUEUE
+from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE, GPU_QUEUES, LAYERSET_QUEUE
 from storage.base import ObjectStore
 from storage.jobs import JobStore
 from storage.services import Services
@@ -26,6 +26,7 @@ from storage.stats import ServiceTimes
 from worker.liveness import Liveness
 
 if TYPE_CHECKING:
+    from worker.memory_budget import WorkerMemory
     from worker.pipeline import DecomposePipeline
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class WorkerRuntime:
     name: str
     matte_model: Any = None
     """The `model` matte, loaded once on edit workers whose settings name a matte model."""
+    memory: "WorkerMemory | None" = None
+    """Decompose workers: the GPU memory budget and memory class (worker/memory_budget.py)."""
 
     # The stores a job uses most, by their short names.
     @property
@@ -66,17 +69,23 @@ class WorkerRuntime:
 _runtime: WorkerRuntime | None = None
 
 
-def start(settings: Settings, app: Celery, queues: set[str], name: str | None = None) -> WorkerRuntime:
+def start(settings: Settings, app: Celery, queues: set[str], name: str | None = None,
+          memory: "WorkerMemory | None" = None) -> WorkerRuntime:
     """Open the services and, for GPU queues, load the pipeline; idempotent within a process."""
     global _runtime
     if _runtime is not None:
         return _runtime
     pipeline = matte = None
+    decompose_queues = [q for q in DECOMPOSE_QUEUES if q in queues]  # largest class first
+    if decompose_queues and memory is None:
+        from worker.memory_budget import worker_memory
+
+        memory = worker_memory(settings)
     if EDIT_QUEUE in queues:
         if queues & GPU_QUEUES - {EDIT_QUEUE}:
             raise ValueError("a worker holds one pipeline kind: run `edit` workers apart from other GPU queues")
         pipeline, matte = _load_edit(settings)
-    elif queues & GPU_QUEUES:
+    elif decompose_queues:
         from worker.pipeline import DecomposePipeline  # torch is imported only by GPU workers
 
         t0 = time.perf_counter()
@@ -106,15 +115,22 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
     # Every worker beats on one queue: GPU workers on theirs (for reaping and ETAs), CPU workers on
     # `cpu` (counted by /healthz, compose/combine ETAs); any of them sweeps every queue's unsent jobs.
     if pipeline:
-        queue = EDIT_QUEUE if EDIT_QUEUE in queues else DECOMPOSE_QUEUE
-        # What /healthz shows about this worker next to its heartbeat (its memory plan, where it has one).
-        info = {"memory_plan": plan} if (plan := getattr(pipeline, "memory_plan", None)) else {}
+        edit = EDIT_QUEUE in queues
+        live_on = [EDIT_QUEUE] if edit else decompose_queues
+        # What /healthz shows of this worker, published with every heartbeat: kind, queues, memory
+        # class and budget, and the memory plan its pipeline runs under.
+        info = {"kind": "edit" if edit else "decompose", "queues": live_on,
+                **(memory.describe() if memory and not edit else {})}
+        if plan := getattr(pipeline, "memory_plan", None):
+            info["memory_plan"] = plan
+        log.info("worker %s: %s", name, info)
     else:
-        queue, info = LAYERSET_QUEUE, {}
-    liveness = Liveness(services.jobs, services.workers, app, queue, name,
+        live_on, info = [LAYERSET_QUEUE], {"kind": "cpu", "queues": [LAYERSET_QUEUE]}
+    liveness = Liveness(services.jobs, services.workers, app, live_on, name,
                         settings.worker_heartbeat_s, settings.enqueue_grace_s,
                         on_beat=lambda: dispatch.sweep(services), info=info)
-    _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte)
+    _runtime = WorkerRuntime(services=services, liveness=liveness, pipeline=pipeline, name=name, matte_model=matte,
+                             memory=memory if decompose_queues else None)
     return _runtime
 
 

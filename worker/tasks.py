@@ -65,7 +65,12 @@ def register(app: Celery) -> None:
     def admit_next(sender=None, task_id=None, **_kwargs) -> None:
         # A worker took a job's message: room on the broker for the next admitted job (fair
         # queues). Any job kind: the queue is looked up from the task's name.
-        queue = TASK_QUEUES.get(getattr(sender, "name", ""))
+        # The queue comes from the message's routing key: a decompose task may come from any memory
+        # class's queue (decompose, decompose.48, ...), so the task's name alone does not say which.
+        delivery = getattr(getattr(sender, "request", None), "delivery_info", None) or {}
+        queue = delivery.get("routing_key") or TASK_QUEUES.get(getattr(sender, "name", ""))
+        if queue not in TASK_OF_QUEUE:
+            queue = None
         if queue is not None:
             rt = runtime.current()
             rt.services.admission.taken(queue, task_id)
@@ -76,7 +81,8 @@ def register(app: Celery) -> None:
         # worker_init runs in the process that executes tasks under the solo pool, before the first
         # message is taken: the model loads once, and CUDA is never initialised before a fork.
         queues = set(app.conf.layerq_queues)
-        runtime.start(app.conf.layerq_settings, app, queues, name=getattr(sender, "hostname", None))
+        runtime.start(app.conf.layerq_settings, app, queues, name=getattr(sender, "hostname", None),
+                      memory=getattr(app.conf, "layerq_memory", None))
 
     @signals.worker_ready.connect(weak=False)
     def announce(sender=None, **_kwargs) -> None:
