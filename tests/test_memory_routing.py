@@ -117,7 +117,8 @@ def test_a_job_for_a_configured_class_without_a_live_worker_waits_for_one(stack,
     waiting = client.get(big["id"])
     assert waiting["status"] == "queued" and waiting["queue_position"] == 0
     metrics = requests.get(stack.url + "/metrics", timeout=10).text
-    assert 'layerq_queue_depth{queue="decompose.48"} 1.0' in metrics
+    # A single job is `interactive` (fair admission's default); depth is reported per queue and priority.
+    assert 'layerq_queue_depth{priority="interactive",queue="decompose.48"} 1.0' in metrics
 
     # A batch spanning classes' queues is cancelled out of all of them.
     batch = {"defaults": NEEDS_48, "items": [{"file": "a"}, {"file": "b", "params": {"resolution": 640}}]}
