@@ -9,14 +9,16 @@ from celery import Celery, signals
 
 from layerq import dispatch
 from layerq.messages import DECOMPOSE_TASK
-from layerq.queues import EDIT_TASK, TASK_OF_QUEUE
+from layerq.queues import DECOMPOSE_QUEUE, EDIT_QUEUE, EDIT_TASK, TASK_OF_QUEUE
 from worker import runtime
 
 log = logging.getLogger(__name__)
 
 # task id → broker delivery tag of the message being run (solo pool: at most a prefetched few).
 _delivery_tags: dict[str, str] = {}
-TASK_QUEUES = {task: queue for queue, task in TASK_OF_QUEUE.items()}
+# A task's home queue, when a message carries no routing key (every memory class's decompose queue
+# runs the same task: the largest class's plain `decompose` queue is the default).
+TASK_QUEUES = {DECOMPOSE_TASK: DECOMPOSE_QUEUE, EDIT_TASK: EDIT_QUEUE}
 
 
 def register(app: Celery) -> None:
@@ -64,9 +66,8 @@ def register(app: Celery) -> None:
     @signals.task_prerun.connect(weak=False)
     def admit_next(sender=None, task_id=None, **_kwargs) -> None:
         # A worker took a job's message: room on the broker for the next admitted job (fair
-        # queues). Any job kind: the queue is looked up from the task's name.
-        # The queue comes from the message's routing key: a decompose task may come from any memory
-        # class's queue (decompose, decompose.48, ...), so the task's name alone does not say which.
+        # queues). The queue comes from the message's routing key: a decompose task may come from any
+        # memory class's queue (decompose, decompose.48, ...), so the task's name alone does not say which.
         delivery = getattr(getattr(sender, "request", None), "delivery_info", None) or {}
         queue = delivery.get("routing_key") or TASK_QUEUES.get(getattr(sender, "name", ""))
         if queue not in TASK_OF_QUEUE:
