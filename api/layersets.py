@@ -51,8 +51,9 @@ class SourceNotFinished(IllegalTransition):
     code = "not_finished"
 
 
-def source_layers(svc: Services, job_id: str) -> list[dict[str, Any]]:
-    """The caller's finished job's layers as its result names them ({index, key, width, height})."""
+def source_layers(svc: Services, job_id: str) -> tuple[list[dict[str, Any]], str]:
+    """The caller's finished job's layers as its result names them ({index, key, width, height}),
+    and the job that owns their objects (the source of a cached job, else the job itself)."""
     try:
         rec = svc.jobs.get(job_id)
     except JobNotFound:
@@ -67,16 +68,16 @@ def source_layers(svc: Services, job_id: str) -> list[dict[str, Any]]:
         if status is JobStatus.SUCCEEDED else []
     if not layers:
         raise ValidationFailed(f"job {job_id} is {status.value} and has no layer set", field="source.job_id")
-    return layers
+    return layers, rec.get("cached_from") or job_id
 
 
-def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None):
+def _accept(svc: Services, job: NewJob, parent: tuple[str, int | None] | None, owner: str = ""):
     """Write the job (and its parent link) in one round trip, answer it as accepted, then send it;
     with durable submissions on, answer only once the replicas hold both (else 503, job canceled)."""
     pipe = svc.jobs.pipeline()
     svc.jobs.create_many([job], pipe=pipe)
     if parent is not None:
-        svc.lineage.link(job.job_id, parent[0], parent[1], pipe=pipe)
+        svc.lineage.link(job.job_id, parent[0], parent[1], pipe=pipe, owner_id=owner)
     pipe.execute()
     view = job_view(svc.jobs.get(job.job_id), svc)
     send(svc, [job])
@@ -94,7 +95,7 @@ def decompose_layer():
     """A `decompose` job whose input is layer `source.layer` of a finished set."""
     svc = services()
     body = parse_model(LayerDecomposeRequest, json_object())
-    layers = source_layers(svc, body.source.job_id)
+    layers, owner = source_layers(svc, body.source.job_id)
     if body.source.layer >= len(layers):
         raise ValidationFailed(f"layer {body.source.layer} does not exist; job {body.source.job_id} has "
                                f"{len(layers)} layers", field="source.layer")
@@ -104,7 +105,7 @@ def decompose_layer():
     job = NewJob(new_job_id(), params.model_dump(), layers[body.source.layer]["key"],
                  tenant=tenant(), webhook=webhook, queue=decompose_queue_for(params, svc.settings),
                  retain_s=_retain(svc, body.retain_s), **sched.job_fields())
-    return _accept(svc, job, (body.source.job_id, body.source.layer))
+    return _accept(svc, job, (body.source.job_id, body.source.layer), owner)
 
 
 @bp.post("/v1/layersets/compose")
@@ -116,7 +117,7 @@ def compose_layers():
     # The ops first, by hand: pydantic would name a bad field `params.ops.0.move.dx`.
     params = ComposeParams.from_request(raw.get("params", {}))
     body = parse_model(ComposeRequest, raw)
-    layers = source_layers(svc, body.source.job_id)
+    layers, owner = source_layers(svc, body.source.job_id)
     check_ops(params.ops, len(layers), layers[0]["width"], layers[0]["height"])
     webhook = check_webhook(body.webhook, svc)
     job_id = new_job_id()
@@ -125,7 +126,7 @@ def compose_layers():
     job = NewJob(job_id, params.model_dump(mode="json"), "", kind="compose", queue=LAYERSET_QUEUE,
                  tenant=tenant(), webhook=webhook, retain_s=_retain(svc, body.retain_s),
                  message=message.model_dump(mode="json"))
-    return _accept(svc, job, (body.source.job_id, None))
+    return _accept(svc, job, (body.source.job_id, None), owner)
 
 
 @bp.post("/v1/layersets/combine")

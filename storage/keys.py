@@ -97,6 +97,11 @@ class Keys:
         """List: ids of the jobs made from a job's layer set, in submission order."""
         return f"{self.prefix}:job:{job_id}:children"
 
+    def readers(self, job_id: str) -> str:
+        """List: ids of the jobs made from a *cached copy* of this job's layer set: they read this
+        job's objects (a cached job owns none), so the reaper must wait for them too."""
+        return f"{self.prefix}:job:{job_id}:readers"
+
     # --- webhooks (storage/deliveries.py) -----------------------------------------------------
     def webhook(self, delivery_id: str) -> str:
         """Hash: one (job, event) delivery: job_id, event, url, state, attempts, last_*."""

@@ -5,6 +5,10 @@ decomposition the layer it decomposes. The parent is written with the child's re
 and the child's id is appended to the parent's list of children, so `GET /v1/jobs/{id}` shows both
 directions. Both keys live as long as job records (`LAYERQ_JOB_TTL_S`); the children list's expiry
 is renewed on each append, so it never ends before its youngest child's record.
+
+A parent answered from the result cache (`cached_from`) owns no objects: its layer keys point into
+the source job's prefix. A child made from it is then also listed among the source's *readers*, so
+the reaper (storage/retention.py) holds the source's objects back while that child is unfinished.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ class Lineage:
         self.ttl_s = ttl_s
 
     def link(self, child_id: str, parent_id: str, layer: int | None = None,
-             pipe: redis.client.Pipeline | None = None) -> None:
-        """Record `child_id` as made from `parent_id` (its layer `layer`, when one layer was used)."""
+             pipe: redis.client.Pipeline | None = None, owner_id: str = "") -> None:
+        """Record `child_id` as made from `parent_id` (its layer `layer`, when one layer was used).
+        `owner_id`: the job whose objects the parent's layers are (its `cached_from`, if any)."""
         p = pipe if pipe is not None else self._r.pipeline(transaction=False)
         p.set(self.keys.parent(child_id), json.dumps({"job_id": parent_id, "layer": layer}), ex=self.ttl_s)
         p.rpush(self.keys.children(parent_id), child_id)
         p.expire(self.keys.children(parent_id), self.ttl_s)
+        if owner_id and owner_id != parent_id:
+            # An unfinished child lives at most `ttl_s`; the list is renewed on each append.
+            p.rpush(self.keys.readers(owner_id), child_id)
+            p.expire(self.keys.readers(owner_id), self.ttl_s)
         if pipe is None:
             p.execute()
 

@@ -12,7 +12,8 @@ deletes the prefix `jobs/<id>/` of every job that is due. Every job is also inde
 
 The reaper never deletes a job that is queued, running or canceling, nor one whose layer set an
 unfinished child (a recursive decomposition, compose or edit made from it, storage/lineage.py) has
-still to read: an index entry whose record says so is pushed back. A reaped job's lineage goes with
+still to read, directly or through a cached copy of it (the copy's children are the job's readers):
+an index entry whose record says so is pushed back. A reaped job's lineage goes with
 it (its parent and children links, its id in its parent's list, its children's links to it); a
 finished child keeps its own objects, it never points into its parent's. Deleting is idempotent (a
 prefix already gone deletes nothing), and the record is deleted before the objects, so the result
@@ -107,14 +108,16 @@ class Retention:
         for job_id in ids:
             read.hmget(self.keys.job(job_id), "status", "expires_at", "cache_key")
             read.lrange(self.keys.children(job_id), 0, -1)
+            read.lrange(self.keys.readers(job_id), 0, -1)
         rows = read.execute()
         postpone: dict[str, float] = {}
-        for job_id, (status, expires_at, cache_key), children in zip(ids, rows[::2], rows[1::2]):
+        for job_id, (status, expires_at, cache_key), children, readers in zip(ids, rows[::3], rows[1::3], rows[2::3]):
             if status is not None and status not in TERMINAL:
                 postpone[job_id] = now + RECHECK_S  # never a queued or running job's objects
                 continue
-            if self._unfinished(children):
-                # A recursive decomposition, compose or edit still to run reads this job's layers.
+            if self._unfinished(children + readers):
+                # A recursive decomposition, compose or edit still to run reads this job's layers
+                # (made from it, or from a cached job pointing at its objects).
                 postpone[job_id] = now + RECHECK_S
                 continue
             if status is not None and (not expires_at or float(expires_at) > now):
@@ -127,7 +130,7 @@ class Retention:
             pipe.delete(self.keys.job(job_id), self.keys.job_log(job_id))
             # Its lineage goes with it: no parent lists a child that is gone, no child names a
             # parent whose layers are gone.
-            pipe.delete(self.keys.parent(job_id), self.keys.children(job_id))
+            pipe.delete(self.keys.parent(job_id), self.keys.children(job_id), self.keys.readers(job_id))
             if parent:
                 pipe.lrem(self.keys.children(json.loads(parent)["job_id"]), 0, job_id)
             for child in children:

@@ -18,6 +18,7 @@ from psd_tools import PSDImage
 
 from layerq.client import LayerqApiError, LayerqClient
 from layerq.sample import sample_png
+from storage.keys import Keys
 from tests.layerset_helpers import premultiplied, reference_over, shape_layer
 from worker.layersets.operations import compose
 
@@ -233,6 +234,22 @@ def test_compose_and_decompose_again_carry_retain_s_and_stream_their_events(loca
     assert job["priority"] == "bulk" and job["deadline_at"] is not None
     events = list(client.events(f"/v1/jobs/{job['id']}/events"))
     assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", events[-1]
+def test_a_set_made_from_a_cached_job_is_a_reader_of_the_job_owning_its_objects(local_stack, client):
+    # A cached job owns no objects: a compose made from it reads its source's, so the source lists it
+    # among its readers (the reaper holds the source back for it), while its lineage names the cached job.
+    params = {**FAST, "layers": 2, "seed": 777}
+    image_bytes = sample_png(160, 160)
+    source = client.wait(client.submit(image_bytes, params)["id"], timeout_s=600)
+    assert source["status"] == "succeeded", source
+    cached = client.submit(image_bytes, params)
+    assert cached["cached_from"] == source["id"]
+    job = client.compose(cached["id"], [{"op": "hide", "index": 0}])
+    assert job["parent"] == {"job_id": cached["id"], "layer": None}
+    r = redis.Redis.from_url(local_stack.settings.redis_url, decode_responses=True)
+    assert r.lrange(Keys(local_stack.settings.key_prefix).readers(source["id"]), 0, -1) == [job["id"]]
+    assert client.wait(job["id"], timeout_s=300)["status"] == "succeeded"
+
+
 def test_compose_and_combine_jobs_the_api_never_sent_are_sent_by_a_worker(local_stack, client, parent):
     """As if the API died between writing the records and sending the messages: the workers' sweep of
     unsent jobs sends compose and combine jobs too (from the message kept in their record), and a
@@ -241,7 +258,6 @@ def test_compose_and_combine_jobs_the_api_never_sent_are_sent_by_a_worker(local_
     from layerq.layersets import ComposeMessage
     from layerq.results import with_object_keys
     from storage.jobs import JobStore, NewJob, new_job_id
-    from storage.keys import Keys
 
     settings = local_stack.settings
     jobs = JobStore.from_url(settings.redis_url, key_prefix=settings.key_prefix)

@@ -115,6 +115,30 @@ def test_a_parent_waits_for_its_unfinished_children_and_its_lineage_goes_with_it
     assert svc.jobs.get(child)["status"] == "succeeded" and svc.jobs.get(grandparent)["status"] == "succeeded"
 
 
+def test_a_source_waits_for_the_unfinished_children_of_its_cached_copies(services: Services):
+    svc = services
+    source = _job_with_objects(svc, retain_s=1)
+    svc.jobs.succeed(source, {"layers": [{"index": 0, "key": objects.layer_key(source, 0)}]}, {})
+    # An identical request answered from the cache: a job that owns no objects, pointing at the source's.
+    cached = uuid.uuid4().hex
+    svc.jobs.create_cached(cached, params={}, source=svc.jobs.get(source), tenant="")
+    # A compose made from the cached job, not run yet: it will read the *source's* layer objects.
+    child = uuid.uuid4().hex
+    svc.jobs.create_many([NewJob(child, {}, "", kind="compose", queue="cpu", retain_s=3600)])
+    svc.lineage.link(child, cached, None, owner_id=source)
+    assert svc.lineage.of(source) == (None, [])  # the lineage shown stays child → cached job
+
+    waiting = svc.jobs.retention.reap(svc.store, now=time.time() + 2)
+    assert source not in waiting.jobs and waiting.postponed >= 1
+    assert len(svc.store.list(objects.job_prefix(source))) == 3
+
+    svc.jobs.begin_attempt(child, max_deliveries=3, worker="w1", queue="cpu")
+    svc.jobs.succeed(child, {"layers": []}, {})
+    done = svc.jobs.retention.reap(svc.store, now=time.time() + RECHECK_S + 2)
+    assert done.jobs == [source] and svc.store.list(objects.job_prefix(source)) == []
+    assert svc.jobs.retention._r.exists(svc.jobs.keys.readers(source)) == 0
+
+
 def test_a_job_that_expired_in_the_queue_is_sealed(services: Services):
     svc = services
     job_id = uuid.uuid4().hex
