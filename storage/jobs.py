@@ -75,13 +75,16 @@ class JobStore:
     of any kind is one hash; its `kind` and `queue` are fields."""
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "layerq", ttl_s: int = 7 * 24 * 3600,
-                 fair: bool = False):
+                 fair: bool = False, retain_max_s: int = 0):
         self._r = client
         self.fair = fair
         """Jobs wait in per-tenant backlogs until admitted to the broker (storage/admission.py)."""
         self.prefix = key_prefix
         self.keys = Keys(key_prefix)
         self.ttl_s = ttl_s
+        # The longest a record can outlive its creation: `ttl_s` unfinished, then its retention
+        # (`retain_s` defaults to `ttl_s`; the API clamps it to `retain_max_s`).
+        self.record_horizon_s = ttl_s + max(ttl_s, retain_max_s)
         self._transition = client.register_script(lua.TRANSITION)
         self._begin = client.register_script(lua.BEGIN_ATTEMPT)
         self._progress = client.register_script(lua.PROGRESS)
@@ -209,12 +212,13 @@ class JobStore:
     def _index(self, pipe: redis.client.Pipeline, tenant: str, members: dict[str, int], now: float) -> None:
         """Add jobs to their tenant's index, scored by creation time in whole microseconds (exact in a
         double, so a score read back is a cursor that never skips or repeats a job). Entries older than
-        a record can live are trimmed here, on write, so the index lives as long as the records it
-        points to; a record that expired sooner (cached jobs) is skipped on read."""
+        a record can live (`record_horizon_s`: a job retained up to `LAYERQ_RETAIN_MAX_S` after a
+        queue of up to `ttl_s`) are trimmed here, on write, so the index lives as long as the records
+        it points to; a record that expired sooner (most of them) is skipped on read."""
         key = self.keys.tenant_jobs(tenant)
         pipe.zadd(key, members)
-        pipe.zremrangebyscore(key, "-inf", int((now - self.ttl_s) * 1e6))
-        pipe.expire(key, self.ttl_s)
+        pipe.zremrangebyscore(key, "-inf", int((now - self.record_horizon_s) * 1e6))
+        pipe.expire(key, self.record_horizon_s)
 
     def tenant_job_ids(self, tenant: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
         """Up to `count` of a tenant's (non-batch) jobs created before `before_us` (microseconds since

@@ -62,7 +62,8 @@ class Services:
             celery = make_celery(settings)
         client = connect(settings.redis_url, options_of(settings))
         prefix = settings.key_prefix
-        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s, fair=settings.fair_queues)
+        jobs = JobStore(client, key_prefix=prefix, ttl_s=settings.job_ttl_s, fair=settings.fair_queues,
+                        retain_max_s=settings.retain_max_s)
         return cls(
             settings=settings,
             store=open_object_store(settings),

@@ -139,6 +139,28 @@ def test_a_source_waits_for_the_unfinished_children_of_its_cached_copies(service
     assert svc.jobs.retention._r.exists(svc.jobs.keys.readers(source)) == 0
 
 
+def test_a_job_retained_past_the_job_ttl_stays_in_its_tenants_list(redis_url: str, tmp_path):
+    # A short job TTL and a long retention maximum: a job retained that long must stay listed (GET
+    # /v1/jobs) as long as its record lives, through later writes to the index and its expiry.
+    settings = Settings.from_env({}, redis_url=redis_url, key_prefix=f"ret{uuid.uuid4().hex[:8]}",
+                                 storage_dir=str(tmp_path / "data"), signing_secret="s", job_ttl_s=60,
+                                 retain_max_s=3600)
+    svc = Services.open(settings)
+    job_id = uuid.uuid4().hex
+    svc.jobs.create_many([NewJob(job_id, {}, objects.input_key(job_id), tenant="t1", retain_s=3600)])
+    svc.jobs.begin_attempt(job_id, max_deliveries=3, worker="w1")
+    svc.jobs.succeed(job_id, {"layers": []}, {})
+    r = svc.jobs.retention._r
+    assert r.ttl(svc.jobs.keys.tenant_jobs("t1")) >= r.ttl(svc.jobs.keys.job(job_id)) > 60
+    # Another job of the tenant written well past the job TTL (but within the retention) trims the
+    # index; the retained job's entry is kept.
+    later = time.time() + 600
+    pipe = svc.jobs.pipeline()
+    svc.jobs._index(pipe, "t1", {"other": int(later * 1e6)}, later)
+    pipe.execute()
+    assert [j for j, _ in svc.jobs.tenant_job_ids("t1", None, 10)] == ["other", job_id]
+
+
 def test_a_job_that_expired_in_the_queue_is_sealed(services: Services):
     svc = services
     job_id = uuid.uuid4().hex
