@@ -107,4 +107,5 @@ def source_item(svc: Services, source: EditSource, params: EditParams, field: st
     # The source's layers never change once its job succeeded: (job, layer) stands for their bytes.
     digest = f"job:{rec.get('cached_from') or rec['id']}:{source.layer}"
     return Item(params=job_params, field=field, kind=KIND, queue=EDIT_QUEUE, source_key=layers[source.layer]["key"],
-                source_digest=digest, model=svc.settings.edit_model)
+                source_digest=digest, model=svc.settings.edit_model,
+                parent=(source.job_id, source.layer, rec.get("cached_from") or rec["id"]))

@@ -51,6 +51,10 @@ class Item:
     """What stands for the input bytes in the result-cache key when they are not read here."""
     model: str | None = None
     """The model in the result-cache key (default: the decompose model)."""
+    parent: tuple[str, int, str] | None = None
+    """(job id, layer, the job owning its objects) when the item is made from a finished job's layer
+    (an edit): linked in `Lineage`, so the job view shows it and the reaper keeps that job's objects
+    while this one is unfinished."""
 
 
 @dataclass
@@ -132,6 +136,13 @@ def submit(
         for job_id, params, source in cached:
             svc.jobs.create_cached(job_id, params=params, source=source, tenant=tenant, webhook=webhook, pipe=pipe,
                                    retain_s=retain_s)
+        pipe.execute()
+    parents = [(job_id, item.parent) for job_id, item in zip(out.job_ids, items)
+               if item.parent is not None and job_id not in out.cached]
+    if parents:  # before any message is sent: no worker runs the child before its source is held
+        pipe = svc.lineage.pipeline()
+        for job_id, (parent_id, layer, owner_id) in parents:
+            svc.lineage.link(job_id, parent_id, layer, pipe=pipe, owner_id=owner_id)
         pipe.execute()
     if before_send is not None:
         out.answer = before_send(out)

@@ -27,6 +27,10 @@ class Lineage:
         self.keys = Keys(key_prefix)
         self.ttl_s = ttl_s
 
+    def pipeline(self) -> redis.client.Pipeline:
+        """A pipeline (no transaction) on this store's client, for several links in one round trip."""
+        return self._r.pipeline(transaction=False)
+
     def link(self, child_id: str, parent_id: str, layer: int | None = None,
              pipe: redis.client.Pipeline | None = None, owner_id: str = "") -> None:
         """Record `child_id` as made from `parent_id` (its layer `layer`, when one layer was used).

@@ -95,6 +95,12 @@ def test_edit_replaces_one_layer_and_chains(stack, client, parent):
     again = pixels(chained["result"]["layers"][1]["url"])
     assert np.array_equal(again[..., 3], layer[..., 3])
     assert json.loads(fetch(chained["result"]["manifest"]))["parent"] == {"job_id": edited["id"], "layer": 1}
+    # Lineage: the job view links each edit to the layer it was made from (and the reaper reads the
+    # same links to keep a source's objects while an edit of it is unfinished).
+    assert client.get(chained["id"])["parent"] == {"job_id": edited["id"], "layer": 1}
+    assert client.get(edited["id"])["parent"] == {"job_id": parent["id"], "layer": 1}
+    assert chained["id"] in client.get(edited["id"])["children"]
+    assert edited["id"] in client.get(parent["id"])["children"]
 
     # The same request again is answered by the result cache (same source layer, params and seed).
     cached = client.edit(edited["id"], 1, "make it blue", {**EDIT, "matte": "keep"})
