@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
@@ -59,8 +59,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(e.LayerqError)
     def _layerq(exc: e.LayerqError):
         status = status_for(exc)
-        if status >= 500:
+        if status == 500:  # a LayerqError with no HTTP meaning reached the API: a bug, keep the trace
             log.exception("internal error")
+        elif status >= 500:
+            # An expected answer (the queue or object store is out, a write not yet replicated, the
+            # disk full): a warning line is enough; a traceback per request would bury real bugs.
+            log.warning("%s %s: %s (%s)", status, exc.code, exc.message, request.path)
         resp, status = error_response(exc.code, exc.message, status, exc.field)
         if status == 503:  # the queue or the object store is out for now: say when to come back
             resp.headers["Retry-After"] = "5"

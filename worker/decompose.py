@@ -328,6 +328,7 @@ def _discard_job(rt: WorkerRuntime, job_id: str) -> None:
 
 
 def _end_failed(rt: WorkerRuntime, job_id: str, code: str, message: str, timings: dict[str, float]) -> str:
+    """Fail the job (the first terminal transition wins), drop its objects, send its webhook."""
     try:
         rt.jobs.fail(job_id, code, message, timings)
     except LayerqError as exc:
@@ -349,3 +350,6 @@ def _notify(rt: WorkerRuntime, job_id: str) -> None:
         return
     if rec.get("webhook"):
         notify(rt.app, rt.settings, rec, deliveries=rt.services.deliveries)
+
+
+end_failed = _end_failed  # for the task wrapper (worker.tasks) that fails a job whose task raised

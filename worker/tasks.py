@@ -4,8 +4,12 @@ function (`worker.decompose.run_job`) that the tests also exercise directly."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import Retry
 
 from layerq import dispatch
 from layerq.messages import DECOMPOSE_TASK
@@ -21,9 +25,50 @@ _delivery_tags: dict[str, str] = {}
 TASK_QUEUES = {DECOMPOSE_TASK: DECOMPOSE_QUEUE, EDIT_TASK: EDIT_QUEUE}
 
 
+# The code of a job failed by an exception that escaped its task: a bug, like any unexpected
+# exception inside `run_job` (which ends its job with the same code).
+ESCAPED_CODE = "internal"
+
+
+@contextmanager
+def failing_job_on_escape(message: Any) -> Iterator[None]:
+    """End the message's job `failed` if an exception escapes its task (an import or setup error
+    before `run_job`, a fault `run_job` does not expect), then re-raise it for Celery to log.
+
+    Celery acks a task that raised (acks_late only redelivers on a lost worker), so without this the
+    job would stay `queued` or `running` with no message left to run it. A retry (`Retry`) is not
+    an escape: the job gets a new message."""
+    try:
+        yield
+    except Retry:
+        raise
+    except Exception as exc:
+        job_id = message.get("job_id") if isinstance(message, dict) else None
+        if job_id:
+            _fail_escaped(job_id, f"worker error: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _fail_escaped(job_id: str, message: str) -> None:
+    try:
+        rt = runtime.current()
+        try:
+            from worker.decompose import end_failed
+        except Exception:  # the escape may be this very import: fail the record alone
+            rt.jobs.fail(job_id, ESCAPED_CODE, message)
+        else:
+            end_failed(rt, job_id, ESCAPED_CODE, message, {})
+    except Exception:  # the store is out too, or the job already ended: nothing more to do here
+        log.warning("job %s: could not mark it failed after an escaped error", job_id, exc_info=True)
+
+
 def register(app: Celery) -> None:
     @app.task(name=DECOMPOSE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def decompose(self, message: dict) -> str:
+        with failing_job_on_escape(message):
+            return _decompose(self, message)
+
+    def _decompose(self, message: dict) -> str:
         from worker.decompose import TransientJobError, give_up, run_job
 
         rt = runtime.current()
@@ -41,6 +86,10 @@ def register(app: Celery) -> None:
 
     @app.task(name=EDIT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def edit(self, message: dict) -> str:
+        with failing_job_on_escape(message):
+            return _edit(self, message)
+
+    def _edit(self, message: dict) -> str:
         from worker.decompose import TransientJobError, give_up, run_job
         from worker.edit_job import EDIT
 

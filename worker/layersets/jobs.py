@@ -28,6 +28,7 @@ from worker.decompose import (
 from worker.liveness import dead_after_s
 from worker.outputs import manifest_for, store_layer_set
 from worker.runtime import WorkerRuntime
+from worker.tasks import failing_job_on_escape
 
 from .combine import combine
 from .coverage import drop_sparse_layers
@@ -173,14 +174,15 @@ def register(app: Any) -> None:
     def task(name: str, kind: str, model: type[BaseModel], build: Callable[[WorkerRuntime, Any], dict[str, Any]]):
         @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
         def run(self, message: dict) -> str:
-            rt = runtime.current()
-            try:
-                return run_layerset_job(rt, kind, model, message, build)
-            except TransientJobError as exc:
-                if self.request.retries >= rt.settings.max_transient_retries:
-                    return give_up(rt, message, exc)
-                countdown = rt.settings.retry_backoff_s * 2**self.request.retries
-                raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
+            with failing_job_on_escape(message):  # an escape must not leave the job non-terminal
+                rt = runtime.current()
+                try:
+                    return run_layerset_job(rt, kind, model, message, build)
+                except TransientJobError as exc:
+                    if self.request.retries >= rt.settings.max_transient_retries:
+                        return give_up(rt, message, exc)
+                    countdown = rt.settings.retry_backoff_s * 2**self.request.retries
+                    raise self.retry(exc=exc, countdown=countdown, max_retries=rt.settings.max_transient_retries)
         return run
 
     task(COMPOSE_TASK, "compose", ComposeMessage, build_compose)

@@ -1,0 +1,92 @@
+"""An exception that escapes a job's Celery task (raised before `run_job` starts, or one `run_job`
+does not expect) fails that job with code `internal` instead of leaving it `queued` or `running`
+forever: Celery acks a task that raised, so no message would be left to run it.
+
+A focused unit test on a real Redis job store: the task body is called in this process (not through
+a broker), with a stand-in runtime holding that store, and the escape is forced at the start of the
+job's run."""
+
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+
+from layerq.messages import DECOMPOSE_TASK
+from layerq.queues import COMBINE_TASK, COMPOSE_TASK, EDIT_TASK
+from storage.jobs import JobStore, new_job_id
+from worker import runtime, tasks
+from worker.layersets import jobs as layerset_jobs
+
+
+@pytest.fixture
+def jobs(redis_url) -> JobStore:
+    return JobStore.from_url(redis_url, key_prefix=f"unit{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def app() -> Celery:
+    app = Celery("escapes")  # never started: only its task bodies are called
+    tasks.register(app)
+    layerset_jobs.register(app)
+    return app
+
+
+@pytest.fixture
+def rt(jobs, monkeypatch):
+    deleted: list[str] = []
+    stand_in = SimpleNamespace(jobs=jobs, store=SimpleNamespace(delete_prefix=deleted.append), deleted=deleted)
+    monkeypatch.setattr(runtime, "_runtime", stand_in)
+    return stand_in
+
+
+def _job(jobs: JobStore, kind: str) -> str:
+    job_id = new_job_id()
+    jobs.create(job_id, kind=kind, queue=kind, params={"layers": 4}, input_key="in.png")
+    return job_id
+
+
+def test_an_escape_fails_the_job_and_is_reraised(rt):
+    job_id = _job(rt.jobs, "decompose")
+    with pytest.raises(ImportError), tasks.failing_job_on_escape({"job_id": job_id}):
+        raise ImportError("no module named 'worker.models.broken'")
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == "failed"
+    assert rec["error"] == {"code": "internal",
+                            "message": "worker error: ImportError: no module named 'worker.models.broken'"}
+    assert rt.deleted  # its objects go, like any failed job's
+
+
+def test_a_finished_job_stays_finished_and_a_retry_is_no_escape(rt):
+    from celery.exceptions import Retry
+
+    done = _job(rt.jobs, "decompose")
+    rt.jobs.begin_attempt(done, max_deliveries=3)
+    rt.jobs.succeed(done, {"layers": []}, {})
+    with pytest.raises(RuntimeError), tasks.failing_job_on_escape({"job_id": done}):
+        raise RuntimeError("after the end")
+    assert rt.jobs.get(done)["status"] == "succeeded"  # the first terminal transition wins
+
+    retried = _job(rt.jobs, "decompose")
+    with pytest.raises(Retry), tasks.failing_job_on_escape({"job_id": retried}):
+        raise Retry("back off")
+    assert rt.jobs.get(retried)["status"] == "queued"
+
+
+@pytest.mark.parametrize(("task_name", "kind"), [(DECOMPOSE_TASK, "decompose"), (EDIT_TASK, "edit"), (COMPOSE_TASK, "compose"), (COMBINE_TASK, "combine")],)
+def test_job_tasks_fail_their_job_when_setup_raises(app, rt, monkeypatch, task_name, kind):
+    import worker.decompose
+
+    def broken_setup(*_args, **_kwargs):
+        raise KeyError("pipeline")
+
+    monkeypatch.setattr(worker.decompose, "run_job", broken_setup)
+    monkeypatch.setattr(layerset_jobs, "run_layerset_job", broken_setup)
+    job_id = _job(rt.jobs, kind)
+    with pytest.raises(KeyError):
+        app.tasks[task_name].run({"job_id": job_id})
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == "failed" and rec["error"]["code"] == "internal"
+    assert "KeyError" in rec["error"]["message"]
