@@ -30,9 +30,6 @@ class WorkerRegistry:
 
         return cls(connect(url, options), key_prefix=key_prefix)
 
-    def heartbeat(self, queue: str, worker: str) -> None:
-        self._r.zadd(self.keys.workers(queue), {worker: time.time()})
-
     def beat(self, queues: list[str], worker: str, info: dict[str, Any] | None = None, ttl_s: int = 30) -> None:
         """One heartbeat on every queue `worker` consumes, and its description renewed, in one round trip."""
         now = time.time()

@@ -67,12 +67,18 @@ class CuttableProxy:
         self.open = True
 
 
-def test_storage_outage_is_retried_and_the_job_succeeds_once(make_stack, s3_settings_overrides):
-    stack = make_stack(workers=0, retry_backoff_s=2.0, s3_max_attempts=2, **s3_settings_overrides)
+def _worker_behind_proxy(make_stack, s3_settings_overrides, **overrides):
+    """A stack whose one worker reaches S3 through a proxy the test can cut (the API goes direct)."""
+    stack = make_stack(workers=0, **overrides, **s3_settings_overrides)
     proxy = CuttableProxy(int(s3_settings_overrides["s3_endpoint_url"].rsplit(":", 1)[1]))
     stack.add_worker(extra_env={"LAYERQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
     stack.wait_for_workers(1)
-    client = LayerqClient(stack.url)
+    return stack, proxy, LayerqClient(stack.url)
+
+
+def test_storage_outage_is_retried_and_the_job_succeeds_once(make_stack, s3_settings_overrides):
+    stack, proxy, client = _worker_behind_proxy(make_stack, s3_settings_overrides, retry_backoff_s=2.0,
+                                                s3_max_attempts=2)
 
     proxy.cut()
     job = client.submit(sample_png(128, 128), {"layers": 2, "num_inference_steps": 2, "prompt": "x"})
@@ -90,12 +96,8 @@ def test_storage_outage_is_retried_and_the_job_succeeds_once(make_stack, s3_sett
 
 def test_an_outage_longer_than_every_retry_fails_the_job_cleanly(make_stack, s3_settings_overrides):
     """Past its last retry a job ends `failed` with the fault's code, not `running` forever."""
-    stack = make_stack(workers=0, retry_backoff_s=1.0, s3_max_attempts=2, max_transient_retries=1,
-                       **s3_settings_overrides)
-    proxy = CuttableProxy(int(s3_settings_overrides["s3_endpoint_url"].rsplit(":", 1)[1]))
-    stack.add_worker(extra_env={"LAYERQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
-    stack.wait_for_workers(1)
-    client = LayerqClient(stack.url)
+    stack, proxy, client = _worker_behind_proxy(make_stack, s3_settings_overrides, retry_backoff_s=1.0,
+                                                s3_max_attempts=2, max_transient_retries=1)
 
     proxy.cut()
     job = client.submit(sample_png(128, 128), {"layers": 2, "num_inference_steps": 2, "prompt": "x"})

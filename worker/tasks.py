@@ -119,9 +119,7 @@ def register(app: Celery) -> None:
         # memory class's queue (decompose, decompose.48, ...), so the task's name alone does not say which.
         delivery = getattr(getattr(sender, "request", None), "delivery_info", None) or {}
         queue = delivery.get("routing_key") or TASK_QUEUES.get(getattr(sender, "name", ""))
-        if queue not in TASK_OF_QUEUE:
-            queue = None
-        if queue is not None:
+        if queue in TASK_OF_QUEUE:  # admitted queues only (not webhooks, compose or combine)
             rt = runtime.current()
             rt.services.admission.taken(queue, task_id)
             dispatch.admit(rt.services, queue)
