@@ -170,6 +170,16 @@ class Settings:
     for decompose and edit workers alike (edit workers: the transformer switches only, worker.accel.editor)."""
     fast_captions: bool = False
     """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
+    caption_ahead: str = "auto"
+    """A decompose worker about to auto-caption a job captions up to `caption_ahead_jobs` other waiting
+    auto-caption jobs with it and leaves their captions in Redis for whichever worker runs them
+    (worker/caption_ahead.py). `auto`: on where this worker's fast captions are on (batched there: the
+    7B text encoder's weights are read once per token for the whole batch); `1`: on (one caption at a
+    time where captions are not batched, e.g. on a CPU); `0`: off."""
+    caption_ahead_jobs: int = 7
+    """Most waiting jobs a worker captions ahead along with its own (8 to a batch with the default)."""
+    caption_ahead_fetch_s: float = 5.0
+    """Longest a worker waits for the waiting jobs' inputs before it captions; slower ones are left out."""
     warmup_buckets: str = "640x4"
     """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
     job_soft_time_limit_s: int = 3000
@@ -249,6 +259,13 @@ class Settings:
         from layerq.memory_classes import parse_classes
 
         return parse_classes(self.memory_classes)
+
+    def caption_ahead_on(self, fast_captions: bool) -> bool:
+        """Whether to caption waiting jobs ahead, for a worker whose captions are fast or not."""
+        value = self.caption_ahead.strip().lower()
+        if value == "auto":
+            return fast_captions
+        return value in {"1", "true", "yes", "on"}
 
     @property
     def warmup_bucket_list(self) -> tuple[tuple[int, int], ...]:

@@ -72,6 +72,8 @@ class JobResult(BaseModel):
     exports: dict[str, str]
     manifest: str
     expires_at: str
+    caption: str | None = Field(None, description="The caption the pipeline wrote for an auto-captioned job "
+                                "(empty `prompt`); giving it as `prompt` reproduces the job. Null otherwise.")
 
 
 class JobParent(BaseModel):

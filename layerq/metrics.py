@@ -45,10 +45,16 @@ GPU_MEMORY_BYTES = Gauge("layerq_gpu_memory_bytes", "GPU memory of this worker's
 WEBHOOK_DELIVERIES = Counter("layerq_webhook_deliveries_total", "Webhook delivery attempts by outcome",
                              ["event", "outcome"])
 
+CAPTIONS_AHEAD = Counter(
+    "layerq_captions_ahead_total",
+    "Auto-captions of waiting jobs written ahead (written; not_queued: the job left the queue meanwhile), "
+    "used by the job's own run (used), and waiting jobs left out of a look-ahead (missing, fault, slow)",
+    ["outcome"])
+
 QUEUE_DEPTH = "layerq_queue_depth"  # collected from Redis at scrape time (QueueDepth below)
 
 FAMILIES = {m._name for m in (HTTP_REQUESTS, HTTP_SECONDS, JOBS_SUBMITTED, JOBS, STAGE_SECONDS, MODEL_LOAD_SECONDS,
-                               GPU_MEMORY_BYTES, WEBHOOK_DELIVERIES)} | {QUEUE_DEPTH}
+                               GPU_MEMORY_BYTES, WEBHOOK_DELIVERIES, CAPTIONS_AHEAD)} | {QUEUE_DEPTH}
 
 
 class QueueDepth:

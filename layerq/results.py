@@ -58,4 +58,5 @@ def signed_result(
         "exports": {fmt: url(key, DOWNLOAD_NAMES.get(fmt)) for fmt, key in result["exports"].items()},
         "manifest": url(result["manifest"]),
         "expires_at": iso(time.time() + ttl_s),
+        "caption": result.get("caption"),
     }

@@ -267,6 +267,15 @@ class JobStore:
     def queue_position(self, queue: str, job_id: str) -> int | None:
         return self._r.zrank(self.keys.queued(queue), job_id)
 
+    def waiting_ids(self, queue: str, count: int) -> list[str]:
+        """Ids of up to `count` jobs admitted to the broker and not yet taken (fair queues: the next
+        to start), then of up to `count` queued jobs in arrival order. Reads only."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.zrange(self.keys.admitted(queue), 0, count - 1)
+        pipe.zrange(self.keys.queued(queue), 0, count - 1)
+        admitted, queued = pipe.execute()
+        return list(dict.fromkeys([*admitted, *queued]))
+
     def queued_count(self, queue: str) -> int:
         return int(self._r.zcard(self.keys.queued(queue)))
 

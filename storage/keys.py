@@ -32,6 +32,15 @@ class Keys:
         """Sorted set: jobs recorded but not yet confirmed on the broker."""
         return f"{self.prefix}:unsent:{queue}"
 
+    # --- captions written ahead (storage/captions.py) -----------------------------------------
+    def caption(self, job_id: str) -> str:
+        """String (JSON): the auto-caption a worker wrote ahead for a queued job (key, text, by whom)."""
+        return f"{self.prefix}:caption:{job_id}"
+
+    def caption_claim(self, job_id: str) -> str:
+        """String (lock, one look-ahead): which worker is captioning this queued job ahead now."""
+        return f"{self.prefix}:caption-claim:{job_id}"
+
     # --- fair admission (storage/admission.py) ------------------------------------------------
     def backlog_prefix(self, queue: str) -> str:
         """What the admission script appends `<priority>:<tenant>` to."""

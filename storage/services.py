@@ -17,6 +17,7 @@ from storage.apikeys import ApiKeyStore
 from storage.base import ObjectStore
 from storage.batches import BatchStore
 from storage.cache import ResultCache
+from storage.captions import CaptionStore
 from storage.client import connect, options_of
 from storage.deliveries import WebhookDeliveries
 from storage.factory import open_object_store
@@ -47,6 +48,8 @@ class Services:
     admission: Admission
     """Fair admission of queued jobs to the broker (a no-op unless `fair_queues`)."""
     api_keys: ApiKeyStore
+    captions: CaptionStore | None = None
+    """Auto-captions written ahead for queued jobs (worker/caption_ahead.py)."""
     edit_stats: ServiceTimes | None = None
     """Service times of edit jobs (their own buckets: an edit's cost does not depend on layer counts)."""
 
@@ -81,4 +84,5 @@ class Services:
             admission=Admission(client, jobs, ahead=settings.admit_ahead, bulk_every=settings.bulk_every,
                                 alive_within_s=settings.worker_heartbeat_s * 3),
             api_keys=ApiKeyStore(client, key_prefix=prefix),
+            captions=CaptionStore(client, key_prefix=prefix),
         )

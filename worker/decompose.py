@@ -197,7 +197,8 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     params = msg.params
     _check_fits(rt, params)
     try:
-        image = load_input(rt.store.get(msg.input_key), rt.settings)
+        input_bytes = rt.store.get(msg.input_key)
+        image = load_input(input_bytes, rt.settings)
     except ObjectNotFound as exc:
         raise ValidationFailed(f"input {msg.input_key} is missing from storage", field="input_key") from exc
     except InvalidImage as exc:
@@ -207,8 +208,17 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     first_stage = "captioning" if not params.prompt.strip() else "encoding"
     rt.jobs.set_progress(msg.job_id, first_stage, 0, params.num_inference_steps)
     steps = _StepTimes(rt, msg.job_id)
+    caption, extra = None, {}
+    if first_stage == "captioning" and hasattr(rt.pipeline, "caption_images"):  # not the classic decomposer
+        from worker.caption_ahead import caption_for
+
+        # Written before the pipeline call (with waiting jobs' captions, or found written ahead), so
+        # the job's record can show it; the pipeline then uses it where it would have captioned.
+        caption = caption_for(rt, msg, image, input_bytes)
+        clock.lap("captioning")
+        first_stage, extra = "encoding", {"caption": caption}
     started = time.perf_counter()
-    layers = rt.pipeline.run(image, params, on_step=steps.on_step, should_stop=steps.should_stop)
+    layers = rt.pipeline.run(image, params, on_step=steps.on_step, should_stop=steps.should_stop, **extra)
     ended = time.perf_counter()
     steps.split_into(clock, first_stage, started, ended)
     clock.timings["pipeline"] = round(ended - started, 4)
@@ -220,6 +230,8 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
     layers, dropped = drop_layers(params, layers)  # `layers: "auto"`, `drop_empty: true`
     manifest = manifest_for(msg.job_id, KIND, [im.size for im in layers], rt.settings.export_format_list,
                             params.model_dump(), model=rt.settings.model)
+    if caption is not None:  # what the pipeline captioned the image as: `prompt` reproduces the job
+        manifest["caption"] = caption
     if dropped is not None:
         manifest["dropped"] = dropped
     stack: list[Image.Image] | Decomposition = layers
@@ -233,6 +245,8 @@ def decompose_job(rt: WorkerRuntime, msg: DecomposeMessage, clock: StageClock) -
 
     result = store_layer_set(rt, msg.job_id, stack, manifest, on_encoded=encoded)
     clock.lap("uploading")
+    if caption is not None:
+        result["caption"] = caption
     return {**result, "steps": params.num_inference_steps}
 
 

@@ -93,6 +93,23 @@ def _caption_without_cudnn_attention(pipe: Any) -> None:
     pipe.get_image_caption = get_image_caption  # the pipeline calls it through self
 
 
+def caption_flavour(model_id: str, how: str, device_type: str, dtype: str) -> str:
+    """`DecomposePipeline.caption_flavour`: `how` is `reference` (the authors' call), or what the fast
+    captioner does differently: `static` (static-cache, compiled decoding), `invariant` (fixed
+    per-image shapes, batched), or `static+invariant`."""
+    return f"{model_id}|{how}|{device_type}|{dtype}"
+
+
+def _hand_over_caption(stack: contextlib.ExitStack, pipe: Any, runner: Any, caption: str) -> None:
+    """For one call: where the pipeline (or the fast runner, which captions before calling it) would
+    write the caption, hand it `caption` instead."""
+    from worker.accel.decomposer import patched
+
+    stack.enter_context(patched(pipe, "get_image_caption", lambda *_a, **_k: caption))
+    if runner is not None:
+        stack.enter_context(patched(runner, "caption", lambda *_a, **_k: caption))
+
+
 def _card_free_bytes(dev: torch.device) -> int | None:
     if dev.type != "cuda":
         return None
@@ -207,18 +224,72 @@ class DecomposePipeline:
         self.warmup_s = time.monotonic() - started
         log.info("speed-ups on (%s); warm-up %.1f s", options.describe(), self.warmup_s)
 
+    # --- auto-captions (worker/caption_ahead.py decides whose, and when) ----------------------------
+    @property
+    def fast_captions(self) -> bool:
+        """Whether this worker's captions run the fast (static-cache, compiled) captioner."""
+        options = getattr(self.runner, "options", None)
+        return bool(options is not None and options.caption_static_cache)
+
+    @property
+    def batches_captions(self) -> bool:
+        """Whether several images are captioned in one `generate`: only where the captioner is
+        batch-invariant, so an image's caption never depends on its batch-mates."""
+        options = getattr(self.runner, "options", None)
+        return bool(options is not None and getattr(options, "caption_batch_invariant", False))
+
+    @property
+    def caption_flavour(self) -> str:
+        """Everything besides the image, language and resolution that decides this worker's captions:
+        the model, the captioner (the authors' call, or the fast one, which rounds differently), the
+        device type and dtype. A caption written ahead is used only by a worker of the same flavour."""
+        how = "+".join(name for name, on in (("static", self.fast_captions), ("invariant", self.batches_captions))
+                       if on) or "reference"
+        return caption_flavour(self.model_id, how, self.device.type, str(self.dtype).removeprefix("torch."))
+
+    def caption_images(self, images: list[Image.Image], use_en_prompt: bool, resolution: int) -> list[str]:
+        """The caption the pipeline would write for each image (an empty prompt), in order: in one
+        batched call where the captioner is batch-invariant, else one authors' call per image.
+        Raises PipelineFailed as `run` does."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                if self.runner is not None and self.batches_captions:
+                    return list(self.runner.caption_batch(list(images), use_en_prompt, resolution))
+                return [self._caption_one(image, use_en_prompt, resolution) for image in images]
+        except Exception as exc:
+            log.error("captioning failed", exc_info=exc)
+            self._release(exc)
+            raise PipelineFailed(f"{type(exc).__name__}: {exc}".strip()[:_MAX_ERROR_CHARS]) from exc
+
+    def _caption_one(self, image: Image.Image, use_en_prompt: bool, resolution: int) -> str:
+        if image.mode != "RGBA":
+            image = image.convert("RGBA")  # as `run` hands it to the pipeline
+        if self.runner is not None:  # what the runner's own call does for an empty prompt
+            return self.runner.caption(image, use_en_prompt=use_en_prompt, resolution=resolution)
+        from worker.accel.captioner import prompt_image_for
+
+        # The pipeline's own caption call, on the image its __call__ would caption.
+        prompt_image = prompt_image_for(self.pipe, image, resolution)
+        return self.pipe.get_image_caption(prompt_image, use_en_prompt=use_en_prompt,
+                                           device=self.pipe._execution_device)
+
     def run(
         self,
         image: Image.Image,
         params: DecomposeParams,
         on_step: OnStep | None = None,
         should_stop: ShouldStop | None = None,
+        caption: str | None = None,
     ) -> list[Image.Image]:
         """Decompose `image` into `params.layer_count` RGBA layers, bottom first, each `output_size(...)`.
 
         `on_step(done, total)` is called after every denoising step; `should_stop()` is polled there
         too and returns None to go on, or "canceled" / "time_limit" to stop (the auto-caption phase,
-        before the first step, cannot be interrupted).
+        before the first step, cannot be interrupted). `caption`, for a job with an empty prompt, is
+        the caption already written for it (`caption_images`): the pipeline uses it where it would
+        have captioned, so everything after the caption is the pipeline's own code unchanged.
         """
         import torch
 
@@ -254,6 +325,8 @@ class DecomposePipeline:
                     # The negative-prompt passes run on the pair's other GPU (entered first: a step
                     # cache wraps it, so a reused step skips both branches on both ranks).
                     stack.enter_context(self.cfg.active(self.pipe))
+                if prompt is None and caption is not None:
+                    _hand_over_caption(stack, self.pipe, self.runner, caption)
                 if step_cache is not None:
                     # Two transformer calls per step with CFG: the pipeline's `do_true_cfg`, since the
                     # negative prompt is always a string here.

@@ -1,0 +1,83 @@
+"""A caption written before the pipeline call (by this job, or ahead by another worker) is used
+exactly where the pipeline would write its own: same layers, no second caption. Real tiny pipeline,
+CPU, float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from layerq.params import DecomposeParams  # noqa: E402
+from worker.acceleration import SpeedOptions, prepare  # noqa: E402
+from worker.pipeline import DecomposePipeline  # noqa: E402
+
+PARAMS = DecomposeParams(layers=2, num_inference_steps=2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_dir) -> DecomposePipeline:
+    return DecomposePipeline.load(str(tiny_model_dir), device="cpu")
+
+
+def flat(colour: tuple[int, int, int]) -> Image.Image:
+    return Image.new("RGBA", (96, 96), (*colour, 255))
+
+
+def counting_generate(pipe) -> list[int]:
+    calls: list[int] = []
+    generate = pipe.text_encoder.generate
+    pipe.text_encoder.generate = lambda *a, **k: calls.append(1) or generate(*a, **k)
+    return calls
+
+
+def encoded_prompts(pipe) -> list[str]:
+    """The positive prompts the pipeline encodes (the negative one is `" "`)."""
+    prompts: list[str] = []
+    encode = pipe.encode_prompt
+    pipe.encode_prompt = lambda *a, **k: prompts.append(k.get("prompt", a[0] if a else None)) or encode(*a, **k)
+    return prompts
+
+
+def test_a_handed_over_caption_is_what_the_pipeline_would_have_written(pipeline):
+    image = flat((0, 0, 255))
+    prompts = encoded_prompts(pipeline.pipe)
+    try:
+        own = pipeline.run(image, PARAMS)  # the pipeline captions the image itself
+        caption = pipeline.caption_images([image], True, 640)[0]
+        calls = counting_generate(pipeline.pipe)
+        try:
+            handed = pipeline.run(image, PARAMS, caption=caption)
+            pipeline.run(image, PARAMS, caption="a blue square")
+        finally:
+            del pipeline.pipe.text_encoder.generate
+    finally:
+        del pipeline.pipe.encode_prompt
+    assert calls == [], "a handed-over caption is not written again"
+    assert "get_image_caption" not in pipeline.pipe.__dict__  # handed over for that call only
+    assert [p for p in prompts if p != " "] == [caption, caption, "a blue square"]
+    for a, b in zip(own, handed):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert pipeline.caption_flavour.endswith("|reference|cpu|float32") and not pipeline.batches_captions
+
+
+def test_batched_captions_through_the_runner_match_each_image_alone(pipeline):
+    images = [flat(c) for c in ((255, 0, 0), (0, 200, 0), (250, 250, 0))]
+    alone = pipeline.caption_images(images, True, 640)  # the authors' call, one image at a time
+    pipeline.runner = prepare(pipeline.pipe, SpeedOptions(caption_batch_invariant=True, caption_batch_sizes=(1, 4)))
+    try:
+        assert pipeline.batches_captions and pipeline.caption_flavour.endswith("|invariant|cpu|float32")
+        calls = counting_generate(pipeline.pipe)
+        prompts = encoded_prompts(pipeline.pipe)
+        try:
+            together = pipeline.caption_images(images, True, 640)
+            pipeline.run(images[0], PARAMS, caption=together[0])
+        finally:
+            del pipeline.pipe.text_encoder.generate, pipeline.pipe.encode_prompt
+        assert len(calls) == 1, "three images, one generate"
+        assert together == alone
+        assert [p for p in prompts if p != " "] == [together[0]]  # the fast runner took it too
+    finally:
+        pipeline.runner = None
