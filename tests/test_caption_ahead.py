@@ -109,12 +109,14 @@ def test_waiting_jobs_are_captioned_with_the_first_and_get_their_own_captions(st
 
 def test_faults_while_looking_ahead_leave_every_job_to_run(stack, client, captions, alone):
     """One waiting job's input is unreadable while the first job looks ahead (a symlink loop in the
-    storage directory), another's is missing: the first job still runs, the unreadable one runs once
-    its input is back, and a caption stored for another resolution is not used."""
+    storage directory), another's is missing: the first job still runs and captions the job after
+    them, the unreadable one runs once its input is back, and a caption stored for another
+    resolution is not used."""
     blocker = blocked(client)
     lead = client.submit(flat_png(COLOURS[0]), SLOW_AUTO, cache=False)
     faulty = client.submit(flat_png(COLOURS[1]), AUTO, cache=False)
-    missing = client.submit(flat_png(COLOURS[2]), AUTO, cache=False)
+    missing = client.submit(flat_png((1, 2, 3)), AUTO, cache=False)
+    fine = client.submit(flat_png(COLOURS[2]), AUTO, cache=False)
     stale = client.submit(flat_png(COLOURS[3]), AUTO, cache=False)
 
     root = stack.settings.storage_path
@@ -138,12 +140,15 @@ def test_faults_while_looking_ahead_leave_every_job_to_run(stack, client, captio
     lead_final = client.wait(lead["id"], timeout_s=300)
     assert lead_final["status"] == "succeeded" and lead_final["result"]["caption"] == alone[COLOURS[0]]
     assert captions.get(faulty["id"]) is None and captions.get(missing["id"]) is None
+    assert captions.get(fine["id"])["with"] == lead["id"]  # the look-ahead went on past the faults
     assert captions.get(stale["id"])["text"] == "not this one"  # same flavour: not captioned again
     faulty_final = client.wait(faulty["id"], timeout_s=300)
     assert faulty_final["status"] == "succeeded" and faulty_final["result"]["caption"] == alone[COLOURS[1]]
     assert len(terminal_transitions(stack, faulty["id"])) == 1
     missing_final = client.wait(missing["id"], timeout_s=300)
     assert missing_final["status"] == "failed" and "missing" in missing_final["error"]["message"]
+    fine_final = client.wait(fine["id"], timeout_s=300)
+    assert fine_final["status"] == "succeeded" and fine_final["result"]["caption"] == alone[COLOURS[2]]
     stale_final = client.wait(stale["id"], timeout_s=300)
     assert stale_final["status"] == "succeeded" and stale_final["result"]["caption"] == alone[COLOURS[3]]
 
