@@ -81,3 +81,35 @@ def test_batched_captions_through_the_runner_match_each_image_alone(pipeline):
         assert [p for p in prompts if p != " "] == [together[0]]  # the fast runner took it too
     finally:
         pipeline.runner = None
+
+
+def test_redis_down_while_looking_ahead_means_captioning_alone(pipeline, redis_url, tmp_path):
+    """Looking ahead is on, but Redis (the stored captions, the queues) cannot be reached: the job is
+    still captioned, alone, exactly as without looking ahead."""
+    import dataclasses
+    import io
+    import socket
+
+    import redis
+
+    from layerq.config import Settings
+    from layerq.messages import DecomposeMessage
+    from storage.captions import CaptionStore
+    from storage.jobs import JobStore
+    from storage.services import Services
+    from worker.caption_ahead import caption_for
+    from worker.runtime import WorkerRuntime
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings.from_env({}, redis_url=redis_url, storage_dir=str(tmp_path), caption_ahead="1",
+                                 signing_secret="test")
+    dead = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=0.5)
+    services = dataclasses.replace(Services.open(settings), jobs=JobStore(dead), captions=CaptionStore(dead))
+    rt = WorkerRuntime(services=services, liveness=None, pipeline=pipeline, name="w")
+    image = flat((250, 250, 0))
+    data = io.BytesIO()
+    image.save(data, "PNG")
+    msg = DecomposeMessage(job_id="a" * 32, input_key=f"jobs/{'a' * 32}/input.png", params=PARAMS)
+    assert caption_for(rt, msg, image, data.getvalue()) == pipeline.caption_images([image], True, 640)[0]
