@@ -176,3 +176,26 @@ def test_captions_are_written_only_for_queued_jobs_and_claims_exclude_other_work
     store.release(ids, "w2")
     assert store.claim(ids, "w4", 60, limit=5) == [ids[0], ids[2]]  # offered and released claims are gone
     assert [jobs.get(i)["status"] for i in ids] == ["queued", "running", "queued", "canceled"]  # nothing moved
+
+
+def test_captions_written_ahead_are_used_by_another_worker(make_stack, alone):
+    """Two workers: the first to caption looks ahead, and the other worker runs some of those jobs
+    with the captions it finds."""
+    stack = make_stack(workers=2, storage="local", caption_ahead="1")
+    client = LayerqClient(stack.url, timeout_s=60)
+    captions = CaptionStore(redis.Redis.from_url(stack.settings.redis_url, decode_responses=True),
+                            key_prefix=stack.settings.key_prefix)
+    blockers = [blocked(client), blocked(client)]  # one on each worker
+    lead = client.submit(flat_png(COLOURS[0]), SLOW_AUTO, cache=False)
+    rest = [client.submit(flat_png(c), AUTO, cache=False) for c in COLOURS[1:]]
+    cancel(client, blockers[0]["id"])
+    wait_running(client, lead["id"], min_step=1, timeout_s=300)  # its look-ahead is done
+    cancel(client, blockers[1]["id"])  # the other worker is free while the lead still runs
+
+    finals = [client.wait(j["id"], timeout_s=300) for j in [lead, *rest]]
+    assert [f["result"]["caption"] for f in finals] == [alone[c] for c in COLOURS]
+    assert all(captions.get(j["id"])["with"] == lead["id"] for j in rest)
+    jobs = JobStore.from_url(stack.settings.redis_url, key_prefix=stack.settings.key_prefix)
+    lead_worker = jobs.get(lead["id"])["worker"]
+    assert any(jobs.get(j["id"])["worker"] != lead_worker for j in rest)
+    assert all(len(terminal_transitions(stack, j["id"])) == 1 for j in [lead, *rest])
