@@ -170,6 +170,11 @@ class Settings:
     for decompose and edit workers alike (edit workers: the transformer switches only, worker.accel.editor)."""
     fast_captions: bool = False
     """Static-cache compiled auto-captions, ~8x faster; bf16 rounding changes some captions, so off."""
+    fp8_fast: str = "auto"
+    """FP8 transformer weights for `quality=fast` jobs (worker/accel/fp8.py): `auto` where the card has
+    FP8 matrix units (sm_89+), `on` (also the dequantising reference on a CPU: tests), `off`. An FP8
+    copy is made at start beside the bf16 weights (exact jobs are unchanged): on the GPU under the
+    `full` memory plan where it fits, else pinned on the host (~19 GiB more for the real model)."""
     warmup_buckets: str = "640x4"
     """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
     job_soft_time_limit_s: int = 3000
