@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def test_the_reference_linear_is_close_to_the_full_precision_one():
     with torch.no_grad():
         layer.weight.copy_(torch.randn(384, 512, generator=g) * 0.02)
     x = torch.randn(2, 40, 512, generator=g)
+    torch.set_grad_enabled(False)
     ref = layer(x)
     (converted,) = fp8.convert(torch.nn.Sequential(layer))
     assert converted is layer and isinstance(layer, fp8.Fp8Linear)
@@ -74,6 +76,7 @@ def test_the_reference_linear_is_close_to_the_full_precision_one():
     layer.fp8_weight_only = True  # the modulation path: only the weights rounded
     rel_weight_only = float((layer(x) - ref).norm() / ref.norm())
     assert 0.002 < rel_weight_only < rel
+    torch.set_grad_enabled(True)
 
 
 # --- plan arithmetic -------------------------------------------------------------------------------
@@ -216,6 +219,41 @@ def test_a_streamed_worker_places_fp8_blocks_for_fast_jobs_and_bf16_for_exact_on
     assert np.array_equal(_pixels(exact), _pixels(with_fp8.run(_image(), _params())))
     exact_copied = placement.copier.bytes_copied - copied
     assert 0 < fast_copied < exact_copied  # FP8 blocks stay resident; the bf16 one streams every call
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on CPU needs a C++ compiler")
+def test_compiled_blocks_keep_the_exact_graph_bitwise_after_the_fp8_copy(tiny_model_dir: Path):
+    """The regional compile of a converted transformer runs the same exact computation as before FP8
+    (on the GPU a recompile may still tune kernels differently: bench/GPU_NOTES.md, memory run 4)."""
+    from diffusers import QwenImageLayeredPipeline
+
+    from worker.accel.transformer import compile_blocks, repeated_blocks
+
+    pipe = QwenImageLayeredPipeline.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with torch.inference_mode():
+            out = pipe(image=_image(), prompt="a red poster", negative_prompt=" ", true_cfg_scale=4.0, layers=2,
+                       num_inference_steps=2, resolution=640, generator=torch.Generator().manual_seed(5),
+                       output_type="np")
+        return torch.from_numpy(np.asarray(out.images[0]).copy())
+
+    try:
+        compile_blocks(pipe.transformer)
+        before = run()
+        torch._dynamo.reset()
+        modules = [m for block in repeated_blocks(pipe.transformer) for m in fp8.convert(block)]
+        compile_blocks(pipe.transformer)
+        assert torch.equal(run(), before)
+        for m in modules:
+            m.fp8_on = True
+        assert not torch.equal(run(), before)  # the FP8 graph is another computation
+        for m in modules:
+            m.fp8_on = False
+        assert torch.equal(run(), before)
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.e2e

@@ -295,7 +295,8 @@ class MemoryPlan:
             "resident_blocks": resident,
             "streamed_blocks": fp.transformer_blocks - resident,
             "fp8_copy_gib": round(fp.fp8_copy_bytes / GIB, 2),
-            "fp8_copy_on": "gpu" if self.full else "host (pinned)",
+            # Under `full` the copy sits beside the weights on the device (the host, for a CPU worker).
+            "fp8_copy_on": ("gpu" if self.device_type == "cuda" else "host") if self.full else "host (pinned)",
         }
 
     def text_encoder_placement(self) -> str:
