@@ -121,6 +121,21 @@ def test_the_plan_says_why_fast_jobs_keep_bf16():
     assert (cpu.name, cpu.describe()["fp8_fast_quality"]) == ("full", True)
 
 
+def test_layerq_fp8_fast_is_read_as_auto_on_or_off():
+    from layerq.config import Settings
+    from worker.pipeline import fp8_wanted
+
+    assert Settings.from_env(environ={}).fp8_fast == "auto"
+    assert Settings.from_env(environ={"LAYERQ_FP8_FAST": "off"}).fp8_fast == "off"
+    cpu = torch.device("cpu")
+    assert fp8_wanted("off", cpu) == (False, "off (LAYERQ_FP8_FAST=off)")
+    wanted, why = fp8_wanted("auto", cpu)  # a CPU has no FP8 GEMM: auto keeps fast jobs on bf16
+    assert not wanted and "no CUDA device" in why
+    assert fp8_wanted("on", cpu) == (True, "")  # the dequantising reference (tests)
+    with pytest.raises(ValueError, match="LAYERQ_FP8_FAST must be auto, on or off"):
+        fp8_wanted("yes", cpu)
+
+
 # --- the real tiny pipeline on CPU ---------------------------------------------------------------
 
 
