@@ -20,7 +20,11 @@ graphs compiled during the job, relative error of the final latents against the 
 the same bucket and steps (same seed), and the caption's time and text hash for captioned jobs. A
 50-step figure is extrapolated as e2e + (50 − steps) × median step (steps are steady; GPU_NOTES).
 
+With --fp8 the script measures FP8 weights for `quality=fast` jobs instead (bench/memory_plans_fp8.py:
+full memory and --caps, fast FP8 vs fast bf16, and an exact job's bitwise identity on an FP8 worker).
+
   PYTHONUNBUFFERED=1 python bench/memory_plans_gpu.py --size full --out $OUT
+  PYTHONUNBUFFERED=1 python bench/memory_plans_gpu.py --fp8 --size full --steps 20 --budget-s 250 --out $OUT
   python bench/memory_plans_gpu.py --size tiny --steps 2 --caption-steps 2 --steps-1024 2 --out /tmp/mp  # CPU check
 """
 
@@ -156,7 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-captions", action="store_true", help="skip the auto-captioned jobs")
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    ap.add_argument("--fp8", action="store_true", help="fast jobs with FP8 weights vs bf16 (memory_plans_fp8.py)")
     args = ap.parse_args(argv)
+    if args.fp8:
+        from bench.memory_plans_fp8 import main as fp8_main
+
+        return fp8_main(args)
     t_start, device, res = gt.start(args)
     res["jobs"] = []
 

@@ -180,6 +180,11 @@ class Settings:
     """Most waiting jobs a worker captions ahead along with its own (8 to a batch with the default)."""
     caption_ahead_fetch_s: float = 5.0
     """Longest a worker waits for the waiting jobs' inputs before it captions; slower ones are left out."""
+    fp8_fast: str = "auto"
+    """FP8 transformer weights for `quality=fast` jobs (worker/accel/fp8.py): `auto` where the card has
+    FP8 matrix units (sm_89+), `on` (also the dequantising reference on a CPU: tests), `off`. An FP8
+    copy is made at start beside the bf16 weights (exact jobs are unchanged): on the GPU under the
+    `full` memory plan where it fits, else pinned on the host (~19 GiB more for the real model)."""
     warmup_buckets: str = "640x4"
     """Resolution×layers buckets a CUDA worker compiles and runs once at start (comma-separated)."""
     job_soft_time_limit_s: int = 3000

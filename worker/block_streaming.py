@@ -25,6 +25,12 @@ Phases of one job (the pipeline's own call order), switched by hooks:
             on, the others stream, each prefetched while the block before it computes.
   decode    `vae.decode`: blocks beyond `plan.decode_blocks_for(job)` are dropped to make room.
 
+FP8 for fast jobs (`enable_fp8`): each block also gets a second weight group that shares the block's
+pinned biases and norms with the bf16 group but holds the FP8 copies of its linears instead of their
+bf16 weights. A fast job's denoising phase switches the transformer's stack to those groups (dropping
+whatever the other mode had on the GPU first), so an exact job moves and computes exactly what it did
+before FP8 existed.
+
 On a CPU the same code runs with plain copies (no streams): that is how the tests check that a
 streamed job gives the full-residency job's output exactly.
 """
@@ -82,10 +88,10 @@ class Copier:
 class WeightGroup:
     """Tensors (parameters and buffers) of some modules, pinned on the host, on the device on demand."""
 
-    def __init__(self, modules: list[nn.Module], copier: Copier, pin: bool) -> None:
+    def __init__(self, modules: list[nn.Module], copier: Copier, pin: bool, skip: frozenset[int] = frozenset()) -> None:
         self.copier = copier
         self.tensors: list[torch.Tensor] = []
-        seen: set[int] = set()
+        seen: set[int] = set(skip)  # `skip`: ids of tensors another group holds (FP8 copies)
         for module in modules:
             for t in [*module.parameters(), *module.buffers()]:
                 if id(t) not in seen:
@@ -99,10 +105,35 @@ class WeightGroup:
                     if t.device.type != "cpu":
                         t.data = t.data.to("cpu")
         self.host = [t.data for t in self.tensors]
+        self._init_state()
+
+    def _init_state(self) -> None:
         self.nbytes = sum(h.numel() * h.element_size() for h in self.host)
         self.on_device = False
         self._event: Any = None
         self._waited = True
+
+    @classmethod
+    def derived(cls, base: "WeightGroup", without: set[int], extra: list[torch.Tensor], pin: bool) -> "WeightGroup":
+        """A group with `base`'s tensors except those whose id is in `without`, plus `extra` (moved to
+        their own pinned buffer). The shared tensors keep `base`'s host copy: nothing is pinned twice.
+        `base` must be dropped, and only one of the two may be on the device at a time."""
+        if base.on_device:
+            raise RuntimeError("derive a weight group from a dropped one")
+        group = cls.__new__(cls)
+        group.copier = base.copier
+        kept = [(t, h) for t, h in zip(base.tensors, base.host) if id(t) not in without]
+        group.tensors = list(extra)
+        with torch.inference_mode(False), torch.no_grad():
+            if pin:
+                group._pin_into_slab()
+            else:
+                for t in extra:
+                    t.data = t.data.to("cpu")
+        group.tensors = [t for t, _ in kept] + list(extra)
+        group.host = [h for _, h in kept] + [t.data for t in extra]
+        group._init_state()
+        return group
 
     def _pin_into_slab(self) -> None:
         """Move the tensors into one page-locked host buffer of exactly their size.
@@ -187,12 +218,24 @@ class _StreamedBlock(nn.Module):
 class BlockStack:
     """A ModuleList of equal blocks, some resident on the device and the others streamed."""
 
-    def __init__(self, blocks: nn.ModuleList, copier: Copier, pin: bool) -> None:
-        self.groups = [WeightGroup([b], copier, pin) for b in blocks]
+    def __init__(self, blocks: nn.ModuleList, copier: Copier, pin: bool, skip: frozenset[int] = frozenset()) -> None:
+        self.groups = [WeightGroup([b], copier, pin, skip) for b in blocks]
         for i, block in enumerate(list(blocks)):
             blocks[i] = _StreamedBlock(block, self, i)
         self.resident: set[int] = set()
         self._next_streamed: list[int | None] = [None] * len(self.groups)
+        # Weight modes: "bf16" (the model as loaded) and, once `enable_fp8` ran, "fp8".
+        self.modes: dict[str, list[WeightGroup]] = {"bf16": self.groups}
+        self.mode = "bf16"
+
+    def set_mode(self, mode: str) -> None:
+        """Use the weight groups of `mode` from now on; everything of the other mode is dropped first,
+        so the two never share the GPU (the next `set_resident` loads what the new mode keeps)."""
+        if mode == self.mode:
+            return
+        self.drop_all()
+        self.mode, self.groups = mode, self.modes[mode]
+        self.set_resident(0)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -251,7 +294,12 @@ class PlacedPipeline:
         transformer, text_encoder = pipe.transformer, pipe.text_encoder
         # Weights that stay on the device: the VAE and the transformer's modules outside its blocks.
         blocks = transformer_blocks(transformer)
-        self.transformer_stack = BlockStack(blocks, self.copier, pin)
+        # FP8 copies made before this placement (a benchmark converts the resident model first) are
+        # not part of the bf16 groups; `enable_fp8` gives them their own.
+        from worker.accel.fp8 import converted, fp8_tensors
+
+        made = frozenset(id(t) for t in fp8_tensors(converted(transformer)))
+        self.transformer_stack = BlockStack(blocks, self.copier, pin, made)
         for name, child in transformer.named_children():
             if child is not blocks:
                 child.to(device)
@@ -267,10 +315,38 @@ class PlacedPipeline:
             pipe.vae.enable_tiling()
         self.phase = "idle"
         self.job: tuple[int, int] = plan.sized_for
+        self.fp8_job = False
+        """The current job's denoising uses the FP8 groups (a fast job on a plan with FP8)."""
+        self._pin = pin
         self._install_hooks()
         log.info(
             "memory plan %s: %d GiB pinned on the host, %s", plan.name, plan.pinned_host_bytes // 2**30, plan.describe()
         )
+
+    def enable_fp8(self) -> list[nn.Module]:
+        """Make the FP8 copy of every transformer block (worker/accel/fp8.py), one block at a time on
+        the device (its bf16 weights copied in, quantised, the FP8 tensors pinned on the host), and the
+        weight groups fast jobs stream; returns the converted linears."""
+        from worker.accel import fp8
+
+        stack = self.transformer_stack
+        stack.set_mode("bf16")
+        stack.drop_all()
+        groups, modules = [], []
+        for i, wrapped in enumerate(transformer_blocks(self.pipe.transformer)):
+            base = stack.modes["bf16"][i]
+            converted = fp8.converted(wrapped.block)
+            if not converted:  # quantised from the bf16 weights, on the device
+                base.ready()
+                converted = fp8.convert(wrapped.block)
+                base.drop()
+            replaced = {id(m.weight) for m in converted}
+            groups.append(WeightGroup.derived(base, replaced, fp8.fp8_tensors(converted), self._pin))
+            modules += converted
+        stack.modes["fp8"] = groups
+        log.info("FP8 copy for fast jobs: %.2f GiB pinned on the host (%s)",
+                 sum(g.nbytes for g in groups) / 2**30, fp8.describe(modules))
+        return modules
 
     def replan(self, plan: MemoryPlan) -> None:
         """Switch to another plan of the same model (a benchmark measures several budgets in one
@@ -283,10 +359,12 @@ class PlacedPipeline:
             self.pipe.vae.enable_tiling() if plan.vae_tiling else self.pipe.vae.disable_tiling()
 
     # --- per job ---------------------------------------------------------------------------------
-    def begin_job(self, resolution: int, layers: int) -> None:
-        """Size the denoising phase for this job's bucket (raises PlanDoesNotFit if it cannot run)."""
+    def begin_job(self, resolution: int, layers: int, fp8: bool = False) -> None:
+        """Size the denoising phase for this job's bucket (raises PlanDoesNotFit if it cannot run);
+        `fp8`: a fast job that denoises with the FP8 weights (where the plan has them)."""
         self.plan.resident_blocks_for(resolution, layers)
         self.job = (resolution, layers)
+        self.fp8_job = fp8 and "fp8" in self.transformer_stack.modes
 
     # --- phases ----------------------------------------------------------------------------------
     def enter(self, phase: str) -> None:
@@ -298,15 +376,18 @@ class PlacedPipeline:
             self.text_stack.set_resident(self.plan.caption_text_layers)
         elif phase == "prompt":
             if self.phase != "caption":
-                self.transformer_stack.shrink_to(self.plan.prompt_blocks_for(*self.job))
+                # Counted in the blocks on the GPU now (the previous job's mode).
+                held_fp8 = self.transformer_stack.mode == "fp8"
+                self.transformer_stack.shrink_to(self.plan.prompt_blocks_for(*self.job, fp8=held_fp8))
                 self.text_rest.ready()
                 self.text_stack.set_resident(0)
         elif phase == "denoise":
             self.text_stack.drop_all()
             self.text_rest.drop()
-            self.transformer_stack.set_resident(self.plan.resident_blocks_for(*self.job))
+            self.transformer_stack.set_mode("fp8" if self.fp8_job else "bf16")
+            self.transformer_stack.set_resident(self.plan.resident_blocks_for(*self.job, fp8=self.fp8_job))
         elif phase == "decode":
-            keep = self.plan.decode_blocks_for(*self.job)
+            keep = self.plan.decode_blocks_for(*self.job, fp8=self.transformer_stack.mode == "fp8")
             self.transformer_stack.shrink_to(keep)
         self.phase = phase
 

@@ -17,7 +17,15 @@ Chosen once at worker start from the card's memory (`torch.cuda.mem_get_info`) o
 The arithmetic here is pure (no torch) so it is unit-tested on its own: `choose_plan(budget, footprint,
 buckets)`. Activation sizes are estimated from the model's dimensions with factors fitted to the
 full-size model on an H200 (bench/GPU_NOTES.md, issue 17); everything else is counted from the loaded
-weights. FP8 weights for `quality=fast` jobs are not part of any plan yet (see docs/decisions.md).
+weights.
+
+FP8 for `quality=fast` jobs (`worker/accel/fp8.py`): where the card has FP8 matrix units and the worker
+allows it (`LAYERQ_FP8_FAST`), an FP8 copy of every transformer block's linear weights is made once at
+start, beside the bf16 weights that `exact` and `balanced` jobs keep using unchanged. A plan is still
+chosen for bf16 (every job must fit); fast jobs then place FP8 blocks, about half a bf16 block's bytes,
+so more of them stay resident and the streamed ones copy half the bytes. Under `full` the FP8 copy
+lives on the GPU (only where it fits beside the bf16 weights); under the other plans it is pinned on
+the host next to the bf16 master (`pinned_host_bytes` counts it).
 """
 
 from __future__ import annotations
@@ -73,6 +81,11 @@ class ModelFootprint:
     dtype_bytes: int
     patch_pixels: int = 16
     """Pixels per latent token side: the VAE's 8× times the transformer's 2×2 patches."""
+    fp8_block_bytes: int = 0
+    """A transformer block as a fast job holds it: its linears' FP8 copies (e4m3 + per-row scales) and
+    its other tensors (biases, norms) in bf16; 0: not counted (no FP8)."""
+    fp8_copy_block_bytes: int = 0
+    """The FP8 copy made per block (what FP8 adds to the worker's memory)."""
 
     @property
     def transformer_bytes(self) -> int:
@@ -85,6 +98,14 @@ class ModelFootprint:
     @property
     def total_bytes(self) -> int:
         return self.transformer_bytes + self.text_encoder_bytes + self.vae_bytes
+
+    @property
+    def fp8_copy_bytes(self) -> int:
+        return self.fp8_copy_block_bytes * self.transformer_blocks
+
+    def block_bytes(self, fp8: bool = False) -> int:
+        """One transformer block on the GPU: bf16, or as a fast job with FP8 weights holds it."""
+        return self.fp8_block_bytes if fp8 and self.fp8_block_bytes else self.transformer_block_bytes
 
     def tokens(self, resolution: int, layers: int) -> int:
         """Joint sequence length of a square job: (layers + composite + input image) × patches + text."""
@@ -108,10 +129,13 @@ class ModelFootprint:
 
     @classmethod
     def from_pipeline(cls, pipe: Any) -> "ModelFootprint":
+        from worker.accel.fp8 import converted, fp8_bytes, fp8_tensors
         from worker.block_streaming import text_layers, transformer_blocks
 
+        copies = {id(t) for t in fp8_tensors(converted(pipe.transformer))}
+
         def nbytes(module: Any) -> int:
-            seen: set[int] = set()
+            seen: set[int] = set(copies)  # the bf16 model only, FP8 copies made or not
             total = 0
             for t in [*module.parameters(), *module.buffers()]:
                 if id(t) not in seen:
@@ -122,6 +146,7 @@ class ModelFootprint:
         blocks = transformer_blocks(pipe.transformer)
         layers = text_layers(pipe.text_encoder)
         block_bytes = max(nbytes(b) for b in blocks)
+        replaced, fp8_copy = max(fp8_bytes(b) for b in blocks)
         layer_bytes = max(nbytes(b) for b in layers)
         text_cfg = pipe.text_encoder.config.get_text_config()
         tcfg = pipe.transformer.config
@@ -138,6 +163,8 @@ class ModelFootprint:
             vae_base_dim=int(getattr(pipe.vae.config, "base_dim", 96)),
             dtype_bytes=next(pipe.transformer.parameters()).element_size(),
             patch_pixels=int(pipe.vae_scale_factor) * 2,
+            fp8_block_bytes=block_bytes - replaced + fp8_copy,
+            fp8_copy_block_bytes=fp8_copy,
         )
 
 
@@ -172,6 +199,10 @@ class MemoryPlan:
     vae_tiling: bool = False
     caption_text_layers: int = 0
     notes: tuple[str, ...] = field(default=())
+    fp8: bool = False
+    """Fast jobs run with FP8 transformer weights (see the module doc)."""
+    fp8_why_not: str = ""
+    """Why fast jobs keep bf16 weights, when `fp8` is off."""
 
     @property
     def usable_bytes(self) -> int:
@@ -181,15 +212,19 @@ class MemoryPlan:
     def full(self) -> bool:
         return self.name == "full"
 
-    def denoise_reserve(self, resolution: int, layers: int) -> int:
+    def block_bytes(self, fp8: bool = False) -> int:
+        """One block on the GPU for a job with (`fp8`, a fast job where the plan has FP8) or without."""
+        return self.footprint.block_bytes(fp8 and self.fp8)
+
+    def denoise_reserve(self, resolution: int, layers: int, fp8: bool = False) -> int:
         """GPU bytes a job of this bucket needs besides the resident blocks while denoising."""
         fp = self.footprint
         return (
-            fp.transformer_rest_bytes + fp.vae_bytes + STREAM_BUFFERS * fp.transformer_block_bytes
+            fp.transformer_rest_bytes + fp.vae_bytes + STREAM_BUFFERS * self.block_bytes(fp8)
             + fp.denoise_activation_bytes(resolution, layers)
         )
 
-    def prompt_blocks_for(self, resolution: int, layers: int) -> int:
+    def prompt_blocks_for(self, resolution: int, layers: int, fp8: bool = False) -> int:
         """Transformer blocks that may stay on the GPU while a prompt is encoded (the text encoder's
         other weights, two streamed layers and the activations beside them) and the input image is
         VAE-encoded (one frame); the next denoising phase copies back the ones dropped."""
@@ -200,23 +235,25 @@ class MemoryPlan:
             self.usable_bytes - fp.transformer_rest_bytes - fp.vae_bytes - fp.prompt_activation_bytes()
             - fp.decode_activation_bytes(resolution, 0)
         )
-        return max(0, min(self.resident_blocks_for(resolution, layers), room // fp.transformer_block_bytes))
+        return max(0, min(self.resident_blocks_for(resolution, layers, fp8), room // self.block_bytes(fp8)))
 
-    def resident_blocks_for(self, resolution: int, layers: int) -> int:
+    def resident_blocks_for(self, resolution: int, layers: int, fp8: bool = False) -> int:
         """Transformer blocks kept on the GPU while denoising a job of this bucket; raises
         PlanDoesNotFit when even streaming every block leaves no room for its activations."""
         fp = self.footprint
         if self.full:
             return fp.transformer_blocks
-        room = self.usable_bytes - self.denoise_reserve(resolution, layers)
-        if room < 0:
+        # Every job must fit in bf16 (exact jobs run on the same worker): checked with bf16 blocks.
+        need = self.denoise_reserve(resolution, layers)
+        if self.usable_bytes < need:
             raise PlanDoesNotFit(
-                f"a {resolution}-bucket job with {layers} layers needs {self.denoise_reserve(resolution, layers) / GIB:.1f}"
+                f"a {resolution}-bucket job with {layers} layers needs {need / GIB:.1f}"
                 f" GiB besides the streamed weights; this worker's plan has {self.usable_bytes / GIB:.1f} GiB"
             )
-        return min(fp.transformer_blocks, room // fp.transformer_block_bytes)
+        room = self.usable_bytes - self.denoise_reserve(resolution, layers, fp8)
+        return min(fp.transformer_blocks, room // self.block_bytes(fp8))
 
-    def decode_blocks_for(self, resolution: int, layers: int) -> int:
+    def decode_blocks_for(self, resolution: int, layers: int, fp8: bool = False) -> int:
         """Transformer blocks that may stay on the GPU while the VAE decodes (the rest are dropped and
         copied back by the next job's denoising)."""
         fp = self.footprint
@@ -226,7 +263,7 @@ class MemoryPlan:
             self.usable_bytes - fp.transformer_rest_bytes - fp.vae_bytes
             - self._decode_need(resolution, layers)
         )
-        return max(0, min(self.resident_blocks_for(resolution, layers), room // fp.transformer_block_bytes))
+        return max(0, min(self.resident_blocks_for(resolution, layers, fp8), room // self.block_bytes(fp8)))
 
     def _decode_need(self, resolution: int, layers: int) -> int:
         need = self.footprint.decode_activation_bytes(resolution, layers)
@@ -244,7 +281,23 @@ class MemoryPlan:
         if self.full:
             return 0
         fp = self.footprint
-        return fp.transformer_block_bytes * fp.transformer_blocks + fp.text_encoder_bytes
+        fp8_copy = fp.fp8_copy_bytes if self.fp8 else 0
+        return fp.transformer_block_bytes * fp.transformer_blocks + fp.text_encoder_bytes + fp8_copy
+
+    def fast_jobs(self) -> dict[str, Any]:
+        """What a `quality=fast` job gets under this plan (shown in /healthz)."""
+        fp = self.footprint
+        if not self.fp8:
+            return {"weights": "bf16", "why": self.fp8_why_not}
+        resident = self.resident_blocks_for(*self.sized_for, fp8=True)
+        return {
+            "weights": "fp8 (e4m3, per-row scales)",
+            "resident_blocks": resident,
+            "streamed_blocks": fp.transformer_blocks - resident,
+            "fp8_copy_gib": round(fp.fp8_copy_bytes / GIB, 2),
+            # Under `full` the copy sits beside the weights on the device (the host, for a CPU worker).
+            "fp8_copy_on": ("gpu" if self.device_type == "cuda" else "host") if self.full else "host (pinned)",
+        }
 
     def text_encoder_placement(self) -> str:
         if self.full:
@@ -270,7 +323,8 @@ class MemoryPlan:
             "streamed_blocks": fp.transformer_blocks - resident,
             "text_encoder": self.text_encoder_placement(),
             "vae_tiling": self.vae_tiling,
-            "fp8_fast_quality": False,
+            "fp8_fast_quality": self.fp8,
+            "fast_jobs": self.fast_jobs(),
             "pinned_host_gib": round(self.pinned_host_bytes / GIB, 2),
             "notes": list(self.notes),
         }
@@ -287,7 +341,7 @@ def usable_bytes(budget_bytes: int) -> int:
 
 def choose_plan(
     budget_bytes: int, footprint: ModelFootprint, buckets: tuple[tuple[int, int], ...] = ((640, 4),), *,
-    device_type: str = "cuda", source: str = "card",
+    device_type: str = "cuda", source: str = "card", fp8: bool = False, fp8_why_not: str = "",
 ) -> MemoryPlan:
     """The plan for a card with `budget_bytes` free that must run jobs of every bucket in `buckets`.
 
@@ -295,7 +349,14 @@ def choose_plan(
     block fits) with the text encoder off the GPU between prompts, a caption's text layers as many as fit,
     and VAE tiling where the largest bucket's decode alone would not fit. Raises PlanDoesNotFit when the
     smallest useful placement (every block streamed) cannot hold a bucket's activations.
+
+    `fp8`: the worker wants FP8 weights for fast jobs and its card can run them (else `fp8_why_not`
+    says why not). The placement is chosen for bf16 either way; under `full` FP8 is kept only where
+    its copy fits on the GPU beside the bf16 weights, elsewhere its copy is pinned on the host.
     """
+    if fp8 and not footprint.fp8_block_bytes:
+        fp8, fp8_why_not = False, "the model's FP8 footprint is unknown"
+    fp8_why_not = "" if fp8 else (fp8_why_not or "off")
     if not buckets:
         buckets = ((640, 4),)
     fp = footprint
@@ -306,7 +367,11 @@ def choose_plan(
         for b in buckets
     )
     if usable >= fp.total_bytes + peak:
-        return MemoryPlan("full", budget_bytes, fp, largest, device_type, source)
+        if fp8 and usable < fp.total_bytes + fp.fp8_copy_bytes + peak:
+            fp8, fp8_why_not = False, (
+                f"the FP8 copy ({fp.fp8_copy_bytes / GIB:.1f} GiB) does not fit on the GPU beside the bf16 weights"
+            )
+        return MemoryPlan("full", budget_bytes, fp, largest, device_type, source, fp8=fp8, fp8_why_not=fp8_why_not)
 
     notes = []
     decode_room = usable - fp.transformer_rest_bytes - fp.vae_bytes
@@ -322,7 +387,8 @@ def choose_plan(
         notes.append(
             f"captions stream {fp.text_layers - caption_layers} text-encoder layers per token: auto-captioned jobs are slower"
         )
-    probe = MemoryPlan("partial", budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers))
+    probe = MemoryPlan("partial", budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers),
+                       fp8=fp8)
     for bucket in buckets:
         probe.resident_blocks_for(*bucket)  # raises PlanDoesNotFit for a bucket beyond the budget
     if probe.resident_blocks == 0:
@@ -331,7 +397,8 @@ def choose_plan(
         name = "partial"
     else:
         name = "transformer-resident"  # only the text encoder leaves the GPU between prompts
-    return MemoryPlan(name, budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers), tuple(notes))
+    return MemoryPlan(name, budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers), tuple(notes),
+                      fp8=fp8, fp8_why_not=fp8_why_not)
 
 
 def budget_from(memory_gib: float, device_type: str, card_free_bytes: int | None) -> tuple[int | None, str]:
@@ -346,11 +413,13 @@ def budget_from(memory_gib: float, device_type: str, card_free_bytes: int | None
 
 def plan_for(
     footprint: ModelFootprint, *, memory_gib: float, device_type: str, card_free_bytes: int | None,
-    buckets: tuple[tuple[int, int], ...],
+    buckets: tuple[tuple[int, int], ...], fp8: bool = False, fp8_why_not: str = "",
 ) -> MemoryPlan:
     """The plan a worker starts with; see `budget_from` and `choose_plan`."""
     budget, source = budget_from(memory_gib, device_type, card_free_bytes)
-    if budget is None:
+    if budget is None:  # host memory is the device: the FP8 copy sits beside the weights
         largest = max(buckets or ((640, 4),), key=lambda b: footprint.tokens(*b))
-        return MemoryPlan("full", 0, footprint, largest, device_type, source)
-    return choose_plan(budget, footprint, buckets, device_type=device_type, source=source)
+        return MemoryPlan("full", 0, footprint, largest, device_type, source, fp8=fp8,
+                          fp8_why_not="" if fp8 else (fp8_why_not or "off"))
+    return choose_plan(budget, footprint, buckets, device_type=device_type, source=source, fp8=fp8,
+                       fp8_why_not=fp8_why_not)

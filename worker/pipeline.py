@@ -108,6 +108,22 @@ def _hand_over_caption(stack: contextlib.ExitStack, pipe: Any, runner: Any, capt
     stack.enter_context(patched(pipe, "get_image_caption", lambda *_a, **_k: caption))
     if runner is not None:
         stack.enter_context(patched(runner, "caption", lambda *_a, **_k: caption))
+def fp8_wanted(setting: str, dev: torch.device) -> tuple[bool, str]:
+    """(FP8 weights for fast jobs, why not) from LAYERQ_FP8_FAST: `auto` where the GPU runs row-wise
+    FP8 GEMMs, `on` (the dequantising reference on a CPU; a GPU that cannot run them refuses to
+    start), `off`."""
+    from worker.accel.fp8 import scaled_mm_available
+
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"LAYERQ_FP8_FAST must be auto, on or off, got {setting!r}")
+    if setting == "off":
+        return False, "off (LAYERQ_FP8_FAST=off)"
+    why_not = scaled_mm_available(dev)
+    if setting == "on" and why_not and dev.type == "cuda":
+        raise RuntimeError(f"LAYERQ_FP8_FAST=on, but {why_not}")
+    if setting == "on" or why_not is None:
+        return True, ""
+    return False, why_not
 
 
 def _card_free_bytes(dev: torch.device) -> int | None:
@@ -135,12 +151,15 @@ class DecomposePipeline:
     """worker.block_streaming.PlacedPipeline when the memory plan is not `full`, else None."""
     memory_plan: dict[str, Any] = field(default_factory=dict)
     """The plan's `describe()`: published with the worker's heartbeat (/healthz)."""
+    fp8_modules: list[Any] = field(default_factory=list)
+    """The transformer's linears holding an FP8 copy (worker/accel/fp8.py): fast jobs use it; empty
+    when the plan has no FP8."""
 
     @classmethod
     def load(
         cls, model: str, *, device: str = "auto", cache_dir: Path | str = ".layerq/models",
         speedups: bool = True, fast_captions: bool = False, warmup_buckets: tuple[tuple[int, int], ...] = (),
-        memory_gib: float = 0.0,
+        memory_gib: float = 0.0, fp8_fast: str = "off",
     ) -> DecomposePipeline:
         """Load once per worker process (tens of seconds and ~54 GB for the real model).
 
@@ -148,6 +167,7 @@ class DecomposePipeline:
         `memory_gib` (LAYERQ_GPU_MEMORY_GIB) when > 0, for the warm-up buckets: `full` moves the whole
         pipeline to the device as before; any other plan keeps the big weights in pinned host memory and
         streams them (worker/block_streaming.py). On a CPU without `memory_gib` the plan is `full`.
+        `fp8_fast` (LAYERQ_FP8_FAST: auto, on, off) adds FP8 weights for fast jobs (`fp8_wanted`).
 
         `classic` loads the no-GPU baseline instead (worker.layersets.classic), which has the same
         `run` and needs nothing loaded."""
@@ -166,7 +186,7 @@ class DecomposePipeline:
         pipe = QwenImageLayeredPipeline.from_pretrained(path, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)  # progress goes through on_step, not tqdm on stderr
         loaded = cls.place(pipe, dev, dtype, model_id=model, path=path, memory_gib=memory_gib,
-                           card_free_bytes=card_free, buckets=warmup_buckets)
+                           card_free_bytes=card_free, buckets=warmup_buckets, fp8_fast=fp8_fast)
         loaded.load_s = time.monotonic() - started
         log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, loaded.load_s)
         if loaded.placement is not None and fast_captions:
@@ -181,26 +201,57 @@ class DecomposePipeline:
     def place(
         cls, pipe: Any, dev: torch.device, dtype: torch.dtype, *, model_id: str, path: str, memory_gib: float = 0.0,
         card_free_bytes: int | None = None, buckets: tuple[tuple[int, int], ...] = (), plan: Any = None,
+        fp8_fast: str = "off",
     ) -> DecomposePipeline:
         """Choose the memory plan for a loaded pipeline (on the host or already on `dev`) and apply it;
-        `plan` (a `MemoryPlan`) applies that one instead of choosing."""
+        `plan` (a `MemoryPlan`) applies that one instead of choosing. Where the plan has FP8 for fast
+        jobs, the FP8 copy is made here, once."""
         from worker.memory_plan import ModelFootprint, plan_for
 
         if plan is None:
+            wanted, why_not = fp8_wanted(fp8_fast, dev)
             plan = plan_for(ModelFootprint.from_pipeline(pipe), memory_gib=memory_gib, device_type=dev.type,
-                            card_free_bytes=card_free_bytes, buckets=tuple(buckets) or ((640, 4),))
+                            card_free_bytes=card_free_bytes, buckets=tuple(buckets) or ((640, 4),),
+                            fp8=wanted, fp8_why_not=why_not)
         placement = None
+        modules: list[Any] = []
         if plan.full:
             pipe.to(dev)
+            if plan.fp8:
+                from worker.accel import fp8
+                from worker.block_streaming import transformer_blocks
+
+                modules = [m for block in transformer_blocks(pipe.transformer) for m in fp8.convert(block)]
         else:
             from worker.block_streaming import PlacedPipeline
 
             placement = PlacedPipeline(pipe, plan, dev)
+            if plan.fp8:
+                modules = placement.enable_fp8()
         if dev.type == "cuda":
             _caption_without_cudnn_attention(pipe)
         log.info("memory plan: %s", plan.describe())
         return cls(pipe=pipe, device=dev, dtype=dtype, model_id=model_id, path=path, placement=placement,
-                   memory_plan=plan.describe())
+                   memory_plan=plan.describe(), fp8_modules=modules)
+
+    @contextlib.contextmanager
+    def weights_for(self, fp8: bool) -> Any:
+        """The transformer runs the calls inside with its FP8 copy when `fp8` (a fast job on a worker
+        with FP8), else with its bf16 weights, exactly as a worker without FP8 does."""
+        fp8 = fp8 and bool(self.fp8_modules)
+        placement = self.placement
+        before = placement.fp8_job if placement is not None else False
+        if placement is not None:
+            placement.fp8_job = fp8  # the denoising phase places FP8 or bf16 blocks
+        for m in self.fp8_modules:
+            m.fp8_on = fp8
+        try:
+            yield
+        finally:
+            for m in self.fp8_modules:
+                m.fp8_on = False
+            if placement is not None:
+                placement.fp8_job = before
 
     def _accelerate(self, fast_captions: bool, warmup_buckets: tuple[tuple[int, int], ...]) -> None:
         """Lossless speed-ups (bench/GPU_NOTES.md), then a warm-up per configured bucket so the first
@@ -220,6 +271,9 @@ class DecomposePipeline:
             # first real job fails, and it would recompile then (seen on an H200: first job 1.14x).
             with torch.inference_mode():
                 self.runner.warmup(list(warmup_buckets), captions=fast_captions)
+                if self.fp8_modules:  # the FP8 path's own compiled graphs, now and not in a fast job
+                    with self.weights_for(True):
+                        self.runner.warmup(list(warmup_buckets), captions=False)
             torch.cuda.empty_cache()
         self.warmup_s = time.monotonic() - started
         log.info("speed-ups on (%s); warm-up %.1f s", options.describe(), self.warmup_s)
@@ -305,22 +359,24 @@ class DecomposePipeline:
                 "num_inference_steps must be at least 2 with this model's scheduler", field="num_inference_steps"
             )
 
+        # `quality` other than "exact" runs fewer steps and/or reuses transformer outputs (lossy);
+        # `fast` also runs the FP8 weights where this worker has them.
+        mode = quality_mode(params.quality)
         if self.placement is not None:
             from worker.memory_plan import PlanDoesNotFit
 
             try:
-                self.placement.begin_job(params.resolution, params.layer_count)
+                self.placement.begin_job(params.resolution, params.layer_count, fp8=mode.fp8_weights)
             except PlanDoesNotFit as exc:
                 raise PipelineFailed(f"this worker's memory plan cannot run the job: {exc}") from None
         # Whitespace-only counts as empty: the pipeline then writes its own caption (None, "" or " ").
         prompt = params.prompt if params.prompt.strip() else None
-        # `quality` other than "exact" runs fewer steps and/or reuses transformer outputs (lossy).
-        mode = quality_mode(params.quality)
         steps = mode.steps(params.num_inference_steps)
         step_cache = mode.step_cache()
         started = time.monotonic()
         try:
             with torch.inference_mode(), contextlib.ExitStack() as stack:
+                stack.enter_context(self.weights_for(mode.fp8_weights))
                 if self.cfg is not None and params.true_cfg_scale > 1:
                     # The negative-prompt passes run on the pair's other GPU (entered first: a step
                     # cache wraps it, so a reused step skips both branches on both ranks).

@@ -98,6 +98,8 @@ def start(settings: Settings, app: Celery, queues: set[str], name: str | None = 
             settings.model, device=device, cache_dir=settings.model_cache_dir,
             speedups=settings.gpu_speedups, fast_captions=settings.fast_captions,
             warmup_buckets=settings.warmup_bucket_list, memory_gib=settings.gpu_memory_gib,
+            # A CFG-parallel pair's follower runs bf16: its negative branch would not match a FP8 one.
+            fp8_fast="off" if settings.cfg_parallel_peer else settings.fp8_fast,
         )
         if settings.cfg_parallel_peer:
             from worker.cfg_follower import connect_leader

@@ -80,7 +80,7 @@ class SpeedOptions:
     step_cache_window: tuple[float, float] = (0.2, 0.8)
     """Fraction of the schedule (start, end) where step caching may reuse outputs."""
     fp8_weights: bool = False
-    """Quantize the transformer blocks' linear layers to FP8 (torchao, dynamic per-row activations)."""
+    """Every call on FP8 weights with dynamic per-row activations (worker/accel/fp8.py, no torchao)."""
 
     @classmethod
     def for_device(cls, device: str | torch.device) -> "SpeedOptions":

@@ -3,7 +3,7 @@
 Regional compilation compiles the repeated `QwenImageTransformerBlock` instead of the whole model:
 with PyTorch's inlined nn-module parameters all 60 blocks share one compiled graph, so the compile
 costs one block's worth of time, and the code outside the blocks (RoPE tables, timestep embedding)
-stays eager. Every change here can be undone except FP8, which replaces the weights.
+stays eager. Every change here can be undone except FP8, which adds an FP8 copy of the weights.
 """
 
 from __future__ import annotations
@@ -46,22 +46,17 @@ def uncompile_blocks(transformer) -> None:
 
 
 def quantize_fp8(transformer) -> int:
-    """FP8 (e4m3) weights with dynamic per-row FP8 activations for the blocks' linear layers (torchao).
+    """FP8 (e4m3) weights with dynamic per-row FP8 activations for every call of the blocks' linears
+    (worker/accel/fp8.py; the modulation linears weight-only), from now on: `SpeedOptions.fp8_weights`.
 
-    Lossy and irreversible: the bf16 weights are replaced. Needs a GPU with FP8 matrix units (sm_89+).
-    Returns the number of linear layers converted.
-    """
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    Lossy. The bf16 weights stay (the worker serves exact jobs from them: `DecomposePipeline.weights_for`);
+    this switch is the benchmark's always-on form. Returns the number of linear layers converted."""
+    from . import fp8
 
-    def is_big_linear(module, fqn):
-        # The modulation linears see one token per image: FP8 would save nothing there.
-        return isinstance(module, torch.nn.Linear) and "_mod" not in fqn
-
-    count = 0
-    for block in repeated_blocks(transformer):
-        count += sum(is_big_linear(m, n) for n, m in block.named_modules())
-        quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_big_linear)
-    return count
+    modules = [m for block in repeated_blocks(transformer) for m in fp8.convert(block)]
+    for m in modules:
+        m.fp8_on = True
+    return len(modules)
 
 
 def _gelu_linear_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -72,7 +67,9 @@ def _gelu_linear_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     GELU pass (~10 ms per transformer call on an H100, run 6). On CPU the same op means the exact
     (erf) GELU, which is not this model's, so CPU keeps the module's own forward."""
     proj = self.proj
-    if hidden_states.is_cuda and self.approximate == "tanh" and proj.bias is not None:
+    # A fast job on FP8 weights goes through the module's own forward (proj is then an FP8 GEMM).
+    fp8_on = getattr(proj, "fp8_on", False)
+    if hidden_states.is_cuda and self.approximate == "tanh" and proj.bias is not None and not fp8_on:
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
         out = torch._addmm_activation(proj.bias, flat, proj.weight.t(), use_gelu=True)
         return out.view(*hidden_states.shape[:-1], out.shape[-1])
