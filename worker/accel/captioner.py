@@ -1,17 +1,19 @@
 """Fast auto-captions with the pipeline's own text encoder, producing the captions it would produce.
 
 `QwenImageLayeredPipeline.get_image_caption` runs one `generate` per image with a dynamic KV cache.
-The `Captioner` runs the same prompt, image preprocessing and generation settings, with three changes
-that leave the result alone: a static KV cache with compiled decoding (fixed shapes, so one CUDA-graph
-replay per token), several images in one left-padded `generate` (decoding reads the weights once per
-token for the whole batch), and a cache keyed by the image's content hash and language.
+The `Captioner` runs the same prompt, image preprocessing and generation settings, and caches captions
+by the image's content hash and language. Two ways to make them fast:
 
-"Same" is exact in float32 (tests/test_acceleration.py: token for token on CPU). In bf16 on a GPU the
-static cache, the compiled kernels and the batch shape each round differently from the eager batch-1
-call, and greedy decoding turns a flipped near-tie into a different continuation: on the random-weight
-benchmark model the first differing token came at position 4-31 of 512 (bench/GPU_NOTES.md). With
-`caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,)` the captioner makes
-exactly the authors' call (bit-identical on the same GPU) and keeps only the cache.
+* `caption_batch_invariant` (worker/accel/caption_decode.py): each image prefilled alone, then all
+  decoded together in a fixed batch with one CUDA-graph step per token. An image's tokens do not depend
+  on its batch-mates or on earlier calls (bf16 on an H200: bench/GPU_NOTES.md, run 14).
+* `generate` with a static KV cache and compiled decoding, several images in one left-padded batch. In
+  bf16 on a GPU this is not invariant: the same call repeated gave other tokens (GPU_NOTES, runs 12-13).
+
+"Same as the authors" is exact in float32 for both (tests: token for token on CPU). In bf16 on a GPU any
+other kernel shape rounds differently and greedy decoding turns a flipped near-tie into another
+continuation. With `caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,)` and the
+invariant mode off, the captioner makes exactly the authors' call and keeps only the cache.
 """
 
 from __future__ import annotations
