@@ -142,3 +142,22 @@ def test_a_config_that_is_not_greedy_falls_back_to_generate(pipe):
     finally:
         gc.no_repeat_ngram_size = 0
     assert captioner._decoders == {}
+
+
+def test_streamed_text_layers_decode_eagerly_with_the_same_tokens(pipe):
+    """Under a memory plan the decoder layers are streaming wrappers whose weights move: the decode
+    calls them as modules (their fetch runs) and never captures a graph; the tokens stay the same."""
+    from worker.accel.caption_decode import layers_are_resident
+    from worker.block_streaming import PlacedPipeline, text_layers
+    from worker.memory_plan import MemoryPlan, ModelFootprint
+
+    streamed_pipe = _pipe(torch.float32)
+    images = _images(streamed_pipe)[:3]
+    expected = _captioner(pipe).generate_ids(images, True, TOKENS)
+    plan = MemoryPlan("partial", 8 * 2**30, ModelFootprint.from_pipeline(streamed_pipe), (640, 2), device_type="cpu")
+    placed = PlacedPipeline(streamed_pipe, plan, torch.device("cpu"))
+    assert not layers_are_resident(text_layers(streamed_pipe.text_encoder))
+    assert layers_are_resident(text_layers(pipe.text_encoder))
+    copied = placed.copier.bytes_copied
+    assert _captioner(streamed_pipe).generate_ids(images, True, TOKENS) == expected
+    assert placed.copier.bytes_copied > copied, "the streamed layers were fetched"
