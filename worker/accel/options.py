@@ -96,8 +96,9 @@ class SpeedOptions:
             compile_tune_kernels=True,
             attention_backend="auto",
             cache_negative_embeds=True,
-            caption_static_cache=True,
-            caption_compile=True,
+            # Batch-invariant captions (token-identical alone, in any batch, call after call; run 14):
+            # the worker captions queued auto-caption jobs together with them.
+            caption_batch_invariant=True,
             caption_cache_entries=1024,
         )
 
