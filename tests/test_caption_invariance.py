@@ -105,10 +105,9 @@ def test_same_tokens_alone_in_any_batch_and_run_after_run(dtype):
 
 def test_prompts_too_long_for_the_base_length_decode_at_their_own(pipe):
     images = _images(pipe)[:5]
-    lengths = [
-        int(pipe.vl_processor(text=[pipe.image_caption_prompt_en], images=[im], return_tensors="pt")["input_ids"].shape[1])
-        for im in images
-    ]
+    prompt = pipe.image_caption_prompt_en
+    lengths = [int(pipe.vl_processor(text=[prompt], images=[im], return_tensors="pt")["input_ids"].shape[1])
+               for im in images]
     base = sorted(lengths)[2] + TOKENS  # some prompts fit, the others need a longer buffer
     groups = {fixed_length(n, TOKENS, base) for n in lengths}
     assert len(groups) == 2 and base in groups

@@ -161,7 +161,9 @@ class Captioner:
                     self.generate_calls += 1
         return results  # type: ignore[return-value]
 
-    def _generate(self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    def _generate(
+        self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int, batch_size: int
+    ) -> list[list[int]]:
         """One `generate` over `prompt_images` padded to `batch_size` rows."""
         pipe = self.pipe
         n = len(prompt_images)
