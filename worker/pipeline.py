@@ -155,7 +155,7 @@ class DecomposePipeline:
         if loaded.placement is not None and fast_captions:
             # The decode step's CUDA graph keeps the weights' addresses; streamed weights move, and the
             # decode streaming all layers per token would be slower than the authors' call.
-            log.warning("fast captions are off under memory plan %s", loaded.memory_plan["name"])
+            log.info("fast captions are off under memory plan %s", loaded.memory_plan["name"])  # by design
             fast_captions = False
         if speedups and dev.type == "cuda":
             loaded._accelerate(fast_captions, warmup_buckets)
