@@ -60,7 +60,7 @@ def test_speed_options_are_all_off_on_cpu():
     assert cpu == SpeedOptions()
     assert not cpu.any_enabled and not cpu.lossy
     cuda = SpeedOptions.for_device("cuda")
-    assert cuda.compile_blocks and cuda.cache_negative_embeds and cuda.caption_compile
+    assert cuda.compile_blocks and cuda.cache_negative_embeds and cuda.caption_batch_invariant
     assert not cuda.lossy, "lossy switches are never on by default"
 
 

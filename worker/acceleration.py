@@ -17,7 +17,8 @@ and, when several queued jobs have an empty prompt, before running them::
 
     fast.caption_batch([job.image for job in queued], use_en_prompt=True, resolution=640)
 
-which captions them in one batched `generate` and caches the captions, so each job's `fast(...,
+which captions them together (on CUDA with the batch-invariant decoder, worker/accel/caption_decode.py:
+each image gets the caption it would get alone) and caches the captions, so each job's `fast(...,
 prompt="")` finds its caption without generating. On CPU `SpeedOptions.for_device("cpu")` is all off
 and `fast(...)` is exactly `pipe(...)`. Measurements: bench/GPU_NOTES.md. Code: `worker/accel/`.
 """

@@ -190,8 +190,9 @@ class DecomposePipeline:
         loaded.load_s = time.monotonic() - started
         log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, loaded.load_s)
         if loaded.placement is not None and fast_captions:
-            # Compiled static-cache decoding keeps the weights' addresses; streamed weights move.
-            log.warning("fast captions are off under memory plan %s", loaded.memory_plan["name"])
+            # The decode step's CUDA graph keeps the weights' addresses; streamed weights move, and the
+            # decode streaming all layers per token would be slower than the authors' call.
+            log.info("fast captions are off under memory plan %s", loaded.memory_plan["name"])  # by design
             fast_captions = False
         if speedups and dev.type == "cuda":
             loaded._accelerate(fast_captions, warmup_buckets)
@@ -255,15 +256,17 @@ class DecomposePipeline:
 
     def _accelerate(self, fast_captions: bool, warmup_buckets: tuple[tuple[int, int], ...]) -> None:
         """Lossless speed-ups (bench/GPU_NOTES.md), then a warm-up per configured bucket so the first
-        user job runs at steady-state speed. Fast captions are opt-in: on the GPU their bf16 rounding
-        picks different tokens than the authors' call on some images."""
+        user job runs at steady-state speed. Fast captions (on by default) are batch-invariant: an image's
+        caption does not depend on its batch-mates or on earlier calls, though in bf16 it can differ from
+        the authors' one-at-a-time call; off, the worker makes exactly the authors' call."""
         import torch
 
         from worker.acceleration import SpeedOptions, prepare
 
         options = SpeedOptions.for_device(self.device)
         if not fast_captions:
-            options = options.replace(caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,))
+            options = options.replace(caption_batch_invariant=False, caption_static_cache=False,
+                                      caption_compile=False, caption_batch_sizes=(1,))
         self.runner = prepare(self.pipe, options)
         started = time.monotonic()
         if warmup_buckets:

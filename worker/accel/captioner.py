@@ -1,28 +1,33 @@
 """Fast auto-captions with the pipeline's own text encoder, producing the captions it would produce.
 
 `QwenImageLayeredPipeline.get_image_caption` runs one `generate` per image with a dynamic KV cache.
-The `Captioner` runs the same prompt, image preprocessing and generation settings, with three changes
-that leave the result alone: a static KV cache with compiled decoding (fixed shapes, so one CUDA-graph
-replay per token), several images in one left-padded `generate` (decoding reads the weights once per
-token for the whole batch), and a cache keyed by the image's content hash and language.
+The `Captioner` runs the same prompt, image preprocessing and generation settings, and caches captions
+by the image's content hash and language. Two ways to make them fast:
 
-"Same" is exact in float32 (tests/test_acceleration.py: token for token on CPU). In bf16 on a GPU the
-static cache, the compiled kernels and the batch shape each round differently from the eager batch-1
-call, and greedy decoding turns a flipped near-tie into a different continuation: on the random-weight
-benchmark model the first differing token came at position 4-31 of 512 (bench/GPU_NOTES.md). With
-`caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,)` the captioner makes
-exactly the authors' call (bit-identical on the same GPU) and keeps only the cache.
+* `caption_batch_invariant` (worker/accel/caption_decode.py): each image prefilled alone, then all
+  decoded together in a fixed batch with one CUDA-graph step per token. An image's tokens do not depend
+  on its batch-mates or on earlier calls (bf16 on an H200: bench/GPU_NOTES.md, run 14).
+* `generate` with a static KV cache and compiled decoding, several images in one left-padded batch. In
+  bf16 on a GPU this is not invariant: the same call repeated gave other tokens (GPU_NOTES, runs 12-13).
+
+"Same as the authors" is exact in float32 for both (tests: token for token on CPU). In bf16 on a GPU any
+other kernel shape rounds differently and greedy decoding turns a flipped near-tie into another
+continuation. With `caption_static_cache=False, caption_compile=False, caption_batch_sizes=(1,)` and the
+invariant mode off, the captioner makes exactly the authors' call and keeps only the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections import OrderedDict
 
 import torch
 
 from .options import CAPTION_MAX_NEW_TOKENS, SpeedOptions
+
+log = logging.getLogger(__name__)
 
 
 def prompt_image_for(pipe, image, resolution: int):
@@ -50,6 +55,7 @@ class Captioner:
         self.hits = 0
         self.misses = 0
         self.generate_calls = 0
+        self._decoders: dict = {}  # key length -> caption_decode.FixedBatchDecoder (batch-invariant mode)
 
     # --- public ----------------------------------------------------------------------------------
     def caption(self, image, use_en_prompt: bool = False, resolution: int = 640) -> str:
@@ -90,11 +96,14 @@ class Captioner:
         return results  # type: ignore[return-value]
 
     def warmup(self, resolution: int = 640, batch_sizes: tuple[int, ...] | None = None) -> None:
-        """Compile and record decoding for each batch shape (a few tokens each; not cached)."""
+        """Compile and record decoding for each batch shape (a few tokens each; not cached); in the
+        batch-invariant mode, capture its decode step's CUDA graph."""
         from PIL import Image
 
         dummy = Image.new("RGBA", (resolution, resolution), (120, 80, 40, 255))
         prompt_image = prompt_image_for(self.pipe, dummy, resolution)
+        if self.options.caption_batch_invariant:  # one shape for every batch: one image captures it
+            batch_sizes = (1,)
         for size in batch_sizes or self.options.caption_batch_sizes:
             self.generate_ids([prompt_image] * size, True, max_new_tokens=8)
 
@@ -106,66 +115,78 @@ class Captioner:
     def generate_ids(self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int) -> list[list[int]]:
         """New-token ids per image (batch padded up to a configured size).
 
-        With `caption_batch_invariant` every image is captioned in a fixed shape that depends on its own
-        prompt length only (see `_invariant_groups`), so its tokens do not depend on its batch-mates."""
-        if not self.options.caption_batch_invariant:
-            return self._generate(prompt_images, use_en_prompt, max_new_tokens, self._bucket(len(prompt_images)))
-        results: list[list[int] | None] = [None] * len(prompt_images)
-        size = max(self.options.caption_batch_sizes or (1,))
-        for length, indices in self._invariant_groups(prompt_images, use_en_prompt).items():
-            for start in range(0, len(indices), size):
-                chunk = indices[start : start + size]
-                ids = self._generate([prompt_images[i] for i in chunk], use_en_prompt, max_new_tokens, size, length)
-                for i, row in zip(chunk, ids):
-                    results[i] = row
-        return results  # type: ignore[return-value]
+        With `caption_batch_invariant` the images go through `worker.accel.caption_decode` instead of
+        `generate`: each image's tokens then do not depend on its batch-mates or on earlier calls."""
+        if self.options.caption_batch_invariant:
+            return self._invariant_ids(prompt_images, use_en_prompt, max_new_tokens)
+        return self._generate(prompt_images, use_en_prompt, max_new_tokens, self._bucket(len(prompt_images)))
 
     def _prompt(self, use_en_prompt: bool) -> str:
         return self.pipe.image_caption_prompt_en if use_en_prompt else self.pipe.image_caption_prompt_cn
 
-    def _invariant_groups(self, prompt_images: list, use_en_prompt: bool) -> dict[int, list[int]]:
-        """Images grouped by the fixed prompt length each one is left-padded to: the static cache's
-        prompt room (`caption_max_cache_len` - 512) when it fits, else its own length rounded up to
-        256. A row's padding, positions and every GEMM/attention shape then depend on nothing but itself."""
-        room = self.options.caption_max_cache_len - CAPTION_MAX_NEW_TOKENS
-        prompt = self._prompt(use_en_prompt)
-        groups: dict[int, list[int]] = {}
-        for i, image in enumerate(prompt_images):
-            n = int(self.pipe.vl_processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1])
-            length = room if n <= room else -(-n // 256) * 256
-            groups.setdefault(length, []).append(i)
-        return groups
+    def _invariant_ids(self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int) -> list[list[int]]:
+        """Batch-1 prefill per image, then decoding in a fixed batch at a key length fixed by the
+        row's own prompt length (`caption_max_cache_len` when it fits)."""
+        from .caption_decode import FixedBatchDecoder, Selection, Unsupported, fixed_length, prefill
+
+        pipe, te = self.pipe, self.pipe.text_encoder
+        try:
+            selection = Selection.from_config(te.generation_config)
+        except Unsupported as exc:  # a model whose captions are not greedy: the authors' call, unbatched
+            log.warning("batch-invariant captions unavailable (%s); captioning with generate", exc)
+            return [self._generate([p], use_en_prompt, max_new_tokens, 1)[0] for p in prompt_images]
+        device = pipe._execution_device
+        batch = max(self.options.caption_batch_sizes or (1,))
+        results: list[list[int] | None] = [None] * len(prompt_images)
+        with contextlib.ExitStack() as stack:
+            if device.type == "cuda":
+                # One kernel per prompt length in the prefill; cuDNN would plan each length anew.
+                stack.enter_context(no_cudnn_sdpa())
+            rows = []
+            for image in prompt_images:
+                inputs = pipe.vl_processor(text=[self._prompt(use_en_prompt)], images=[image], return_tensors="pt")
+                rows.append(prefill(te, inputs.to(device), selection))
+            groups: dict[int, list[int]] = {}
+            for i, row in enumerate(rows):
+                length = fixed_length(row.length, max_new_tokens, self.options.caption_max_cache_len)
+                groups.setdefault(length, []).append(i)
+            for length, indices in sorted(groups.items()):
+                decoder = self._decoders.get(length)
+                if decoder is None or decoder.batch != batch:
+                    decoder = self._decoders[length] = FixedBatchDecoder(te, selection, batch, length)
+                for start in range(0, len(indices), batch):
+                    chunk = indices[start : start + batch]
+                    for i, ids in zip(chunk, decoder.decode([rows[i] for i in chunk], max_new_tokens)):
+                        results[i] = ids
+                    self.generate_calls += 1
+        return results  # type: ignore[return-value]
 
     def _generate(
-        self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int, batch_size: int,
-        prompt_len: int | None = None,
+        self, prompt_images: list, use_en_prompt: bool, max_new_tokens: int, batch_size: int
     ) -> list[list[int]]:
-        """One `generate` over `prompt_images` padded to `batch_size` rows (and to `prompt_len` tokens)."""
+        """One `generate` over `prompt_images` padded to `batch_size` rows."""
         pipe = self.pipe
         n = len(prompt_images)
         batch = list(prompt_images) + [prompt_images[-1]] * (batch_size - n)
         device = pipe._execution_device
-        padding = {"padding": True} if prompt_len is None else {"padding": "max_length", "max_length": prompt_len}
         inputs = pipe.vl_processor(
             text=[self._prompt(use_en_prompt)] * len(batch),
             images=batch,
+            padding=True,
             padding_side="left",
             return_tensors="pt",
-            **padding,
         ).to(device)
         self._use_unused_pad_id(inputs)
         kwargs = {"max_new_tokens": max_new_tokens}
         if self.options.caption_static_cache:
             kwargs["cache_implementation"] = "static"
-            kwargs["max_cache_len"] = max(self.options.caption_max_cache_len, (prompt_len or 0) + max_new_tokens)
+            kwargs["max_cache_len"] = self.options.caption_max_cache_len
             kwargs["disable_compile"] = not self.options.caption_compile
         # Decoding with a growing KV cache on CUDA: keep cuDNN attention out (see no_cudnn_sdpa).
         growing = device.type == "cuda" and not self.options.caption_static_cache
         with contextlib.ExitStack() as stack:
             if growing:
                 stack.enter_context(no_cudnn_sdpa())
-            if prompt_len is not None:
-                stack.enter_context(per_image_vision(pipe.text_encoder))
             out = pipe.text_encoder.generate(**inputs, **kwargs)
         self.generate_calls += 1
         new_tokens = out[:n, inputs["input_ids"].shape[1] :]
@@ -199,39 +220,6 @@ class Captioner:
         if self.options.caption_cache_entries <= 0:
             return None
         return self._cache.get(image_key(prompt_image_for(self.pipe, image, resolution), use_en_prompt))
-
-
-@contextlib.contextmanager
-def per_image_vision(text_encoder):
-    """Run Qwen2.5-VL's vision tower one image at a time inside the block.
-
-    It normally encodes all of a batch's images as one concatenated patch sequence, so its GEMMs' row
-    count (and the kernel cuBLAS picks) depends on the batch-mates; one image at a time, an image's
-    features depend on nothing but the image. Only `pooler_output` (what the language model reads) is
-    assembled for the whole batch."""
-    model = getattr(text_encoder, "model", None)
-    original = getattr(model, "get_image_features", None)
-    if original is None:
-        yield
-        return
-
-    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-        if image_grid_thw is None or len(image_grid_thw) <= 1:
-            return original(pixel_values, image_grid_thw, **kwargs)
-        rows = image_grid_thw.prod(-1).tolist()
-        pooled, start, out = [], 0, None
-        for i, n in enumerate(rows):
-            out = original(pixel_values[start : start + n], image_grid_thw[i : i + 1], **kwargs)
-            pooled.extend(out.pooler_output)
-            start += n
-        out.pooler_output = tuple(pooled)
-        return out
-
-    model.get_image_features = get_image_features
-    try:
-        yield
-    finally:
-        del model.get_image_features
 
 
 def no_cudnn_sdpa() -> contextlib.AbstractContextManager:

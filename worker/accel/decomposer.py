@@ -175,7 +175,8 @@ class FastDecomposer(TransformerSwitches):
         return self.captioner.caption(image, use_en_prompt, resolution)
 
     def caption_batch(self, images: list, use_en_prompt: bool = False, resolution: int = 640) -> list[str]:
-        """Caption several queued jobs' images in one batched `generate`; results are cached."""
+        """Caption several queued jobs' images together (one batched `generate`, or the batch-invariant
+        decoder with `caption_batch_invariant`); results are cached."""
         return self.captioner.caption_batch(images, use_en_prompt, resolution)
 
     # --- warm-up ---------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ class FastDecomposer(TransformerSwitches):
                 )
                 _sync()
                 self.warmup_s[f"decompose {resolution}/{layers} {size[0]}x{size[1]}"] = time.perf_counter() - t0
-        if captions and self.options.caption_static_cache and buckets:
+        if captions and (self.options.caption_static_cache or self.options.caption_batch_invariant) and buckets:
             t0 = time.perf_counter()
             self.captioner.warmup(max(r for r, _ in buckets))
             _sync()

@@ -62,9 +62,11 @@ class SpeedOptions:
     """Static-cache length in tokens (prompt + 512 new); fixed so every call reuses one compiled graph.
     Real tokenizer: ~1.2 k at the 640 bucket, ~2.0 k at 1024. A longer input grows it and recompiles."""
     caption_batch_invariant: bool = False
-    """Caption every image in a shape fixed by its own prompt length (batch padded to the largest of
-    `caption_batch_sizes`, prompt left-padded to the cache's prompt room, vision tower per image), so an
-    image gets the same tokens alone or in any batch (not the authors' tokens: bf16 rounds differently)."""
+    """Caption with our own greedy decode loop (worker/accel/caption_decode.py) instead of `generate`:
+    each image prefilled alone, all decoded in a fixed batch of max(`caption_batch_sizes`) against a key
+    length of `caption_max_cache_len` (a longer prompt: its own need rounded up to 1024), one CUDA-graph
+    step per token. An image then gets the same tokens alone, in any batch and call after call (in bf16
+    not necessarily the authors' tokens). `caption_static_cache` and `caption_compile` do not apply."""
     caption_cache_entries: int = 0
     """Size of the caption cache keyed by image content hash and language; 0 turns it off."""
 
@@ -94,8 +96,9 @@ class SpeedOptions:
             compile_tune_kernels=True,
             attention_backend="auto",
             cache_negative_embeds=True,
-            caption_static_cache=True,
-            caption_compile=True,
+            # Batch-invariant captions (token-identical alone, in any batch, call after call; run 14):
+            # the worker captions queued auto-caption jobs together with them.
+            caption_batch_invariant=True,
             caption_cache_entries=1024,
         )
 

@@ -1,0 +1,294 @@
+"""Batch-invariant greedy captions: our own decode loop over the text encoder's own layers.
+
+Why not `generate`: with a static cache and torch.compile ("reduce-overhead"), the IDENTICAL call repeated
+in one process gave other tokens in bf16 on an H200 (bench/GPU_NOTES.md, runs 12-13), and batch shapes
+change the kernels. Here every image's arithmetic depends on nothing but the image:
+
+1. prefill: one image at a time at batch 1, no padding, the model's own eager forward. Its shapes depend
+   only on the image's token count. Out come the row's KV, its last-token logits and its M-RoPE delta.
+2. the row's KV is copied into static per-layer buffers [batch, kv_heads, length, head_dim] at [0, n).
+3. decode: all rows together in a FIXED batch (dummy rows pad a short one) against a FIXED key length;
+   each row writes its new K/V at its own position and attends to keys <= that position (a boolean mask:
+   masked keys add exact zeros, so neither the dummy rows nor stale buffer contents reach a row). Every
+   GEMM, norm and attention kernel has the same shape in every call, and rows never mix.
+4. the generation config's logits processing (repetition penalty; greedy, or sampling with top_k=1,
+   which is greedy) on the GPU with a per-row "seen tokens" mask, argmax, end tokens end a row.
+5. on CUDA one decode step is captured in a `torch.cuda.CUDAGraph` (eager kernels, no torch.compile)
+   and replayed per token, so every call runs the same recorded kernels; elsewhere, or when the layers'
+   weights move (memory plans stream them: worker/block_streaming.py), the same step runs eagerly.
+
+The layers are the text encoder's own `Qwen2_5_VLDecoderLayer` modules (called as modules, so hooks
+fire), fed a small cache object whose `update` writes each row at its own position.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# How often the host checks whether every row has finished (a device->host sync each time).
+FINISH_CHECK_EVERY = 16
+# Generation-config fields whose processing is not implemented here, with their "off" values.
+_UNSUPPORTED = {
+    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+    "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0), "num_beams": (None, 1),
+    "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+}
+
+
+class Unsupported(ValueError):
+    """The text encoder's generation config asks for something this decoder does not do."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the next token is chosen, read from a `GenerationConfig`."""
+
+    repetition_penalty: float
+    eos_ids: tuple[int, ...]
+    pad_id: int
+
+    @classmethod
+    def from_config(cls, gc) -> "Selection":
+        for name, off in _UNSUPPORTED.items():
+            if getattr(gc, name, None) not in off:
+                raise Unsupported(f"generation_config.{name}={getattr(gc, name)!r}")
+        # Sampling with top_k=1 keeps one candidate: the argmax (temperature and top_p change nothing).
+        # Exact ties aside: there HF samples among the tied tokens, argmax takes the lowest id.
+        if getattr(gc, "do_sample", False) and getattr(gc, "top_k", None) != 1:
+            raise Unsupported(f"sampling with top_k={gc.top_k!r} is not greedy")
+        eos = gc.eos_token_id
+        eos_ids = () if eos is None else tuple([eos] if isinstance(eos, int) else eos)
+        pad = gc.pad_token_id if gc.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        return cls(float(gc.repetition_penalty or 1.0), eos_ids, int(pad))
+
+    def next_tokens(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Argmax of `logits` (float32, [rows, vocab]) after the repetition penalty on `seen` tokens;
+        the same elementwise arithmetic as transformers' RepetitionPenaltyLogitsProcessor."""
+        if self.repetition_penalty != 1.0:
+            p = self.repetition_penalty
+            logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
+        return logits.argmax(dim=-1)
+
+
+@dataclass
+class Prefilled:
+    """One image after its batch-1 prefill."""
+
+    keys: list[torch.Tensor]  # per layer [kv_heads, n, head_dim]
+    values: list[torch.Tensor]
+    length: int  # n: prompt tokens
+    rope_delta: int  # text position = cache index + rope_delta (all three M-RoPE components)
+    first_token: int
+    prompt_ids: torch.Tensor  # [n] (for the repetition penalty's seen set)
+
+
+def text_parts(text_encoder):
+    """(language model, lm_head) of a Qwen2.5-VL `...ForConditionalGeneration` (transformers 5 layout)."""
+    model = text_encoder.model
+    return model.language_model, text_encoder.lm_head
+
+
+@torch.inference_mode()
+def prefill(text_encoder, inputs, selection: Selection) -> Prefilled:
+    """Batch-1 forward of one prompt (processor output for ONE image, no padding)."""
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError("prefill takes one prompt")
+    out = text_encoder(**inputs, use_cache=True, logits_to_keep=1)
+    # The model computes the M-RoPE delta of this prompt in this forward (cache empty) and keeps it.
+    delta = int(text_encoder.model.rope_deltas.reshape(-1)[0])
+    ids = inputs["input_ids"][0]
+    logits = out.logits[:, -1, :].float()
+    seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    seen[0, ids] = True
+    first = int(selection.next_tokens(logits, seen)[0])
+    layers = out.cache.layers
+    return Prefilled(
+        keys=[layer.keys[0] for layer in layers], values=[layer.values[0] for layer in layers],
+        length=int(ids.shape[0]), rope_delta=delta, first_token=first, prompt_ids=ids,
+    )
+
+
+class _RowCache:
+    """What a decoder layer's attention needs from a cache: `update` writes each row's new K/V at the
+    row's own position in the static buffers and returns the whole buffers (the mask hides the rest)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor, pos: torch.Tensor):
+        self.keys, self.values, self.rows, self.pos = keys, values, rows, pos
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k[self.rows, :, self.pos] = key_states[:, :, 0]
+        v[self.rows, :, self.pos] = value_states[:, :, 0]
+        return k, v
+
+
+def layers_are_resident(layers: nn.ModuleList) -> bool:
+    """True when the decoder layers are the model's own modules with fixed weights (no streaming
+    wrapper, no hooks): only then may a CUDA graph keep their weights' addresses."""
+    for layer in layers:
+        if not type(layer).__name__.endswith("DecoderLayer"):
+            return False
+        if any(m._forward_pre_hooks or m._forward_hooks for m in layer.modules()):
+            return False
+    return True
+
+
+class FixedBatchDecoder:
+    """Greedy decoding of up to `batch` prefilled rows at a fixed batch and key length (see module doc)."""
+
+    def __init__(self, text_encoder, selection: Selection, batch: int = 8, length: int = 2048,
+                 use_graph: bool | None = None):
+        self.te, self.selection, self.batch, self.length = text_encoder, selection, batch, length
+        self.lm, self.lm_head = text_parts(text_encoder)
+        cfg = text_encoder.config.get_text_config()
+        self.vocab = cfg.vocab_size
+        param = next(self.lm.embed_tokens.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        shape = (batch, cfg.num_key_value_heads, length, head_dim)
+        dev = self.device
+        with torch.inference_mode():
+            # Zeros: masked keys must hold finite numbers (0 x NaN would be NaN).
+            self.k = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(cfg.num_hidden_layers)]
+            self.v = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(cfg.num_hidden_layers)]
+            self.tok = torch.zeros(batch, dtype=torch.long, device=dev)
+            self.pos = torch.zeros(batch, dtype=torch.long, device=dev)
+            self.delta = torch.zeros(batch, dtype=torch.long, device=dev)
+            self.seen = torch.zeros(batch, self.vocab, dtype=torch.bool, device=dev)
+            self.finished = torch.ones(batch, dtype=torch.bool, device=dev)
+            self.rows = torch.arange(batch, device=dev)
+            self.key_index = torch.arange(length, device=dev)
+            self.logits = torch.zeros(batch, self.vocab, dtype=torch.float32, device=dev)  # last step's, for traces
+            self.eos = torch.tensor(selection.eos_ids or [-1], dtype=torch.long, device=dev)
+        self.cache = _RowCache(self.k, self.v, self.rows, self.pos)
+        if use_graph is None:
+            use_graph = dev.type == "cuda"
+        self.use_graph = use_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_s = 0.0
+        self.capture_error: str | None = None
+        self.steps = 0
+
+    # --- one token for every row -----------------------------------------------------------------
+    def _step(self) -> None:
+        """Feed `tok` at `pos`, choose the next token into `tok`, advance `pos` (all in place)."""
+        hidden = self.lm.embed_tokens(self.tok[:, None])
+        positions = (self.pos + self.delta)[None, :, None].expand(3, -1, -1)
+        cos_sin = self.lm.rotary_emb(hidden, positions)
+        mask = (self.key_index[None, :] <= self.pos[:, None])[:, None, None, :]
+        for layer in self.lm.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=None, cache=self.cache, use_cache=True,
+                           position_embeddings=cos_sin)
+        logits = self.lm_head(self.lm.norm(hidden))[:, -1, :].float()
+        self.logits.copy_(logits)
+        nxt = self.selection.next_tokens(logits, self.seen)
+        nxt = torch.where(self.finished, torch.full_like(nxt, self.selection.pad_id), nxt)
+        # No host values inside a captured step: compare against the end ids on the device, and mark
+        # seen tokens with a scatter of a constant.
+        self.finished |= (nxt[:, None] == self.eos[None, :]).any(-1)
+        self.seen.scatter_(1, nxt[:, None], True)
+        self.tok.copy_(nxt)
+        self.pos.add_(1)
+
+    def _run_step(self) -> None:
+        if not self.use_graph or not layers_are_resident(self.lm.layers):
+            self._step()
+            return
+        if self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as exc:  # e.g. a layer that syncs with the host: decode eagerly instead
+                log.warning("decode step not captured in a CUDA graph (%s); running it eagerly", exc)
+                self.capture_error, self.use_graph = str(exc), False
+                self._step()
+                return
+        self.graph.replay()
+
+    def _capture(self) -> None:
+        """Record `_step` once. The warm-up steps run on scratch state (restored afterwards), as
+        CUDA-graph capture wants the kernels' lazy initialisation done first."""
+        import time
+
+        started = time.perf_counter()
+        state = (self.tok, self.pos, self.seen, self.finished)
+        saved = [t.clone() for t in state]
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+        finally:
+            # The warm-up steps advanced the state; their K/V writes lie at positions the real steps
+            # write again before reading them.
+            for t, s in zip(state, saved):
+                t.copy_(s)
+            torch.cuda.synchronize(self.device)
+        self.graph = graph
+        self.capture_s = time.perf_counter() - started
+
+    # --- a batch ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, rows: list[Prefilled], max_new_tokens: int, trace_row: int | None = None) -> list[list[int]]:
+        """New tokens per row (each ends at its first end token, inclusive). With `trace_row`, the raw
+        logits of that row at every decode step are kept in `self.trace` (benchmark diagnosis)."""
+        if not 0 < len(rows) <= self.batch:
+            raise ValueError(f"1..{self.batch} rows, got {len(rows)}")
+        for r in rows:
+            if r.length + max_new_tokens > self.length:
+                raise ValueError(f"prompt of {r.length} tokens + {max_new_tokens} does not fit {self.length}")
+        self.seen.zero_()
+        self.finished.fill_(True)
+        self.pos.zero_()
+        self.delta.zero_()
+        self.tok.fill_(self.selection.pad_id)
+        eos = set(self.selection.eos_ids)
+        for i, r in enumerate(rows):
+            for layer, (k, v) in enumerate(zip(r.keys, r.values)):
+                self.k[layer][i, :, : r.length].copy_(k)
+                self.v[layer][i, :, : r.length].copy_(v)
+            self.seen[i, r.prompt_ids] = True
+            self.seen[i, r.first_token] = True
+            self.tok[i] = r.first_token
+            self.pos[i] = r.length
+            self.delta[i] = r.rope_delta
+            self.finished[i] = r.first_token in eos  # dummy rows stay finished
+        out = torch.empty(self.batch, max_new_tokens, dtype=torch.long, device=self.device)
+        out[:, 0] = self.tok
+        done = 1
+        self.trace: list[torch.Tensor] = []
+        while done < max_new_tokens:
+            self._run_step()
+            out[:, done] = self.tok
+            if trace_row is not None:
+                self.trace.append(self.logits[trace_row].clone())
+            done += 1
+            self.steps += 1
+            if done % FINISH_CHECK_EVERY == 0 and bool(self.finished[: len(rows)].all()):
+                break
+        result = []
+        for row in out[: len(rows), :done].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            result.append(row[:end])
+        return result
+
+
+def fixed_length(prompt_len: int, max_new_tokens: int, base: int) -> int:
+    """Key length a row decodes at: `base` when it fits, else its own need rounded up to 1024. A
+    function of the row alone, so the row's attention shape never depends on its batch-mates."""
+    need = prompt_len + max_new_tokens
+    return base if need <= base else int(math.ceil(need / 1024) * 1024)
