@@ -49,6 +49,14 @@ def _inputs(dtype, batch=2, s_img=37, s_txt=5, heads=3, head_dim=16, seed=0):
 def kernel_vs_reference() -> dict:
     """Max |kernel − reference| / max |reference| per dtype, layout and output (run with TRITON_INTERPRET=1)."""
     out = {}
+    for pairs in ("split", "strided"):
+        qk_norm_rope.CONFIG["pairs"] = pairs
+        out[pairs] = _kernel_vs_reference_once()
+    return out
+
+
+def _kernel_vs_reference_once() -> dict:
+    out = {}
     for dtype in (torch.float32, torch.bfloat16):
         img, txt, w_img, w_txt, f_img, f_txt = _inputs(dtype)
         for heads_major in (False, True):
@@ -75,7 +83,12 @@ def test_triton_kernel_matches_the_reference_in_triton_interpreter():
     code = "import json; from tests.test_qk_norm_rope import kernel_vs_reference as f; print(json.dumps(f()))"
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    res = json.loads(run.stdout.strip().splitlines()[-1])
+    both = json.loads(run.stdout.strip().splitlines()[-1])
+    for res in both.values():
+        _check_kernel_result(res)
+
+
+def _check_kernel_result(res):
     for layout in ("bshd", "heads_major"):
         assert all(e < 1e-6 for e in res[f"float32 {layout}"]), res  # float32: same formula, same order
         assert res[f"float32 {layout} strides"] == [True] * 3, res

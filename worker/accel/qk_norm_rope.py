@@ -37,8 +37,10 @@ except ImportError:  # pragma: no cover - torch without triton (e.g. macOS): CPU
 OP_NAME = "layerq::joint_qk_norm_rope"
 OPAQUE_OP_NAME = "layerq::joint_qk_norm_rope_opaque"
 
-# (token, head) rows per program and warps per program; the GPU bench sweeps these (bench/gpu_qkfuse.py).
-CONFIG = {"block_rows": 32, "num_warps": 4}
+# Launch config, swept by bench/gpu_qkfuse.py: (token, head) rows per program, warps per program, and how
+# the (re, im) pairs are taken apart: "split" loads whole rows and splits them in registers, "strided"
+# loads and stores the even and the odd elements separately.
+CONFIG = {"block_rows": 32, "num_warps": 4, "pairs": "split"}
 # Which registration the processor calls: "triton_op" (Inductor sees the kernel) or "custom_op" (opaque).
 IMPL = "triton_op"
 
@@ -54,7 +56,7 @@ if triton is not None:
         wq_ptr, wk_ptr,
         rope_ptr, rope_ss, rope_sj, rope_sc,
         seq, heads, n_rows, eps,
-        HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, SPLIT_PAIRS: tl.constexpr,
     ):
         # One program: BLOCK_ROWS consecutive (batch, token, head) rows of one stream, all of q, k and v.
         rows = (tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)).to(tl.int64)
@@ -80,16 +82,32 @@ if triton is not None:
                 src, sb, ss, sh, w_ptr, dst = q_src, q_sb, q_ss, q_sh, wq_ptr, q_dst
             else:
                 src, sb, ss, sh, w_ptr, dst = k_src, k_sb, k_ss, k_sh, wk_ptr, k_dst
-            x = tl.load(src + (b * sb + s * ss + h * sh)[:, None] + d[None, :], mask=live2).to(tl.float32)
-            w = tl.load(w_ptr + d).to(tl.float32)
-            rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)
-            # diffusers' RMSNorm: normalise in float32, round to the weight's dtype, multiply (rounded again).
-            n = (x * rstd[:, None]).to(w_ptr.dtype.element_ty)
-            n = (n.to(tl.float32) * w[None, :]).to(w_ptr.dtype.element_ty).to(tl.float32)
-            # RoPE on interleaved (re, im) pairs: (re + i·im)(cos + i·sin) in float32.
-            re, im = tl.split(tl.reshape(n, (BLOCK_ROWS, HEAD_DIM // 2, 2)))
-            out = tl.reshape(tl.join(re * cos - im * sin, re * sin + im * cos), (BLOCK_ROWS, HEAD_DIM))
-            tl.store(dst + dst_row, out.to(dst.dtype.element_ty), mask=live2)
+            src_row = (b * sb + s * ss + h * sh)[:, None]
+            if SPLIT_PAIRS:
+                x = tl.load(src + src_row + d[None, :], mask=live2).to(tl.float32)
+                w = tl.load(w_ptr + d).to(tl.float32)
+                rstd = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)
+                # diffusers' RMSNorm: normalise in float32, round to the weight's dtype, multiply (rounded again).
+                n = (x * rstd[:, None]).to(w_ptr.dtype.element_ty)
+                n = (n.to(tl.float32) * w[None, :]).to(w_ptr.dtype.element_ty).to(tl.float32)
+                # RoPE on interleaved (re, im) pairs: (re + i·im)(cos + i·sin) in float32.
+                re, im = tl.split(tl.reshape(n, (BLOCK_ROWS, HEAD_DIM // 2, 2)))
+                out = tl.reshape(tl.join(re * cos - im * sin, re * sin + im * cos), (BLOCK_ROWS, HEAD_DIM))
+                tl.store(dst + dst_row, out.to(dst.dtype.element_ty), mask=live2)
+            else:
+                even = src_row + 2 * half[None, :]
+                re = tl.load(src + even, mask=live2).to(tl.float32)
+                im = tl.load(src + even + 1, mask=live2).to(tl.float32)
+                w_re = tl.load(w_ptr + 2 * half).to(tl.float32)
+                w_im = tl.load(w_ptr + 2 * half + 1).to(tl.float32)
+                rstd = tl.rsqrt((tl.sum(re * re, axis=1) + tl.sum(im * im, axis=1)) / HEAD_DIM + eps)
+                re = (re * rstd[:, None]).to(w_ptr.dtype.element_ty)
+                im = (im * rstd[:, None]).to(w_ptr.dtype.element_ty)
+                re = (re.to(tl.float32) * w_re[None, :]).to(w_ptr.dtype.element_ty).to(tl.float32)
+                im = (im.to(tl.float32) * w_im[None, :]).to(w_ptr.dtype.element_ty).to(tl.float32)
+                dst_even = (b * d_sb + (s + s_offset) * d_ss + h * d_sh)[:, None] + 2 * half[None, :]
+                tl.store(dst + dst_even, (re * cos - im * sin).to(dst.dtype.element_ty), mask=live2)
+                tl.store(dst + dst_even + 1, (re * sin + im * cos).to(dst.dtype.element_ty), mask=live2)
 
 
 def rope_table(freqs: torch.Tensor) -> torch.Tensor:
@@ -147,7 +165,7 @@ def launch(kernel, src: tuple, w_q, w_k, rope, dst: tuple, s_offset: int, eps: f
         dst[0], dst[1], dst[2], dst[0].stride(0), dst[0].stride(1), dst[0].stride(2), s_offset,
         w_q, w_k, rope, rope.stride(0), rope.stride(1), rope.stride(2),
         seq, heads, n_rows, eps,
-        HEAD_DIM=head_dim, BLOCK_ROWS=block, num_warps=CONFIG["num_warps"],
+        HEAD_DIM=head_dim, BLOCK_ROWS=block, SPLIT_PAIRS=CONFIG["pairs"] == "split", num_warps=CONFIG["num_warps"],
     )
 
 
