@@ -87,8 +87,8 @@ class JointAttnProcessor:
         unmasked = attention_mask is None and self.unmasked_attention is not None
         if self.fuse_norm_rope and qk_norm_rope.fusable(attn, image_rotary_emb, head_dim):
             query, key, value = qk_norm_rope.joint_qkv(
-                img, txt, (attn.norm_q.weight, attn.norm_k.weight), (attn.norm_added_q.weight, attn.norm_added_k.weight),
-                *image_rotary_emb, attn.norm_q.eps, heads_major=not unmasked,  # SDPA permutes to (B, H, S, D)
+                img, txt, (attn.norm_q.weight, attn.norm_k.weight),
+                (attn.norm_added_q.weight, attn.norm_added_k.weight), *image_rotary_emb, attn.norm_q.eps, heads_major=not unmasked,  # SDPA permutes to (B, H, S, D)
             )
         else:
             query, key, value = _norm_rope_cat(attn, img, txt, image_rotary_emb)
