@@ -54,6 +54,12 @@ VARIANTS = {
     "fa4+gelu+tune": dict(attention_backend="fa4", fused_qkv=False, gelu_epilogue=True, compile_tune_kernels=True),
     "fa4+qkv+gelu+tune": dict(attention_backend="fa4", fused_qkv=True, gelu_epilogue=True, compile_tune_kernels=True),
 }
+# The variants above keep their round-2 meaning: the one-pass q/k norm + RoPE kernel (on by default since
+# qkfuse run 1) only where the name says "+qknr".
+for _v in VARIANTS.values():
+    _v.setdefault("fused_qk_norm_rope", False)
+VARIANTS["fa4+gelu+tune+qknr"] = dict(VARIANTS["fa4+gelu+tune"], fused_qk_norm_rope=True)
+VARIANTS["native+gelu+tune+qknr"] = dict(VARIANTS["fa4+gelu+tune+qknr"], attention_backend="native")
 
 
 def bench_ms(fn, iters: int = 20) -> float:

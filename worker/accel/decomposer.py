@@ -71,7 +71,7 @@ class TransformerSwitches:
             self.attention_backend = o.attention_backend
         if o.fused_qkv:
             joint_attention.fuse_qkv(transformer)
-        if o.fused_qkv or self.attention_backend == attention.FA4:
+        if o.fused_qkv or o.fused_qk_norm_rope or self.attention_backend == attention.FA4:
             unmasked = None
             if self.attention_backend == attention.FA4:
                 from . import fa4
@@ -80,7 +80,7 @@ class TransformerSwitches:
                 if why_not is not None:
                     raise RuntimeError(f"attention_backend='fa4' but FA4 cannot run here: {why_not}")
                 unmasked = fa4.attention
-            self._replaced_processors = joint_attention.install(transformer, unmasked)
+            self._replaced_processors = joint_attention.install(transformer, unmasked, o.fused_qk_norm_rope)
         if self.attention_backend is not None:
             attention.apply_backend(transformer, self.attention_backend)
         if o.gelu_epilogue and on_cuda:

@@ -13,6 +13,10 @@ with two changes, each optional:
 * **An unmasked kernel** (`unmasked_attention`, e.g. FlashAttention-4): used when the joint sequence
   has no padding mask, the batch-1 job's case; a masked call goes through `dispatch_attention_fn`
   with the processor's diffusers backend, as before.
+* **One pass for q/k RMSNorm + RoPE + the [text, image] concatenation** (`fuse_norm_rope`,
+  worker/accel/qk_norm_rope.py): one Triton kernel per stream writes the joint q, k, v straight from the
+  projection outputs, in the layout the attention kernel takes ((B, S, H, D) for the unmasked kernel,
+  (B, H, S, D) storage for SDPA). Same arithmetic as the authors' eager path.
 
 The math order (projection, RMSNorm of q and k, RoPE, [text, image] concatenation, attention, split,
 output projections) is the authors' processor's; RoPE is looked up from diffusers' module at call
@@ -25,6 +29,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from . import qk_norm_rope
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,8 +58,9 @@ class JointAttnProcessor:
     _attention_backend = None  # set by diffusers' `set_attention_backend`, like its own processors
     _parallel_config = None
 
-    def __init__(self, unmasked_attention: AttentionFn | None = None):
+    def __init__(self, unmasked_attention: AttentionFn | None = None, fuse_norm_rope: bool = False):
         self.unmasked_attention = unmasked_attention
+        self.fuse_norm_rope = fuse_norm_rope
 
     def __call__(
         self,
@@ -65,7 +72,6 @@ class JointAttnProcessor:
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.transformers import transformer_qwenimage as tq
 
         if encoder_hidden_states is None:
             raise ValueError("joint attention needs encoder_hidden_states (the text stream)")
@@ -76,27 +82,17 @@ class JointAttnProcessor:
             attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
 
         head_dim = attn.inner_dim // attn.heads
-        img_q, img_k, img_v = _project(attn, hidden_states, *_STREAMS[0], head_dim)
-        txt_q, txt_k, txt_v = _project(attn, encoder_hidden_states, *_STREAMS[1], head_dim)
-        if attn.norm_q is not None:
-            img_q = attn.norm_q(img_q)
-        if attn.norm_k is not None:
-            img_k = attn.norm_k(img_k)
-        if attn.norm_added_q is not None:
-            txt_q = attn.norm_added_q(txt_q)
-        if attn.norm_added_k is not None:
-            txt_k = attn.norm_added_k(txt_k)
-        if image_rotary_emb is not None:
-            img_freqs, txt_freqs = image_rotary_emb
-            img_q = tq.apply_rotary_emb_qwen(img_q, img_freqs, use_real=False)
-            img_k = tq.apply_rotary_emb_qwen(img_k, img_freqs, use_real=False)
-            txt_q = tq.apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False)
-            txt_k = tq.apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False)
-
-        query = torch.cat([txt_q, img_q], dim=1)  # [text, image], as the authors order it
-        key = torch.cat([txt_k, img_k], dim=1)
-        value = torch.cat([txt_v, img_v], dim=1)
-        if attention_mask is None and self.unmasked_attention is not None:
+        img = _project(attn, hidden_states, *_STREAMS[0], head_dim)
+        txt = _project(attn, encoder_hidden_states, *_STREAMS[1], head_dim)
+        unmasked = attention_mask is None and self.unmasked_attention is not None
+        if self.fuse_norm_rope and qk_norm_rope.fusable(attn, image_rotary_emb, head_dim):
+            query, key, value = qk_norm_rope.joint_qkv(
+                img, txt, (attn.norm_q.weight, attn.norm_k.weight),
+                (attn.norm_added_q.weight, attn.norm_added_k.weight), *image_rotary_emb, attn.norm_q.eps, heads_major=not unmasked,  # SDPA permutes to (B, H, S, D)
+            )
+        else:
+            query, key, value = _norm_rope_cat(attn, img, txt, image_rotary_emb)
+        if unmasked:
             joint = self.unmasked_attention(query, key, value)
         else:
             joint = dispatch_attention_fn(
@@ -110,6 +106,32 @@ class JointAttnProcessor:
             img_out = attn.to_out[1](img_out)  # dropout (identity in eval)
         txt_out = attn.to_add_out(joint[:, :seq_txt].contiguous())
         return img_out, txt_out
+
+
+def _norm_rope_cat(attn, img: tuple, txt: tuple, image_rotary_emb):
+    """The authors' order: RMSNorm of q and k per stream, RoPE per stream, [text, image] concatenation."""
+    from diffusers.models.transformers import transformer_qwenimage as tq
+
+    img_q, img_k, img_v = img
+    txt_q, txt_k, txt_v = txt
+    if attn.norm_q is not None:
+        img_q = attn.norm_q(img_q)
+    if attn.norm_k is not None:
+        img_k = attn.norm_k(img_k)
+    if attn.norm_added_q is not None:
+        txt_q = attn.norm_added_q(txt_q)
+    if attn.norm_added_k is not None:
+        txt_k = attn.norm_added_k(txt_k)
+    if image_rotary_emb is not None:
+        img_freqs, txt_freqs = image_rotary_emb
+        img_q = tq.apply_rotary_emb_qwen(img_q, img_freqs, use_real=False)
+        img_k = tq.apply_rotary_emb_qwen(img_k, img_freqs, use_real=False)
+        txt_q = tq.apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False)
+        txt_k = tq.apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False)
+    query = torch.cat([txt_q, img_q], dim=1)  # [text, image], as the authors order it
+    key = torch.cat([txt_k, img_k], dim=1)
+    value = torch.cat([txt_v, img_v], dim=1)
+    return query, key, value
 
 
 def _project(attn, x: torch.Tensor, fused_name: str, names: tuple[str, str, str], head_dim: int):
@@ -170,15 +192,20 @@ def _view_into(parts: list[nn.Linear], fused: nn.Linear) -> None:
         start = end
 
 
-def install(transformer, unmasked_attention: AttentionFn | None = None) -> dict[nn.Module, object]:
+def install(
+    transformer, unmasked_attention: AttentionFn | None = None, fuse_norm_rope: bool = False,
+) -> dict[nn.Module, object]:
     """Put a `JointAttnProcessor` on every joint attention; returns the processors it replaced."""
+    if fuse_norm_rope:
+        qk_norm_rope.register()  # now, not inside a compiled block's first trace
     replaced = {}
     for attn in joint_attention_modules(transformer):
         old = attn.processor
         if isinstance(old, JointAttnProcessor):
             old.unmasked_attention = unmasked_attention
+            old.fuse_norm_rope = fuse_norm_rope
             continue
-        new = JointAttnProcessor(unmasked_attention)
+        new = JointAttnProcessor(unmasked_attention, fuse_norm_rope)
         new._attention_backend = getattr(old, "_attention_backend", None)
         new._parallel_config = getattr(old, "_parallel_config", None)
         attn.processor = new

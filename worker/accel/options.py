@@ -45,6 +45,11 @@ class SpeedOptions:
     fused_qkv: bool = False
     """One GEMM per stream for the joint attention's q, k, v (worker/accel/joint_attention.py). Off: no
     gain inside the compiled blocks on an H200 (runs 9-10), though the GEMMs alone are 3-5 % faster."""
+    fused_qk_norm_rope: bool = False
+    """q/k RMSNorm + RoPE + the [text, image] concatenation of q, k, v as one Triton kernel per stream
+    (worker/accel/qk_norm_rope.py; the authors' eager arithmetic). −24 ms per step on an H200 with SDPA,
+    error vs the authors' call unchanged (bench/GPU_NOTES.md, qkfuse run 1). CPU runs its plain-PyTorch
+    reference."""
     gelu_epilogue: bool = False
     """The feed-forward's fc1 + tanh-GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only):
     −12 ms per step on an H200 (run 9)."""
@@ -93,6 +98,7 @@ class SpeedOptions:
             compile_blocks=True,
             real_rope=True,
             gelu_epilogue=True,
+            fused_qk_norm_rope=True,
             compile_tune_kernels=True,
             attention_backend="auto",
             cache_negative_embeds=True,
