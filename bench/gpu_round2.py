@@ -13,6 +13,11 @@ a section whose estimate would end after --budget-s is skipped):
   worker    the worker's own path: `DecomposePipeline._accelerate` with the CUDA defaults, then --jobs
             50-step jobs: e2e, step, error vs ref, peak memory, graphs compiled
   quality   one worker job per lossy `quality` (balanced, fast): e2e, transformer calls, error vs ref
+  captions  the worker's batch-invariant captioner (on by default): 8 distinct images in one
+            `caption_images` call (what the first job of a queue of 8 does with caption look-ahead),
+            two of them again alone (cache cleared): tokens identical?, seconds per job, and the
+            auto-captioned job in a queue of 8 against the worker job with a prompt (a handed-over
+            caption is the prompt, so that job's time is the prompted job's)
 
   PYTHONUNBUFFERED=1 python bench/gpu_round2.py --size full --out $OUT
   python bench/gpu_round2.py --size small --steps 3 --variant-steps 2 --out /tmp/r2   # CPU smoke test
@@ -42,7 +47,7 @@ from worker.accel.options import SpeedOptions  # noqa: E402
 from worker.accel.synthetic import build_pipeline, sample_image  # noqa: E402
 from worker.pipeline import DecomposePipeline, _caption_without_cudnn_attention  # noqa: E402
 
-EST = {"micro": 60, "build": 25, "ref": 55, "variant": 35, "worker": 110, "quality": 60}
+EST = {"micro": 60, "build": 25, "ref": 55, "variant": 35, "worker": 110, "quality": 60, "captions": 30}
 
 VARIANTS = {
     "native": dict(attention_backend="native", fused_qkv=False, gelu_epilogue=False),
@@ -176,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker-options", default="defaults",
                     help="defaults | best (the fastest variant's switches) | a variant name (recorded)")
     ap.add_argument("--micro-seqs", default="9664,9883")
+    ap.add_argument("--no-fast-captions", action="store_true", help="worker section as LAYERQ_FAST_CAPTIONS=0")
     ap.add_argument("--budget-s", type=float, default=560)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     args = ap.parse_args(argv)
@@ -267,7 +273,7 @@ def main(argv=None) -> int:
                                    model_id="synthetic", path="-")
             gt.reset_peak()
             g0 = _graphs()
-            _, acc_s = gt.timed(dp._accelerate, False, ((args.bucket, args.layers),))
+            _, acc_s = gt.timed(dp._accelerate, not args.no_fast_captions, ((args.bucket, args.layers),))
             runner = dp.runner
             out = {"accelerate": {
                 "total_s": round(acc_s, 1), "dp_warmup_s": round(dp.warmup_s, 1), "graphs": _graphs() - g0,
@@ -290,6 +296,32 @@ def main(argv=None) -> int:
             return out
 
         res["worker"] = guarded("worker", worker)
+
+    if "captions" in sections and dp is not None and room("captions"):
+        def captions():
+            images = [sample_image(args.bucket, args.bucket, seed=100 + i) for i in range(8)]
+            cache = dp.runner.captioner._cache
+            cache.clear()
+            gt.sync()
+            batch, batch_s = gt.timed(dp.caption_images, images, True, args.bucket)
+            alone = {}
+            for i in (0, 5):
+                cache.clear()
+                alone[i], alone_s = gt.timed(dp.caption_images, [images[i]], True, args.bucket)
+            steady = res.get("worker", {}).get("jobs", [{}])[-1].get("e2e_s")
+            out = {"batch_of_8_s": round(batch_s, 2), "per_job_s": round(batch_s / 8, 3),
+                   "one_alone_s": round(alone_s, 2),
+                   "alone_equals_batched": {i: alone[i][0] == batch[i] for i in alone},
+                   "distinct_captions": len(set(batch)), "caption_chars": [len(c) for c in batch]}
+            if steady:
+                out["prompted_job_s"] = steady
+                out["auto_captioned_in_queue_of_8_s"] = round(steady + batch_s / 8, 2)
+                out["ratio_vs_prompted"] = round((steady + batch_s / 8) / steady, 4)
+            print("captions", out, flush=True)
+            return out
+
+        res["captions"] = guarded("captions", captions)
+        save()
 
     if "quality" in sections and dp is not None:
         res["quality"] = {}
