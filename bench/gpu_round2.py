@@ -308,8 +308,17 @@ def main(argv=None) -> int:
             for i in (0, 5):
                 cache.clear()
                 alone[i], alone_s = gt.timed(dp.caption_images, [images[i]], True, args.bucket)
+            from worker.accel.caption_decode import layers_are_resident, text_parts
+
+            out_decoders = [
+                {"length": d.length, "batch": d.batch, "use_graph": d.use_graph, "graph": d.graph is not None,
+                 "capture_attempts": d.capture_attempts, "capture_error": d.capture_error,
+                 "capture_s": round(d.capture_s, 2), "steps": d.steps}
+                for d in dp.runner.captioner._decoders.values()]
+            resident = layers_are_resident(text_parts(pipe.text_encoder)[0].layers)
+            print("caption decoders", out_decoders, "layers resident", resident, flush=True)
             steady = res.get("worker", {}).get("jobs", [{}])[-1].get("e2e_s")
-            out = {"batch_of_8_s": round(batch_s, 2), "per_job_s": round(batch_s / 8, 3),
+            out = {"decoders": out_decoders, "layers_resident": resident, "batch_of_8_s": round(batch_s, 2), "per_job_s": round(batch_s / 8, 3),
                    "one_alone_s": round(alone_s, 2),
                    "alone_equals_batched": {i: alone[i][0] == batch[i] for i in alone},
                    "distinct_captions": len(set(batch)), "caption_chars": [len(c) for c in batch]}

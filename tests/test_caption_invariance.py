@@ -160,3 +160,24 @@ def test_streamed_text_layers_decode_eagerly_with_the_same_tokens(pipe):
     copied = placed.copier.bytes_copied
     assert _captioner(streamed_pipe).generate_ids(images, True, TOKENS) == expected
     assert placed.copier.bytes_copied > copied, "the streamed layers were fetched"
+
+
+def test_layers_stay_graph_capturable_after_the_pipeline_encodes_a_prompt():
+    """The pipeline's `encode_prompt` asks the text encoder for hidden states, and transformers then
+    leaves an output-capturing hook on every decoder layer for good. Those hooks move no weights: the
+    decode step must still be captured in a CUDA graph (counted as "hooked", every real worker decoded
+    its captions eagerly, 2.5x slower per token on an H200, run 15). Other hooks still count."""
+    from worker.accel.caption_decode import layers_are_resident
+    from worker.block_streaming import text_layers
+
+    fresh = _pipe(torch.float32)
+    layers = text_layers(fresh.text_encoder)
+    with torch.inference_mode():
+        fresh.encode_prompt(prompt="a poster with a title", device="cpu")
+    assert any(m._forward_hooks for m in layers[0].modules()), "transformers left its hooks (the case tested)"
+    assert layers_are_resident(layers)
+    handle = layers[0].mlp.register_forward_pre_hook(lambda module, args: None)  # e.g. a weight fetch
+    try:
+        assert not layers_are_resident(layers)
+    finally:
+        handle.remove()

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # How often the host checks whether every row has finished (a device->host sync each time).
 FINISH_CHECK_EVERY = 16
+# Capture attempts before a decoder settles for eager steps. A capture can fail for a passing reason
+# (another thread's CUDA call in "global" mode, memory), and eager decoding costs ~2.5x per token.
+CAPTURE_ATTEMPTS = 3
 # Generation-config fields whose processing is not implemented here, with their "off" values.
 _UNSUPPORTED = {
     "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
@@ -138,9 +141,18 @@ def layers_are_resident(layers: nn.ModuleList) -> bool:
     for layer in layers:
         if not type(layer).__name__.endswith("DecoderLayer"):
             return False
-        if any(m._forward_pre_hooks or m._forward_hooks for m in layer.modules()):
+        if any(_moving_hooks(m) for m in layer.modules()):
             return False
     return True
+
+
+def _moving_hooks(module: nn.Module) -> list:
+    """The module's forward hooks, less transformers' output-capturing ones: its first call with
+    `output_hidden_states=True` (the pipeline's `encode_prompt`) leaves one on every decoder layer and
+    attention for good. They only record outputs while a capture is on and never move weights; counting
+    them sent every real worker's captions down the eager path (2.5x slower per token)."""
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return [h for h in hooks if not getattr(h, "__module__", "").startswith("transformers.utils.output_capturing")]
 
 
 class FixedBatchDecoder:
@@ -177,6 +189,7 @@ class FixedBatchDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_s = 0.0
         self.capture_error: str | None = None
+        self.capture_attempts = 0
         self.steps = 0
 
     # --- one token for every row -----------------------------------------------------------------
@@ -205,11 +218,15 @@ class FixedBatchDecoder:
             self._step()
             return
         if self.graph is None:
+            self.capture_attempts += 1
             try:
                 self._capture()
             except RuntimeError as exc:  # e.g. a layer that syncs with the host: decode eagerly instead
-                log.warning("decode step not captured in a CUDA graph (%s); running it eagerly", exc)
-                self.capture_error, self.use_graph = str(exc), False
+                self.capture_error = str(exc)
+                if self.capture_attempts >= CAPTURE_ATTEMPTS:
+                    self.use_graph = False
+                log.warning("decode step not captured in a CUDA graph (attempt %d of %d: %s); this step "
+                            "runs eagerly", self.capture_attempts, CAPTURE_ATTEMPTS, exc)
                 self._step()
                 return
         self.graph.replay()
@@ -230,7 +247,9 @@ class FixedBatchDecoder:
                     self._step()
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: CUDA calls of the worker's other threads (heartbeats, uploads) during the
+            # capture neither break it nor get caught in it.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._step()
         finally:
             # The warm-up steps advanced the state; their K/V writes lie at positions the real steps
