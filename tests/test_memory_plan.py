@@ -77,7 +77,7 @@ def test_captions_keep_as_many_text_layers_as_fit():
     assert choose_plan(22 * GIB, REAL).caption_text_layers == 28
     small = choose_plan(14 * GIB, REAL)
     assert 0 < small.caption_text_layers < 28
-    assert any("captions stream" in note for note in small.notes)
+    assert any("caption decoding streams" in note for note in small.notes)
 
 
 def test_bigger_buckets_keep_fewer_blocks_and_tile_the_vae_only_where_needed():

@@ -15,8 +15,13 @@ non-blocking host→device copy on a side stream, recorded with an event the com
 
 Phases of one job (the pipeline's own call order), switched by hooks:
 
-  caption   `text_encoder.generate`: the transformer's blocks are dropped, the text encoder's other
-            weights and `plan.caption_text_layers` of its layers come on; the rest stream per token.
+  caption   `text_encoder.generate`, or the batch-invariant captioner's `captioning()` block around its
+            prefills and decode (worker/accel/captioner.py): the transformer's blocks are dropped, the
+            text encoder's other weights and `plan.caption_text_layers` of its layers come on; the
+            rest stream per token. While the invariant captioner decodes (`decode_captions()`), what
+            its decode never reads leaves the GPU: the vision tower and, where it is not tied to the
+            output head, the input embedding table (the decoder looks its 8 tokens per step up on the
+            host); `plan.decode_text_layers` layers are resident in the room they leave.
   prompt    `text_encoder(...)` (prompt encoding, then the input image's VAE encoding): transformer
             blocks beyond `plan.prompt_blocks_for(job)` are dropped, the text encoder's other weights
             come on; its layers stream past the transformer's resident blocks (after a caption, the
@@ -37,6 +42,7 @@ streamed job gives the full-residency job's output exactly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any
@@ -309,11 +315,20 @@ class PlacedPipeline:
         layers = text_layers(text_encoder)
         layer_ids = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
         self.text_stack = BlockStack(layers, self.copier, pin)
-        rest = [m for m in text_encoder.modules() if m is not layers and not isinstance(m, _StreamedBlock)]
-        self.text_rest = WeightGroup([_OwnTensors(m, layer_ids) for m in rest], self.copier, pin)
+        # What only a prefill reads (the vision tower; the input embedding unless tied to the output
+        # head): its own group, so the caption decode can leave it on the host.
+        prefill_only = _prefill_only_modules(text_encoder)
+        prefill_ids = {id(m) for m in prefill_only}
+        rest = [m for m in text_encoder.modules()
+                if m is not layers and not isinstance(m, _StreamedBlock) and id(m) not in prefill_ids]
+        self.text_prefill = WeightGroup([_OwnTensors(m, layer_ids) for m in prefill_only], self.copier, pin)
+        skip = layer_ids | {id(t) for t in self.text_prefill.tensors}
+        self.text_rest = WeightGroup([_OwnTensors(m, skip) for m in rest], self.copier, pin)
         if plan.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         self.phase = "idle"
+        self.captions_entered = 0
+        """Times `captioning()` was entered (tests, benchmarks)."""
         self.job: tuple[int, int] = plan.sized_for
         self.fp8_job = False
         """The current job's denoising uses the FP8 groups (a fast job on a plan with FP8)."""
@@ -354,6 +369,7 @@ class PlacedPipeline:
         self.transformer_stack.drop_all()
         self.text_stack.drop_all()
         self.text_rest.drop()
+        self.text_prefill.drop()
         self.plan, self.phase, self.job = plan, "idle", plan.sized_for
         if hasattr(self.pipe.vae, "enable_tiling"):
             self.pipe.vae.enable_tiling() if plan.vae_tiling else self.pipe.vae.disable_tiling()
@@ -373,7 +389,11 @@ class PlacedPipeline:
         if phase == "caption":
             self.transformer_stack.drop_all()
             self.text_rest.ready()
+            self.text_prefill.ready()
             self.text_stack.set_resident(self.plan.caption_text_layers)
+        elif phase == "caption-decode":  # only from "caption" (see `decode_captions`)
+            self.text_prefill.drop()
+            self.text_stack.set_resident(self.plan.decode_text_layers)
         elif phase == "prompt":
             if self.phase != "caption":
                 # Counted in the blocks on the GPU now (the previous job's mode).
@@ -384,12 +404,33 @@ class PlacedPipeline:
         elif phase == "denoise":
             self.text_stack.drop_all()
             self.text_rest.drop()
+            self.text_prefill.drop()
             self.transformer_stack.set_mode("fp8" if self.fp8_job else "bf16")
             self.transformer_stack.set_resident(self.plan.resident_blocks_for(*self.job, fp8=self.fp8_job))
         elif phase == "decode":
             keep = self.plan.decode_blocks_for(*self.job, fp8=self.transformer_stack.mode == "fp8")
             self.transformer_stack.shrink_to(keep)
         self.phase = phase
+
+    @contextlib.contextmanager
+    def captioning(self) -> Any:
+        """The caption phase around a whole batch of captions (the batch-invariant captioner's prefills
+        and decode). On leaving, the decode's arrangement is undone (vision tower and embedding back,
+        `plan.caption_text_layers` resident): the state a caption by `generate` leaves, which the
+        next job's prompt phase expects; its denoising phase brings the transformer's blocks back."""
+        self.enter("caption")
+        self.captions_entered += 1
+        try:
+            yield self
+        finally:
+            if self.phase == "caption-decode":
+                self.enter("caption")
+
+    def decode_captions(self) -> None:
+        """Inside `captioning()`, after the prefills: the decode's arrangement (see the module doc)."""
+        if self.phase != "caption":
+            raise RuntimeError(f"decode_captions() inside captioning(), not in phase {self.phase!r}")
+        self.enter("caption-decode")
 
     def _install_hooks(self) -> None:
         pipe = self.pipe
@@ -402,11 +443,14 @@ class PlacedPipeline:
             return generate(*args, **kwargs)
 
         te.generate = generate_in_caption_phase
+        # How the batch-invariant captioner finds this placement (it calls the layers directly).
+        te.layerq_placement = self
 
         def text_hook(module: Any, args: Any) -> None:
             if self.phase != "caption":
                 self.enter("prompt")
             self.text_rest.ready()
+            self.text_prefill.ready()
 
         te.register_forward_pre_hook(text_hook)
         pipe.transformer.register_forward_pre_hook(lambda module, args: self.enter("denoise"))
@@ -418,6 +462,25 @@ class PlacedPipeline:
             return decode(*args, **kwargs)
 
         pipe.vae.decode = decode_phase
+
+
+def _prefill_only_modules(text_encoder: Any) -> list[nn.Module]:
+    """Modules of the Qwen2.5-VL text encoder that a decode step never reads: the vision tower and the
+    input embedding table, the latter only where no other module shares its weight (a tied output
+    head reads it every step)."""
+    model = getattr(text_encoder, "model", text_encoder)
+    out: list[nn.Module] = []
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, nn.Module):
+        out += list(visual.modules())
+    lm = getattr(model, "language_model", model)
+    embed = getattr(lm, "embed_tokens", None)
+    if isinstance(embed, nn.Embedding):
+        mine = {id(p) for p in embed.parameters()}
+        others = {id(p) for m in text_encoder.modules() if m is not embed for p in m.parameters(recurse=False)}
+        if not mine & others:
+            out.append(embed)
+    return out
 
 
 class _OwnTensors(nn.Module):

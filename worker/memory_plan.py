@@ -53,6 +53,11 @@ DECODE_ACTIVATION_FACTOR = 18
 # (tokens × text hidden size × dtype bytes) for 2048 tokens.
 CAPTION_TOKENS = 2048
 CAPTION_ACTIVATION_FACTOR = 64
+# Rows the batch-invariant captioner decodes together (max(SpeedOptions.caption_batch_sizes); a test
+# keeps the two equal). Its fixed-batch KV buffers are CAPTION_DECODE_BATCH x CAPTION_TOKENS tokens of
+# K and V in every layer (0.9 GiB for the real model), and the prefilled rows' KV they are filled from
+# (at most as large) is held until the decode starts.
+CAPTION_DECODE_BATCH = 8
 # Text tokens a transformer call sees at most (the pipeline's max_sequence_length).
 MAX_TEXT_TOKENS = 1024
 # A streamed group needs its own copy on the GPU plus the next one prefetched.
@@ -86,6 +91,11 @@ class ModelFootprint:
     its other tensors (biases, norms) in bf16; 0: not counted (no FP8)."""
     fp8_copy_block_bytes: int = 0
     """The FP8 copy made per block (what FP8 adds to the worker's memory)."""
+    text_kv_token_bytes: int = 0
+    """K and V of one token in every text-encoder layer (layers x 2 x kv heads x head dim x dtype)."""
+    text_prefill_only_bytes: int = 0
+    """Text-encoder weights a caption's decode never reads (the vision tower; the input embedding
+    table where it is not tied to the output head): off the GPU while captions decode."""
 
     @property
     def transformer_bytes(self) -> int:
@@ -122,6 +132,10 @@ class ModelFootprint:
     def caption_activation_bytes(self) -> int:
         return CAPTION_TOKENS * self.text_hidden_size * self.dtype_bytes * CAPTION_ACTIVATION_FACTOR
 
+    def caption_kv_bytes(self) -> int:
+        """The batch-invariant captioner's fixed-batch KV buffers (worker/accel/caption_decode.py)."""
+        return CAPTION_DECODE_BATCH * CAPTION_TOKENS * self.text_kv_token_bytes
+
     def prompt_activation_bytes(self) -> int:
         """Encoding one prompt with the text encoder's layers streamed: its non-layer weights, two
         layers in flight and the activations of ~1.3 k tokens (prompt + image tokens)."""
@@ -150,6 +164,14 @@ class ModelFootprint:
         layer_bytes = max(nbytes(b) for b in layers)
         text_cfg = pipe.text_encoder.config.get_text_config()
         tcfg = pipe.transformer.config
+        from worker.block_streaming import _prefill_only_modules
+
+        prefill_only = sum(
+            t.numel() * t.element_size()
+            for m in _prefill_only_modules(pipe.text_encoder) for t in [*m.parameters(False), *m.buffers(False)]
+        )
+        head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+        dtype_bytes = next(pipe.text_encoder.parameters()).element_size()
         return cls(
             transformer_block_bytes=block_bytes,
             transformer_blocks=len(blocks),
@@ -165,6 +187,8 @@ class ModelFootprint:
             patch_pixels=int(pipe.vae_scale_factor) * 2,
             fp8_block_bytes=block_bytes - replaced + fp8_copy,
             fp8_copy_block_bytes=fp8_copy,
+            text_kv_token_bytes=int(len(layers) * 2 * text_cfg.num_key_value_heads * head_dim * dtype_bytes),
+            text_prefill_only_bytes=int(prefill_only),
         )
 
 
@@ -198,11 +222,15 @@ class MemoryPlan:
     """Where the budget came from: `card` (mem_get_info), `LAYERQ_GPU_MEMORY_GIB`, or `host` (CPU)."""
     vae_tiling: bool = False
     caption_text_layers: int = 0
+    """Text-encoder layers resident while captions are prefilled (the rest stream per forward)."""
     notes: tuple[str, ...] = field(default=())
     fp8: bool = False
     """Fast jobs run with FP8 transformer weights (see the module doc)."""
     fp8_why_not: str = ""
     """Why fast jobs keep bf16 weights, when `fp8` is off."""
+    caption_decode_text_layers: int = -1
+    """Text-encoder layers resident while captions decode (vision tower and embedding off the GPU);
+    -1: as many as while prefilling."""
 
     @property
     def usable_bytes(self) -> int:
@@ -299,14 +327,33 @@ class MemoryPlan:
             "fp8_copy_on": ("gpu" if self.device_type == "cuda" else "host") if self.full else "host (pinned)",
         }
 
+    @property
+    def decode_text_layers(self) -> int:
+        """`caption_decode_text_layers`, or the prefill's count where not set."""
+        return self.caption_text_layers if self.caption_decode_text_layers < 0 else self.caption_decode_text_layers
+
     def text_encoder_placement(self) -> str:
         if self.full:
             return "gpu"
         fp = self.footprint
         return (
             f"host (pinned); streamed past the resident transformer blocks to encode a prompt; "
-            f"{self.caption_text_layers} of {fp.text_layers} layers on the GPU while captioning"
+            f"{self.caption_text_layers} of {fp.text_layers} layers on the GPU while captions are prefilled, "
+            f"{self.decode_text_layers} while they decode"
         )
+
+    def captions(self) -> dict[str, Any]:
+        """How auto-captions run under this plan (shown in /healthz)."""
+        fp = self.footprint
+        out: dict[str, Any] = {
+            "batched": CAPTION_DECODE_BATCH, "batch_invariant": True,
+            "kv_buffers_gib": round(fp.caption_kv_bytes() / GIB, 2),
+        }
+        if not self.full:
+            out["text_layers_resident"] = {"prefill": self.caption_text_layers, "decode": self.decode_text_layers,
+                                           "of": fp.text_layers}
+            out["decode"] = "eager (streamed layers move: no CUDA graph)"
+        return out
 
     def describe(self) -> dict[str, Any]:
         """The plan as a plain dict (logged at start, published with the heartbeat, shown in /healthz)."""
@@ -322,6 +369,7 @@ class MemoryPlan:
             "resident_blocks": resident,
             "streamed_blocks": fp.transformer_blocks - resident,
             "text_encoder": self.text_encoder_placement(),
+            "captions": self.captions(),
             "vae_tiling": self.vae_tiling,
             "fp8_fast_quality": self.fp8,
             "fast_jobs": self.fast_jobs(),
@@ -378,17 +426,21 @@ def choose_plan(
     vae_tiling = any(fp.decode_activation_bytes(*b) > decode_room for b in buckets)
     if vae_tiling:
         notes.append("VAE decodes in tiles: the largest bucket's decode would not fit untiled")
-    caption_room = (
-        usable - fp.transformer_rest_bytes - fp.vae_bytes - fp.text_rest_bytes
-        - STREAM_BUFFERS * fp.text_layer_bytes - fp.caption_activation_bytes()
-    )
+    # Captions (worker/accel/captioner.py, batch-invariant): up to 8 images prefilled one by one with the
+    # vision tower on (their KV held), then decoded together in fixed-batch KV buffers with the vision
+    # tower and the input embedding off the GPU.
+    caption_base = usable - fp.transformer_rest_bytes - fp.vae_bytes - STREAM_BUFFERS * fp.text_layer_bytes
+    caption_room = caption_base - fp.text_rest_bytes - fp.caption_activation_bytes() - fp.caption_kv_bytes()
     caption_layers = max(0, min(fp.text_layers, caption_room // fp.text_layer_bytes))
-    if caption_layers < fp.text_layers:
+    caption_decode_room = caption_base - (fp.text_rest_bytes - fp.text_prefill_only_bytes) - 2 * fp.caption_kv_bytes()
+    decode_layers = max(0, min(fp.text_layers, caption_decode_room // fp.text_layer_bytes))
+    if decode_layers < fp.text_layers:
         notes.append(
-            f"captions stream {fp.text_layers - caption_layers} text-encoder layers per token: auto-captioned jobs are slower"
+            f"caption decoding streams {fp.text_layers - decode_layers} text-encoder layers per token: "
+            "auto-captioned jobs are slower (8 captions share each token's copies)"
         )
     probe = MemoryPlan("partial", budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers),
-                       fp8=fp8)
+                       fp8=fp8, caption_decode_text_layers=int(decode_layers))
     for bucket in buckets:
         probe.resident_blocks_for(*bucket)  # raises PlanDoesNotFit for a bucket beyond the budget
     if probe.resident_blocks == 0:
@@ -398,7 +450,7 @@ def choose_plan(
     else:
         name = "transformer-resident"  # only the text encoder leaves the GPU between prompts
     return MemoryPlan(name, budget_bytes, fp, largest, device_type, source, vae_tiling, int(caption_layers), tuple(notes),
-                      fp8=fp8, fp8_why_not=fp8_why_not)
+                      fp8=fp8, fp8_why_not=fp8_why_not, caption_decode_text_layers=int(decode_layers))
 
 
 def budget_from(memory_gib: float, device_type: str, card_free_bytes: int | None) -> tuple[int | None, str]:

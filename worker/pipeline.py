@@ -190,10 +190,11 @@ class DecomposePipeline:
         loaded.load_s = time.monotonic() - started
         log.info("loaded %s from %s on %s (%s) in %.1f s", model, path, dev, dtype, loaded.load_s)
         if loaded.placement is not None and fast_captions:
-            # The decode step's CUDA graph keeps the weights' addresses; streamed weights move, and the
-            # decode streaming all layers per token would be slower than the authors' call.
-            log.info("fast captions are off under memory plan %s", loaded.memory_plan["name"])  # by design
-            fast_captions = False
+            # Batch-invariant captions only (`_accelerate`): their decode runs in the placement's caption
+            # phase, eagerly through the streamed layers (a CUDA graph would keep weight addresses that
+            # move), 8 captions sharing each token's layer copies.
+            log.info("fast captions under memory plan %s: batch-invariant, eager decode, batches of 8",
+                     loaded.memory_plan["name"])
         if speedups and dev.type == "cuda":
             loaded._accelerate(fast_captions, warmup_buckets)
         return loaded
@@ -264,6 +265,10 @@ class DecomposePipeline:
         from worker.acceleration import SpeedOptions, prepare
 
         options = SpeedOptions.for_device(self.device)
+        if self.placement is not None:
+            # Never the static-cache / compiled `generate` under a memory plan: its graphs keep the
+            # addresses of weights that streaming moves. The invariant decoder calls the layers eagerly.
+            options = options.replace(caption_static_cache=False, caption_compile=False)
         if not fast_captions:
             options = options.replace(caption_batch_invariant=False, caption_static_cache=False,
                                       caption_compile=False, caption_batch_sizes=(1,))
@@ -284,9 +289,11 @@ class DecomposePipeline:
     # --- auto-captions (worker/caption_ahead.py decides whose, and when) ----------------------------
     @property
     def fast_captions(self) -> bool:
-        """Whether this worker's captions run the fast (static-cache, compiled) captioner."""
+        """Whether this worker's captions run a fast captioner: the batch-invariant one (the CUDA
+        default, under every memory plan) or the static-cache `generate`. Caption look-ahead `auto`
+        follows it. (Until the invariant captioner was counted here, `auto` was off on every worker.)"""
         options = getattr(self.runner, "options", None)
-        return bool(options is not None and options.caption_static_cache)
+        return bool(options is not None and (options.caption_static_cache or options.caption_batch_invariant))
 
     @property
     def batches_captions(self) -> bool:
@@ -300,7 +307,9 @@ class DecomposePipeline:
         """Everything besides the image, language and resolution that decides this worker's captions:
         the model, the captioner (the authors' call, or the fast one, which rounds differently), the
         device type and dtype. A caption written ahead is used only by a worker of the same flavour."""
-        how = "+".join(name for name, on in (("static", self.fast_captions), ("invariant", self.batches_captions))
+        options = getattr(self.runner, "options", None)
+        static = bool(options is not None and options.caption_static_cache)
+        how = "+".join(name for name, on in (("static", static), ("invariant", self.batches_captions))
                        if on) or "reference"
         return caption_flavour(self.model_id, how, self.device.type, str(self.dtype).removeprefix("torch."))
 

@@ -159,13 +159,15 @@ class FixedBatchDecoder:
     """Greedy decoding of up to `batch` prefilled rows at a fixed batch and key length (see module doc)."""
 
     def __init__(self, text_encoder, selection: Selection, batch: int = 8, length: int = 2048,
-                 use_graph: bool | None = None):
+                 use_graph: bool | None = None, device: torch.device | None = None):
         self.te, self.selection, self.batch, self.length = text_encoder, selection, batch, length
         self.lm, self.lm_head = text_parts(text_encoder)
         cfg = text_encoder.config.get_text_config()
         self.vocab = cfg.vocab_size
         param = next(self.lm.embed_tokens.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        # `device`: where the model computes. Under a memory plan the embedding table may be on the
+        # host when the decoder is made, so it does not tell.
+        self.device, self.dtype = (device if device is not None else param.device), param.dtype
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         shape = (batch, cfg.num_key_value_heads, length, head_dim)
         dev = self.device
@@ -195,7 +197,15 @@ class FixedBatchDecoder:
     # --- one token for every row -----------------------------------------------------------------
     def _step(self) -> None:
         """Feed `tok` at `pos`, choose the next token into `tok`, advance `pos` (all in place)."""
-        hidden = self.lm.embed_tokens(self.tok[:, None])
+        embed = self.lm.embed_tokens
+        if embed.weight.device != self.device:
+            # A memory plan left the table on the host while captions decode (worker/block_streaming.py):
+            # look the batch's tokens up there (a row gather: the same bits) and copy 8 rows over.
+            # Reading the tokens is a device->host sync per step; never inside a graph (the layers
+            # stream then, so the step runs eagerly).
+            hidden = embed(self.tok[:, None].to(embed.weight.device)).to(self.device)
+        else:
+            hidden = embed(self.tok[:, None])
         positions = (self.pos + self.delta)[None, :, None].expand(3, -1, -1)
         cos_sin = self.lm.rotary_emb(hidden, positions)
         mask = (self.key_index[None, :] <= self.pos[:, None])[:, None, None, :]

@@ -138,14 +138,25 @@ class Captioner:
         device = pipe._execution_device
         batch = max(self.options.caption_batch_sizes or (1,))
         results: list[list[int] | None] = [None] * len(prompt_images)
+        # Under a memory plan (worker/block_streaming.py) the whole batch runs in the placement's caption
+        # phase: the transformer's blocks off the GPU, as many text layers on as fit (more while
+        # decoding, with the vision tower and the embedding table off). The decode calls the layers
+        # directly, so the phase is entered here and not by the text encoder's hooks.
+        placement = getattr(te, "layerq_placement", None)
         with contextlib.ExitStack() as stack:
             if device.type == "cuda":
                 # One kernel per prompt length in the prefill; cuDNN would plan each length anew.
                 stack.enter_context(no_cudnn_sdpa())
+            if placement is not None:
+                stack.enter_context(placement.captioning())
+                # Freed with the batch: 0.9 GiB the plan counts in the caption phase only.
+                stack.callback(self._decoders.clear)
             rows = []
             for image in prompt_images:
                 inputs = pipe.vl_processor(text=[self._prompt(use_en_prompt)], images=[image], return_tensors="pt")
                 rows.append(prefill(te, inputs.to(device), selection))
+            if placement is not None:
+                placement.decode_captions()
             groups: dict[int, list[int]] = {}
             for i, row in enumerate(rows):
                 length = fixed_length(row.length, max_new_tokens, self.options.caption_max_cache_len)
@@ -153,7 +164,7 @@ class Captioner:
             for length, indices in sorted(groups.items()):
                 decoder = self._decoders.get(length)
                 if decoder is None or decoder.batch != batch:
-                    decoder = self._decoders[length] = FixedBatchDecoder(te, selection, batch, length)
+                    decoder = self._decoders[length] = FixedBatchDecoder(te, selection, batch, length, device=device)
                 for start in range(0, len(indices), batch):
                     chunk = indices[start : start + batch]
                     for i, ids in zip(chunk, decoder.decode([rows[i] for i in chunk], max_new_tokens)):

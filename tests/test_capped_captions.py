@@ -1,0 +1,180 @@
+"""Batched, batch-invariant auto-captions on capped workers (issue 17): the invariant captioner runs its
+prefills and decode in the memory plan's caption phase, and a capped worker batches captions and looks
+ahead like a full-memory one.
+
+Real tiny pipeline (CPU, float32) placed with a real `PlacedPipeline`: its text layers stream from the
+host copy exactly as on a GPU (plain copies instead of a side stream), so a capped worker must give
+exactly the full-memory worker's tokens and layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from PIL import Image  # noqa: E402
+
+from layerq.params import DecomposeParams  # noqa: E402
+from worker.accel.synthetic import build_pipeline, sample_image  # noqa: E402
+from worker.acceleration import SpeedOptions, prepare  # noqa: E402
+from worker.memory_plan import (  # noqa: E402
+    CAPTION_DECODE_BATCH, GIB, MARGIN_BYTES, MARGIN_FRACTION, MemoryPlan, ModelFootprint, choose_plan,
+)
+from worker.pipeline import DecomposePipeline  # noqa: E402
+
+INVARIANT = SpeedOptions(caption_batch_invariant=True, caption_batch_sizes=(1, 8))
+PARAMS = DecomposeParams(layers=2, num_inference_steps=2, seed=11, prompt="a poster")
+
+
+def _pipe():
+    pipe = build_pipeline("tiny", device="cpu", dtype=torch.float32, seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _images() -> list[Image.Image]:
+    return [sample_image(640, 480, seed=1), Image.new("RGBA", (96, 96), (255, 0, 0, 255)),
+            sample_image(400, 600, seed=2), Image.new("RGBA", (300, 900), (0, 0, 0, 255))]
+
+
+@pytest.fixture(scope="module")
+def full() -> DecomposePipeline:
+    """The full-memory worker with the invariant captioner (the CUDA default)."""
+    pipeline = DecomposePipeline(pipe=_pipe(), device=torch.device("cpu"), dtype=torch.float32, model_id="tiny",
+                                 path="tiny")
+    pipeline.runner = prepare(pipeline.pipe, INVARIANT)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def capped() -> DecomposePipeline:
+    """A partial plan: one of two transformer blocks resident; no text layer resident while captions
+    are prefilled, one of two while they decode (so both streaming and the decode's extra layer show)."""
+    pipe = _pipe()
+    fp = ModelFootprint.from_pipeline(pipe)
+    need = MemoryPlan("partial", 0, fp, (640, 2)).denoise_reserve(640, 2) + 1.5 * fp.transformer_block_bytes
+    budget = int((need + MARGIN_BYTES) / (1 - MARGIN_FRACTION)) + 1  # room for 1.5 blocks: one resident
+    plan = MemoryPlan("partial", budget, fp, (640, 2), device_type="cpu", caption_text_layers=0,
+                      caption_decode_text_layers=1)
+    pipeline = DecomposePipeline.place(pipe, torch.device("cpu"), torch.float32, model_id="tiny", path="tiny",
+                                       plan=plan)
+    pipeline.placement.transformer_stack.set_resident(1)  # as a GPU worker's first denoising leaves it
+    pipeline.runner = prepare(pipe, INVARIANT)
+    return pipeline
+
+
+def _phases(placement) -> list[tuple[str, bool, int]]:
+    """Records (phase, vision tower + embedding on the device, resident text layers) after each switch."""
+    seen: list[tuple[str, bool, int]] = []
+    enter = placement.enter
+
+    def recording(phase: str) -> None:
+        enter(phase)
+        seen.append((placement.phase, placement.text_prefill.on_device, len(placement.text_stack.resident)))
+
+    placement.enter = recording
+    return seen
+
+
+def test_a_capped_worker_captions_a_batch_with_the_tokens_of_each_alone_and_of_the_full_worker(full, capped):
+    images = _images()
+    expected = full.caption_images(images, True, 640)
+    assert len(set(expected)) >= 3, "the images must get different captions"
+    authors = DecomposePipeline(pipe=full.pipe, device=torch.device("cpu"), dtype=torch.float32, model_id="tiny",
+                                path="tiny")
+    assert [authors.caption_images([im], True, 640)[0] for im in images[:2]] == expected[:2]  # float32: exact
+
+    placement, captioner = capped.placement, capped.runner.captioner
+    assert capped.batches_captions and capped.fast_captions
+    seen = _phases(placement)
+    try:
+        entered, copied, batches = placement.captions_entered, placement.copier.bytes_copied, captioner.generate_calls
+        together = capped.caption_images(images, True, 640)
+        assert captioner.generate_calls - batches == 1, "four images, one decode batch"
+        assert placement.captions_entered - entered == 1
+        assert placement.copier.bytes_copied > copied, "the streamed text layers were fetched"
+        # Prefills with the vision tower on and no resident layer; the decode without it and one layer
+        # resident; on leaving, the caption phase as `generate` leaves it.
+        assert seen == [("caption", True, 0), ("caption-decode", False, 1), ("caption", True, 0)]
+        assert captioner._decoders == {}, "the KV buffers are freed with the batch"
+        captioner._cache.clear()
+        alone = [capped.caption_images([im], True, 640)[0] for im in images]
+    finally:
+        del placement.enter
+    assert together == alone == expected
+
+
+def test_after_the_captions_the_next_job_gets_its_resident_blocks_and_the_same_layers(full, capped):
+    image = sample_image(96, 64, seed=4)
+    placement = capped.placement
+    denoising: list[set[int]] = []  # the transformer's resident blocks while each job denoises
+    enter = placement.enter
+
+    def recording(phase: str) -> None:
+        enter(phase)
+        if phase == "denoise":
+            denoising.append(set(placement.transformer_stack.resident))
+
+    placement.enter = recording
+    try:
+        before = capped.run(image, PARAMS)
+        capped.runner.captioner._cache.clear()
+        capped.caption_images(_images()[:3], True, 640)
+        assert placement.phase == "caption" and placement.transformer_stack.resident == set()
+        after = capped.run(image, PARAMS)
+    finally:
+        del placement.enter
+    assert denoising[0] == denoising[-1] == {0}, "one block resident, before and after the captions"
+    for a, b, c in zip(before, after, full.run(image, PARAMS)):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(c))
+    # An auto-captioned job with its caption handed over, as a look-ahead leaves it.
+    auto = DecomposeParams(layers=2, num_inference_steps=2, seed=11, prompt="")
+    caption = capped.caption_images([image], True, 640)[0]
+    assert caption == full.caption_images([image], True, 640)[0]
+    for a, b in zip(capped.run(image, auto, caption=caption), full.run(image, auto, caption=caption)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_capped_workers_look_ahead_and_show_batched_captions(capped):
+    from layerq.config import Settings
+
+    # `auto` follows fast captions; the invariant captioner counts (it did not: look-ahead was off).
+    assert Settings.from_env({}, caption_ahead="auto").caption_ahead_on(capped.fast_captions)
+    assert capped.caption_flavour.endswith("|invariant|cpu|float32")
+    captions = capped.memory_plan["captions"]
+    assert captions["batched"] == CAPTION_DECODE_BATCH == max(SpeedOptions().caption_batch_sizes)
+    assert captions["text_layers_resident"] == {"prefill": 0, "decode": 1, "of": 2}
+
+
+def test_the_plan_counts_the_caption_kv_buffers_and_the_room_the_decode_frees():
+    real = ModelFootprint(
+        transformer_block_bytes=int(0.633 * GIB), transformer_blocks=60, transformer_rest_bytes=int(0.075 * GIB),
+        text_layer_bytes=int(0.434 * GIB), text_layers=28, text_rest_bytes=int(3.29 * GIB),
+        vae_bytes=int(0.236 * GIB), transformer_inner_dim=3072, text_hidden_size=3584, vae_base_dim=96,
+        dtype_bytes=2, text_kv_token_bytes=28 * 2 * 4 * 128 * 2,
+        text_prefill_only_bytes=int(1.35e9) + 152064 * 3584 * 2,  # vision tower, embedding table
+    )
+    assert abs(real.caption_kv_bytes() / GIB - 0.875) < 0.01  # 8 x 4 kv heads x 2048 x 128 x 2 x 28 x 2 B
+    uncounted = dataclasses.replace(real, text_kv_token_bytes=0, text_prefill_only_bytes=0)
+    plan, before = choose_plan(14 * GIB, real), choose_plan(14 * GIB, uncounted)
+    assert plan.caption_text_layers < before.caption_text_layers  # the prefilled rows' KV
+    assert plan.caption_text_layers < plan.decode_text_layers < 28  # vision + embedding off the GPU
+    assert choose_plan(22 * GIB, real).decode_text_layers == 28
+    assert any("caption decoding streams" in note for note in plan.notes)
+
+
+def test_a_tied_embedding_stays_on_the_gpu_while_captions_decode():
+    from worker.block_streaming import _prefill_only_modules
+
+    pipe = _pipe()
+    te = pipe.text_encoder
+    embed = te.model.language_model.embed_tokens
+    assert embed in _prefill_only_modules(te)
+    te.lm_head.weight = embed.weight  # the output head reads it every step
+    assert embed not in _prefill_only_modules(te)
+    assert te.model.visual in _prefill_only_modules(te)
