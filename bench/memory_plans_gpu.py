@@ -20,10 +20,14 @@ graphs compiled during the job, relative error of the final latents against the 
 the same bucket and steps (same seed), and the caption's time and text hash for captioned jobs. A
 50-step figure is extrapolated as e2e + (50 − steps) × median step (steps are steady; GPU_NOTES).
 
+With --capped-captions: auto-captioned jobs at the caps with 8 captions batched in the plan's caption
+phase (bench/capped_captions_gpu.py).
+
 With --fp8 the script measures FP8 weights for `quality=fast` jobs instead (bench/memory_plans_fp8.py:
 full memory and --caps, fast FP8 vs fast bf16, and an exact job's bitwise identity on an FP8 worker).
 
   PYTHONUNBUFFERED=1 python bench/memory_plans_gpu.py --size full --out $OUT
+  PYTHONUNBUFFERED=1 python bench/memory_plans_gpu.py --capped-captions --size full --caps 14,22 --out $OUT
   PYTHONUNBUFFERED=1 python bench/memory_plans_gpu.py --fp8 --size full --steps 20 --budget-s 250 --out $OUT
   python bench/memory_plans_gpu.py --size tiny --steps 2 --caption-steps 2 --steps-1024 2 --out /tmp/mp  # CPU check
 """
@@ -161,7 +165,15 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     ap.add_argument("--fp8", action="store_true", help="fast jobs with FP8 weights vs bf16 (memory_plans_fp8.py)")
+    ap.add_argument("--capped-captions", action="store_true",
+                    help="8 captions batched at each of --caps, then one job with the caption handed over")
+    ap.add_argument("--prompted-at-caps", action="store_true", help="--capped-captions: the prompted job at caps too")
+    ap.add_argument("--cap-estimate-s", type=float, default=150, help="--capped-captions: skip a cap with less left")
     args = ap.parse_args(argv)
+    if args.capped_captions:
+        from bench.capped_captions_gpu import main as capped_main
+
+        return capped_main(args)
     if args.fp8:
         from bench.memory_plans_fp8 import main as fp8_main
 
