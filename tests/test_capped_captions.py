@@ -178,3 +178,27 @@ def test_a_tied_embedding_stays_on_the_gpu_while_captions_decode():
     te.lm_head.weight = embed.weight  # the output head reads it every step
     assert embed not in _prefill_only_modules(te)
     assert te.model.visual in _prefill_only_modules(te)
+
+
+def test_text_layers_all_resident_in_a_placement_count_as_still_for_a_cuda_graph(capped):
+    """A plan with room for every text layer while captioning keeps them still for the whole batch: the
+    decode may then capture its step in a CUDA graph (a new decoder per batch); one streamed layer, or
+    one dropped, and it must not."""
+    from worker.accel.caption_decode import layers_are_resident
+    from worker.block_streaming import text_layers
+
+    stack = capped.placement.text_stack
+    layers = text_layers(capped.pipe.text_encoder)
+    before = len(stack.resident)
+    try:
+        stack.set_resident(len(stack))
+        assert layers_are_resident(layers)
+        stack.set_resident(len(stack) - 1)
+        assert not layers_are_resident(layers)
+        stack.drop_all()
+        assert not layers_are_resident(layers)
+    finally:
+        stack.set_resident(before)
+    plan = capped.placement.plan
+    assert plan.caption_decode_drops_prefill  # 0 of 2 layers at prefill: the decode makes room
+    assert not dataclasses.replace(plan, caption_text_layers=2).caption_decode_drops_prefill

@@ -18,8 +18,8 @@ Phases of one job (the pipeline's own call order), switched by hooks:
   caption   `text_encoder.generate`, or the batch-invariant captioner's `captioning()` block around its
             prefills and decode (worker/accel/captioner.py): the transformer's blocks are dropped, the
             text encoder's other weights and `plan.caption_text_layers` of its layers come on; the
-            rest stream per token. While the invariant captioner decodes (`decode_captions()`), what
-            its decode never reads leaves the GPU: the vision tower and, where it is not tied to the
+            rest stream per token. While the invariant captioner decodes (`decode_captions()`) on a
+            plan without room for every text layer, what its decode never reads leaves the GPU: the vision tower and, where it is not tied to the
             output head, the input embedding table (the decoder looks its 8 tokens per step up on the
             host); `plan.decode_text_layers` layers are resident in the room they leave.
   prompt    `text_encoder(...)` (prompt encoding, then the input image's VAE encoding): transformer
@@ -392,7 +392,8 @@ class PlacedPipeline:
             self.text_prefill.ready()
             self.text_stack.set_resident(self.plan.caption_text_layers)
         elif phase == "caption-decode":  # only from "caption" (see `decode_captions`)
-            self.text_prefill.drop()
+            if self.plan.caption_decode_drops_prefill:
+                self.text_prefill.drop()
             self.text_stack.set_resident(self.plan.decode_text_layers)
         elif phase == "prompt":
             if self.phase != "caption":

@@ -328,6 +328,13 @@ class MemoryPlan:
         }
 
     @property
+    def caption_decode_drops_prefill(self) -> bool:
+        """While captions decode, the vision tower and the embedding table leave the GPU to make room
+        for text layers: only where the prefill could not keep every layer (otherwise the layers stay
+        still and the decode step runs as a CUDA graph, which a host-side lookup would prevent)."""
+        return self.caption_text_layers < self.footprint.text_layers
+
+    @property
     def decode_text_layers(self) -> int:
         """`caption_decode_text_layers`, or the prefill's count where not set."""
         return self.caption_text_layers if self.caption_decode_text_layers < 0 else self.caption_decode_text_layers
@@ -352,7 +359,9 @@ class MemoryPlan:
         if not self.full:
             out["text_layers_resident"] = {"prefill": self.caption_text_layers, "decode": self.decode_text_layers,
                                            "of": fp.text_layers}
-            out["decode"] = "eager (streamed layers move: no CUDA graph)"
+            out["decode"] = ("CUDA graph (every text layer resident)" if self.decode_text_layers == fp.text_layers
+                             and not self.caption_decode_drops_prefill else
+                             "eager (streamed layers move: no CUDA graph)")
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -432,7 +441,8 @@ def choose_plan(
     caption_base = usable - fp.transformer_rest_bytes - fp.vae_bytes - STREAM_BUFFERS * fp.text_layer_bytes
     caption_room = caption_base - fp.text_rest_bytes - fp.caption_activation_bytes() - fp.caption_kv_bytes()
     caption_layers = max(0, min(fp.text_layers, caption_room // fp.text_layer_bytes))
-    caption_decode_room = caption_base - (fp.text_rest_bytes - fp.text_prefill_only_bytes) - 2 * fp.caption_kv_bytes()
+    dropped = fp.text_prefill_only_bytes if caption_layers < fp.text_layers else 0  # caption_decode_drops_prefill
+    caption_decode_room = caption_base - (fp.text_rest_bytes - dropped) - 2 * fp.caption_kv_bytes()
     decode_layers = max(0, min(fp.text_layers, caption_decode_room // fp.text_layer_bytes))
     if decode_layers < fp.text_layers:
         notes.append(

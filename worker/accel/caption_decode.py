@@ -15,7 +15,9 @@ change the kernels. Here every image's arithmetic depends on nothing but the ima
    which is greedy) on the GPU with a per-row "seen tokens" mask, argmax, end tokens end a row.
 5. on CUDA one decode step is captured in a `torch.cuda.CUDAGraph` (eager kernels, no torch.compile)
    and replayed per token, so every call runs the same recorded kernels; elsewhere, or when the layers'
-   weights move (memory plans stream them: worker/block_streaming.py), the same step runs eagerly.
+   weights move (memory plans stream them: worker/block_streaming.py), the same step runs eagerly. A
+   memory plan with room for every text layer in its caption phase keeps them still for the batch:
+   the graph is captured then (the captioner makes a new decoder per batch under a plan).
 
 The layers are the text encoder's own `Qwen2_5_VLDecoderLayer` modules (called as modules, so hooks
 fire), fed a small cache object whose `update` writes each row at its own position.
@@ -139,11 +141,24 @@ def layers_are_resident(layers: nn.ModuleList) -> bool:
     """True when the decoder layers are the model's own modules with fixed weights (no streaming
     wrapper, no hooks): only then may a CUDA graph keep their weights' addresses."""
     for layer in layers:
-        if not type(layer).__name__.endswith("DecoderLayer"):
+        layer = _held(layer)
+        if layer is None or not type(layer).__name__.endswith("DecoderLayer"):
             return False
         if any(_moving_hooks(m) for m in layer.modules()):
             return False
     return True
+
+
+def _held(layer: nn.Module) -> nn.Module | None:
+    """The layer itself; for a memory plan's streaming wrapper (worker/block_streaming.py), the wrapped
+    layer while every layer of its stack stays on the GPU (the wrapper then moves nothing: the caption
+    phase of a plan with room for all text layers), else None."""
+    stack = getattr(layer, "_stack", None)
+    if stack is None:
+        return layer
+    if len(stack.resident) != len(stack.groups) or not all(g.on_device for g in stack.groups):
+        return None
+    return layer.block
 
 
 def _moving_hooks(module: nn.Module) -> list:
@@ -224,7 +239,9 @@ class FixedBatchDecoder:
         self.pos.add_(1)
 
     def _run_step(self) -> None:
-        if not self.use_graph or not layers_are_resident(self.lm.layers):
+        # The embedding table on the host (a memory plan's caption decode) means a host lookup per step.
+        on_host = self.lm.embed_tokens.weight.device != self.device
+        if not self.use_graph or on_host or not layers_are_resident(self.lm.layers):
             self._step()
             return
         if self.graph is None:
