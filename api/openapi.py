@@ -111,7 +111,9 @@ class LiveWorker(BaseModel):
     memory_budget_gib: float | None = Field(None, description="GPU memory the worker may use; null: not limited.")
     memory_plan: dict[str, Any] | None = Field(
         None, description="The worker's memory plan (worker/memory_plan.py `MemoryPlan.describe()`): name, "
-        "budget_gib, resident_blocks, streamed_blocks, text_encoder, vae_tiling, pinned_host_gib, "
+        "budget_gib, resident_blocks, streamed_blocks, text_encoder, captions (auto-captions: batched 8 at a "
+        "time, batch-invariant, their KV buffers' GiB, text layers resident while prefilling and decoding), "
+        "vae_tiling, pinned_host_gib, "
         "fp8_fast_quality and fast_jobs (what a quality=fast job gets: weights, blocks resident and streamed, "
         "the FP8 copy's size and where it lives, or why fast jobs keep bf16), ...")
 
