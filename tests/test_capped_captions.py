@@ -202,3 +202,49 @@ def test_text_layers_all_resident_in_a_placement_count_as_still_for_a_cuda_graph
     plan = capped.placement.plan
     assert plan.caption_decode_drops_prefill  # 0 of 2 layers at prefill: the decode makes room
     assert not dataclasses.replace(plan, caption_text_layers=2).caption_decode_drops_prefill
+
+
+def test_a_capped_worker_captions_waiting_jobs_ahead_in_one_batch(full, capped, redis_url, tmp_path):
+    """Real Redis, real job and caption stores, local storage: a capped worker about to caption its
+    job (look-ahead `auto`) captions the waiting auto-caption jobs with it in one decode batch, in the
+    plan's caption phase, and leaves each its own caption."""
+    import io
+    import uuid
+
+    from layerq.config import Settings
+    from layerq.messages import DecomposeMessage
+    from storage.services import Services
+    from worker.caption_ahead import caption_for
+    from worker.runtime import WorkerRuntime
+
+    settings = Settings.from_env({}, redis_url=redis_url, storage_dir=str(tmp_path), caption_ahead="auto",
+                                 signing_secret="test", key_prefix=f"t{uuid.uuid4().hex[:8]}")
+    services = Services.open(settings)
+    rt = WorkerRuntime(services=services, liveness=None, pipeline=capped, name="capped")
+    colours = [(255, 0, 0), (0, 0, 255), (0, 200, 0), (250, 250, 0)]
+    ids, inputs = [], []
+    for colour in colours:
+        job_id = uuid.uuid4().hex
+        data = io.BytesIO()
+        Image.new("RGBA", (96, 96), (*colour, 255)).save(data, "PNG")
+        services.store.put(f"jobs/{job_id}/input.png", data.getvalue())
+        services.jobs.create(job_id, kind="decompose", queue="decompose", params={"prompt": "", "layers": 2},
+                             input_key=f"jobs/{job_id}/input.png")
+        ids.append(job_id)
+        inputs.append(data.getvalue())
+    images = [Image.open(io.BytesIO(b)) for b in inputs]
+    alone = [full.caption_images([im], True, 640)[0] for im in images]
+    assert len(set(alone)) == len(colours), "the colours must get different captions"
+
+    captioner, placement = capped.runner.captioner, capped.placement
+    captioner._cache.clear()
+    batches, entered = captioner.generate_calls, placement.captions_entered
+    own_msg = DecomposeMessage(job_id=ids[0], input_key=f"jobs/{ids[0]}/input.png",
+                               params=DecomposeParams(layers=2, num_inference_steps=2, seed=1, prompt=""))
+    services.jobs.begin_attempt(ids[0], max_deliveries=3, worker="capped")  # the own job is running
+    own = caption_for(rt, own_msg, images[0], inputs[0])
+    assert own == alone[0]
+    assert captioner.generate_calls - batches == 1 and placement.captions_entered - entered == 1
+    for job_id, text in zip(ids[1:], alone[1:]):
+        entry = services.captions.get(job_id)
+        assert entry is not None and entry["text"] == text and entry["with"] == ids[0], entry
