@@ -19,9 +19,10 @@ Phases of one job (the pipeline's own call order), switched by hooks:
             prefills and decode (worker/accel/captioner.py): the transformer's blocks are dropped, the
             text encoder's other weights and `plan.caption_text_layers` of its layers come on; the
             rest stream per token. While the invariant captioner decodes (`decode_captions()`) on a
-            plan without room for every text layer, what its decode never reads leaves the GPU: the vision tower and, where it is not tied to the
-            output head, the input embedding table (the decoder looks its 8 tokens per step up on the
-            host); `plan.decode_text_layers` layers are resident in the room they leave.
+            plan without room for every text layer, what its decode never reads leaves the GPU: the
+            vision tower and, where it is not tied to the output head, the input embedding table
+            (the decoder looks its 8 tokens per step up on the host); `plan.decode_text_layers`
+            layers are resident in the room they leave.
   prompt    `text_encoder(...)` (prompt encoding, then the input image's VAE encoding): transformer
             blocks beyond `plan.prompt_blocks_for(job)` are dropped, the text encoder's other weights
             come on; its layers stream past the transformer's resident blocks (after a caption, the
