@@ -5,7 +5,10 @@
 - `tiny_model_dir` (session): the tiny real-architecture model, built once.
 - `make_stack` (session): starts a LocalStack (API under gunicorn on loopback + Celery worker
   processes running the tiny pipeline) with the given Settings overrides; every stack gets its own
-  Redis key prefix and queue namespace so stacks never see each other's jobs.
+  Redis key prefix and queue namespace so stacks never see each other's jobs. A stack started while a
+  test module runs (by its fixtures or its tests) stops when that module ends; only the shared
+  `local_stack` and `s3_stack` live for the whole session. (Kept to the session's end, the stacks of
+  all modules were ~40 worker processes and 21 GB at once by the last modules: the CI machine's memory.)
 """
 
 from __future__ import annotations
@@ -39,15 +42,33 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(cache)
 
 
+# Every stack started in this session, with whether it lives for the whole session.
+_STACKS: list[tuple[LocalStack, bool]] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_the_modules_stacks() -> Iterator[None]:
+    """Stop the stacks this module started, once its fixtures are done with them (this autouse fixture
+    is set up before them, so it is torn down after them). Requests nothing: modules without stacks
+    start no Redis and build no model."""
+    first = len(_STACKS)
+    yield
+    for stack, session_long in _STACKS[first:]:
+        if not session_long:
+            stack.stop()
+
+
 @pytest.fixture(scope="session")
 def make_stack(
     redis_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., LocalStack]]:
-    stacks: list[LocalStack] = []
+    first = len(_STACKS)
 
-    def start(workers: int = 1, own_redis: bool = False, edit_workers: int = 0, **overrides) -> LocalStack:
+    def start(workers: int = 1, own_redis: bool = False, edit_workers: int = 0, session_long: bool = False,
+              **overrides) -> LocalStack:
         """`own_redis`: a private, persistent redis-server for this stack alone (tests that restart it).
-        `edit_workers`: workers on the `edit` queue with the tiny edit model (opt-in: each loads a model)."""
+        `edit_workers`: workers on the `edit` queue with the tiny edit model (opt-in: each loads a model).
+        `session_long`: not stopped when the module that started it ends (the shared stacks)."""
         name = uuid.uuid4().hex[:8]
         run_dir = tmp_path_factory.mktemp(f"stack-{name}")
         base = dict(
@@ -63,23 +84,24 @@ def make_stack(
             base.update(edit_model="tiny", model_cache_dir=str(tiny_model_dir.parent))
         settings = Settings.from_env(environ={}, **{**base, **overrides})
         stack = LocalStack(settings, run_dir=run_dir, api_workers=2)
-        stacks.append(stack)
+        _STACKS.append((stack, session_long))
         stack.start(workers=workers, start_redis=own_redis, persist_redis=own_redis, timeout_s=300,
                     edit_workers=edit_workers)
         return stack
 
     yield start
-    for stack in stacks:
-        stack.stop()
+    for stack, session_long in _STACKS[first:]:
+        if session_long:  # the others stopped with their module
+            stack.stop()
 
 
 @pytest.fixture(scope="session")
 def local_stack(make_stack) -> LocalStack:
     """One stack on the local-disk backend, shared by the tests that only read from it."""
-    return make_stack(storage="local")
+    return make_stack(storage="local", session_long=True)
 
 
 @pytest.fixture(scope="session")
 def s3_stack(make_stack, s3_settings_overrides) -> LocalStack:
     """One stack on S3 over HTTP (moto's server)."""
-    return make_stack(**s3_settings_overrides)
+    return make_stack(session_long=True, **s3_settings_overrides)
