@@ -33,7 +33,6 @@ from bench.bench_sections import PROMPT, SEED
 from bench.worker_path_gpu import CapturingRunner, _err, _step_row
 from layerq.params import DecomposeParams
 from worker.accel.synthetic import build_pipeline, sample_image
-from worker.block_streaming import PlacedPipeline
 from worker.memory_plan import GIB, ModelFootprint, choose_plan
 from worker.pipeline import DecomposePipeline
 
@@ -73,6 +72,8 @@ def _captions(dp: DecomposePipeline, images) -> tuple[dict, list[str]]:
 
 
 def main(args) -> int:
+    from bench.memory_plans_gpu import place_under_cap  # lazy: that script imports this one
+
     t_start, device, res = gt.start(args)
     out_path = os.path.join(args.out, "capped_captions.json")
 
@@ -137,14 +138,7 @@ def main(args) -> int:
             continue
         budget = int(cap * GIB) if device == "cuda" else _cpu_budget(fp, cap)
         plan = choose_plan(budget, fp, ((640, 4),), device_type=device, source="cap")
-        if placement is None:
-            placement = PlacedPipeline(pipe, plan, dev)
-        else:
-            placement.replan(plan)
-        dp.placement, dp.memory_plan = placement, plan.describe()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GIB / total))
+        placement, _ = place_under_cap(dp, pipe, placement, plan, cap, total, dev)
         res.setdefault("plans", {})[f"{cap:g}"] = plan.describe()
         caps_row, texts = record("8 captions", cap, _captions, dp, images)
         if texts:

@@ -122,6 +122,22 @@ class CaptionTimer:
         return text
 
 
+def place_under_cap(dp: DecomposePipeline, pipe, placement: PlacedPipeline | None, plan, cap: float,
+                    total: int | None, dev: torch.device) -> tuple[PlacedPipeline, float | None]:
+    """Put `plan` in force on the worker pipeline `dp` and cap the process at `cap` GiB (CUDA). The first
+    plan places the model (returns the seconds that took); later ones re-plan the same placement."""
+    place_s = None
+    if placement is None:
+        placement, place_s = gt.timed(PlacedPipeline, pipe, plan, dev)
+    else:
+        placement.replan(plan)
+    dp.placement, dp.memory_plan = placement, plan.describe()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GIB / total))
+    return placement, place_s
+
+
 def run_job(dp: DecomposePipeline, image, params: DecomposeParams, ref=None, steps_to: int = 50) -> tuple[dict, object]:
     placement = dp.placement
     copied0 = placement.copier.bytes_copied if placement else 0
@@ -256,15 +272,9 @@ def main(argv=None) -> int:
     for cap, buckets in plans:
         budget = int(cap * GIB) if device == "cuda" else cpu_budget(fp, buckets, cap)
         plan = choose_plan(budget, fp, buckets, device_type=device, source="cap")
-        if placement is None:
-            placement, place_s = gt.timed(PlacedPipeline, pipe, plan, dev)
+        placement, place_s = place_under_cap(dp, pipe, placement, plan, cap, total, dev)
+        if place_s is not None:
             res["place_s"] = round(place_s, 1)
-        else:
-            placement.replan(plan)
-        dp.placement, dp.memory_plan = placement, plan.describe()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GIB / total))
         res.setdefault("plans", {})[f"{cap:g} {buckets}"] = plan.describe()
         print("plan", cap, plan.describe(), flush=True)
         if buckets == ((640, 4),):
