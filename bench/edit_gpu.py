@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 
@@ -154,10 +153,7 @@ def main(argv=None) -> int:
     path = os.path.join(args.out, "edit_gpu.json")
     scale = 1.0 if args.size == "full" else 0.05
 
-    def save():
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    save = gt.saver(res, path, t_start)
 
     def room(what: str, n: int = 1) -> bool:
         left = args.budget_s - (time.perf_counter() - t_start)
@@ -167,14 +163,7 @@ def main(argv=None) -> int:
             return False
         return True
 
-    def guarded(name, fn):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - record it, keep what was measured
-            traceback.print_exc()
-            res.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:3000]
-            save()
-            return None
+    guarded = gt.guard(res, save)
 
     from worker.accel.editor import prepare_edit
     from worker.accel.options import SpeedOptions

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import types
 
 import torch
@@ -287,10 +286,7 @@ def main(argv=None) -> int:
     path = os.path.join(args.out, f"qkfuse_{args.bucket}.json")
     left = lambda: args.budget_s - (time.perf_counter() - t_start)  # noqa: E731
 
-    def save():
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    save = gt.saver(res, path, t_start)
 
     def room(section: str) -> bool:
         if EST[section] * scale > left():
@@ -299,15 +295,7 @@ def main(argv=None) -> int:
             return False
         return True
 
-    def guarded(name, fn):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - record and go on
-            traceback.print_exc()
-            res.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:3000]
-            return None
-        finally:
-            save()
+    guarded = gt.guard(res, save)
 
     if "micro" in sections and room("micro"):
         s_img, s_txt, heads, dim = (int(x) for x in args.micro_shape.split(","))

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 
@@ -190,10 +188,7 @@ def main(argv=None) -> int:
     scale = 1.0 if args.size == "full" else 0.1
     path = os.path.join(args.out, f"round2_{args.bucket}.json")
 
-    def save():
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    save = gt.saver(res, path, t_start)
 
     def room(section: str, n: int = 1) -> bool:
         left = args.budget_s - (time.perf_counter() - t_start)
@@ -203,15 +198,7 @@ def main(argv=None) -> int:
             return False
         return True
 
-    def guarded(name, fn):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - record and go on
-            traceback.print_exc()
-            res.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:3000]
-            return None
-        finally:
-            save()
+    guarded = gt.guard(res, save)
 
     if "micro" in sections and device == "cuda" and room("micro"):
         seqs = tuple(int(s) for s in args.micro_seqs.split(","))

@@ -176,6 +176,37 @@ def start(args) -> tuple[float, str, dict]:
     return t_start, ("cuda" if cuda() else "cpu"), results
 
 
+def saver(results: dict, path: str, t_start: float):
+    """`save()`: write `results` (with the seconds elapsed) to `path`; benchmarks call it after each
+    section, so a call cut short by its time limit still brings back what was measured."""
+    import json
+
+    def save() -> None:
+        results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+    return save
+
+
+def guard(results: dict, save):
+    """`guarded(name, fn)`: run one section; an exception is printed and recorded under
+    `results["errors"][name]` (the next section still runs); the results are saved either way."""
+    import traceback
+
+    def guarded(name: str, fn):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - record it, keep what was measured
+            traceback.print_exc()
+            results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:3000]
+            return None
+        finally:
+            save()
+
+    return guarded
+
+
 class MemoryPhases:
     """Peak CUDA memory per named phase of code we do not own: wrap its functions with `wrap`.
 
