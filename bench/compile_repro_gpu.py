@@ -1,0 +1,163 @@
+"""Is an `exact` job bitwise the same on two workers? Compile-to-compile reproducibility on one GPU.
+
+A worker compiles the transformer block once at start; Inductor then picks launch configurations of its
+generated reductions (norms, softmax-free sums) by timing them on the card (runtime autotuning, and the
+coordinate-descent tuning our `compile_tune_kernels` turns on), and the attention probe picks a backend
+by timing. Timings vary, so two workers, or one worker before and after a restart, may compile kernels
+that sum in another order: the same job would then differ in its last bits. Memory run 4 saw 1.3e-2
+between two compiles in one process (bench/GPU_NOTES.md); this script measures it directly.
+
+One process, one build of the full-size synthetic model, the worker path (`DecomposePipeline.place` +
+`_accelerate`, warm-up 640x4), then for each of --variants, in order: the speed-ups undone, dynamo
+reset, Inductor's on-disk caches off (each compile tunes afresh, as on another machine), compile and
+warm up again, and one exact 640/4 job with a prompt (--steps). The first variant's job runs twice (the
+run-to-run control). Variants:
+
+  default        the worker's compile as it is
+  deterministic  the same with `torch._inductor.config.deterministic` (no timing-based choice that
+                 changes arithmetic: reduction RBLOCK/num_warps fixed by heuristics, no coordinate descent)
+  fp8-worker     the FP8 copy made before the compile, as a worker with `LAYERQ_FP8_FAST` does; its exact
+                 job must be bitwise a `default` one if compiles are reproducible at all
+
+Per variant: compile + warm-up seconds, the attention backend chosen, the exact job's step and e2e time,
+and its latents against the first `default` job (bitwise, relative error) and against the previous job
+of the same variant.
+
+  PYTHONUNBUFFERED=1 python bench/compile_repro_gpu.py --size full --out $OUT
+  python bench/compile_repro_gpu.py --size tiny --steps 2 --out /tmp/cr   # CPU check (no compile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import gpu_timing as gt  # noqa: E402
+from bench.bench_sections import PROMPT, SEED  # noqa: E402
+from bench.worker_path_gpu import CapturingRunner, _err, _graphs, worker_job  # noqa: E402
+from layerq.params import DecomposeParams  # noqa: E402
+from worker.accel.synthetic import build_pipeline, sample_image  # noqa: E402
+from worker.pipeline import DecomposePipeline  # noqa: E402
+
+VARIANTS = ("default", "deterministic", "fp8-worker")
+
+
+@contextlib.contextmanager
+def fresh_inductor(deterministic: bool):
+    """Inductor with no cache to reuse (a new cache folder, the FX-graph and autotune caches off), and
+    its deterministic mode on or off, for one compile and the jobs that follow it."""
+    import torch._inductor.config as cfg
+
+    patch = {"fx_graph_cache": False, "autotune_local_cache": False}
+    patch = {k: v for k, v in patch.items() if hasattr(cfg, k)}
+    if hasattr(cfg, "deterministic"):
+        patch["deterministic"] = deterministic
+    elif deterministic:
+        raise RuntimeError("this torch has no torch._inductor.config.deterministic")
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache_dir, cfg.patch(patch):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=["full", "small", "tiny"], default="full")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--variants", default="default,default,deterministic,deterministic,fp8-worker")
+    ap.add_argument("--budget-s", type=float, default=540, help="start a variant only with ~70 s left")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        ap.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    t_start, device, res = gt.start(args)
+    save = gt.saver(res, os.path.join(args.out, "compile_repro.json"), t_start)
+    dev = torch.device(device)
+
+    pipe, build_s = gt.timed(build_pipeline, args.size, device)
+    res["build_s"] = round(build_s, 1)
+    total = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
+    image = sample_image(640, 640, seed=0)
+    params = DecomposeParams(prompt=PROMPT, seed=SEED, num_inference_steps=args.steps)
+    res["variants"] = []
+    first: torch.Tensor | None = None
+    last_of: dict[str, torch.Tensor] = {}
+    dp: DecomposePipeline | None = None
+    for n, variant in enumerate(variants):
+        if args.budget_s - (time.perf_counter() - t_start) < 70:
+            res["variants"].append({"variant": variant, "skipped": "time budget"})
+            break
+        row: dict = {"variant": variant}
+        try:
+            if dp is None or variant == "fp8-worker":
+                if dp is not None:
+                    dp.runner.restore()
+                    torch._dynamo.reset()
+                # A worker's start: place (the FP8 copy, where wanted, is made here), then compile.
+                dp = DecomposePipeline.place(pipe, dev, pipe.transformer.dtype, model_id="synthetic", path="-",
+                                             card_free_bytes=total,
+                                             fp8_fast="on" if variant == "fp8-worker" else "off")
+                row["fp8_modules"] = len(dp.fp8_modules)
+            else:
+                dp.runner.restore()
+                torch._dynamo.reset()
+            with fresh_inductor(variant == "deterministic"):
+                g0 = _graphs()
+                if device == "cuda":
+                    _, acc_s = gt.timed(dp._accelerate, False, ((640, 4),))
+                else:  # CPU check: the runner without compile
+                    from worker.accel.decomposer import prepare
+                    from worker.accel.options import SpeedOptions
+
+                    dp.runner, acc_s = prepare(pipe, SpeedOptions(cache_negative_embeds=True)), 0.0
+                row.update(compile_warmup_s=round(acc_s, 1), graphs=_graphs() - g0,
+                           attention_backend=str(getattr(dp.runner, "attention_backend", None)))
+                dp.runner = CapturingRunner(dp.runner)
+                for repeat in range(2 if n == 0 else 1):
+                    job, lat = worker_job(dp, image, params)
+                    key = "job" if repeat == 0 else "job_again"
+                    row[key] = {k: job[k] for k in ("e2e_s", "step_s", "graphs_compiled", "allocated_gib")
+                                if k in job}
+                    if first is None:
+                        first = lat
+                    else:
+                        row[key]["bitwise_equal_to_first"] = bool(torch.equal(lat, first))
+                        row[key]["rel_err_vs_first"] = _err(lat, first)
+                    prev = last_of.get(variant)
+                    if prev is not None and prev is not lat:
+                        row[key]["bitwise_equal_to_previous_same_variant"] = bool(torch.equal(lat, prev))
+                        row[key]["rel_err_vs_previous_same_variant"] = _err(lat, prev)
+                    last_of[variant] = lat
+                dp.runner = dp.runner.runner
+        except Exception as exc:  # noqa: BLE001 - keep the variants measured so far
+            import traceback
+
+            traceback.print_exc()
+            row["error"] = f"{type(exc).__name__}: {exc}"[:1500]
+        res["variants"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+    save()
+    print("done", round(time.perf_counter() - t_start, 1), "s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
