@@ -164,8 +164,38 @@ def test_the_plan_counts_the_caption_kv_buffers_and_the_room_the_decode_frees():
     plan, before = choose_plan(14 * GIB, real), choose_plan(14 * GIB, uncounted)
     assert plan.caption_text_layers < before.caption_text_layers  # the prefilled rows' KV
     assert plan.caption_text_layers < plan.decode_text_layers < 28  # vision + embedding off the GPU
+    # Each row goes into the buffers right after its prefill, so the decode holds the buffers once
+    # (two more layers than when all rows' KV waited for the decode, 19 of 28).
+    assert (plan.caption_text_layers, plan.decode_text_layers) == (14, 21)
     assert choose_plan(22 * GIB, real).decode_text_layers == 28
     assert any("caption decoding streams" in note for note in plan.notes)
+
+
+def test_each_row_goes_into_the_buffers_after_its_prefill_and_is_not_kept(capped, monkeypatch):
+    """Only one row's own KV exists at a time: the plan counts the KV buffers and one row, not 8 rows."""
+    import weakref
+
+    from worker.accel import caption_decode
+
+    events, rows = [], []
+    real_prefill, real_load = caption_decode.prefill, caption_decode.FixedBatchDecoder.load
+
+    def prefill(*args, **kwargs):
+        events.append(("prefill", sum(r() is not None for r in rows)))  # earlier rows still alive
+        row = real_prefill(*args, **kwargs)
+        rows.append(weakref.ref(row))
+        return row
+
+    def load(self, slot, row, max_new_tokens):
+        events.append(("load", slot))
+        return real_load(self, slot, row, max_new_tokens)
+
+    monkeypatch.setattr(caption_decode, "prefill", prefill)
+    monkeypatch.setattr(caption_decode.FixedBatchDecoder, "load", load)
+    capped.runner.captioner._cache.clear()
+    capped.caption_images(_images()[:3], True, 640)
+    assert events == [("prefill", 0), ("load", 0), ("prefill", 0), ("load", 1), ("prefill", 0), ("load", 2)]
+    assert all(r() is None for r in rows)
 
 
 def test_a_tied_embedding_stays_on_the_gpu_while_captions_decode():

@@ -428,6 +428,14 @@ class PlacedPipeline:
             if self.phase == "caption-decode":
                 self.enter("caption")
 
+    def prefill_captions(self) -> None:
+        """Inside `captioning()`, before a chunk's prefills: the prefill's arrangement (vision tower and
+        embedding on), coming back from an earlier chunk's decode where there was one."""
+        if self.phase not in ("caption", "caption-decode"):
+            raise RuntimeError(f"prefill_captions() inside captioning(), not in phase {self.phase!r}")
+        if self.phase == "caption-decode":
+            self.enter("caption")
+
     def decode_captions(self) -> None:
         """Inside `captioning()`, after the prefills: the decode's arrangement (see the module doc)."""
         if self.phase != "caption":

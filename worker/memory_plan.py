@@ -55,8 +55,9 @@ CAPTION_TOKENS = 2048
 CAPTION_ACTIVATION_FACTOR = 64
 # Rows the batch-invariant captioner decodes together (max(SpeedOptions.caption_batch_sizes); a test
 # keeps the two equal). Its fixed-batch KV buffers are CAPTION_DECODE_BATCH x CAPTION_TOKENS tokens of
-# K and V in every layer (0.9 GiB for the real model), and the prefilled rows' KV they are filled from
-# (at most as large) is held until the decode starts.
+# K and V in every layer (0.9 GiB for the real model). They exist from the first prefill on, and each row
+# is copied into them right after its own prefill, so besides them one row's KV (an eighth) exists at a
+# time (worker/accel/captioner.py): while decoding, only the buffers.
 CAPTION_DECODE_BATCH = 8
 # Text tokens a transformer call sees at most (the pipeline's max_sequence_length).
 MAX_TEXT_TOKENS = 1024
@@ -436,13 +437,16 @@ def choose_plan(
     if vae_tiling:
         notes.append("VAE decodes in tiles: the largest bucket's decode would not fit untiled")
     # Captions (worker/accel/captioner.py, batch-invariant): up to 8 images prefilled one by one with the
-    # vision tower on (their KV held), then decoded together in fixed-batch KV buffers with the vision
-    # tower and the input embedding off the GPU.
+    # vision tower on, each copied into the fixed-batch KV buffers right after its prefill (the buffers
+    # and one row's own KV), then decoded together with the vision tower and the input embedding off
+    # the GPU (the buffers only). Until 2026-12-02 all 8 rows' KV was held until the decode and counted
+    # twice there: 2 text layers fewer while decoding (14 GiB: 19 of 28 instead of 21).
     caption_base = usable - fp.transformer_rest_bytes - fp.vae_bytes - STREAM_BUFFERS * fp.text_layer_bytes
-    caption_room = caption_base - fp.text_rest_bytes - fp.caption_activation_bytes() - fp.caption_kv_bytes()
+    row_kv = fp.caption_kv_bytes() // CAPTION_DECODE_BATCH
+    caption_room = caption_base - fp.text_rest_bytes - fp.caption_activation_bytes() - fp.caption_kv_bytes() - row_kv
     caption_layers = max(0, min(fp.text_layers, caption_room // fp.text_layer_bytes))
     dropped = fp.text_prefill_only_bytes if caption_layers < fp.text_layers else 0  # caption_decode_drops_prefill
-    caption_decode_room = caption_base - (fp.text_rest_bytes - dropped) - 2 * fp.caption_kv_bytes()
+    caption_decode_room = caption_base - (fp.text_rest_bytes - dropped) - fp.caption_kv_bytes()
     decode_layers = max(0, min(fp.text_layers, caption_decode_room // fp.text_layer_bytes))
     if decode_layers < fp.text_layers:
         notes.append(

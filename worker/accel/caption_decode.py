@@ -6,7 +6,8 @@ change the kernels. Here every image's arithmetic depends on nothing but the ima
 
 1. prefill: one image at a time at batch 1, no padding, the model's own eager forward. Its shapes depend
    only on the image's token count. Out come the row's KV, its last-token logits and its M-RoPE delta.
-2. the row's KV is copied into static per-layer buffers [batch, kv_heads, length, head_dim] at [0, n).
+2. the row's KV is copied into static per-layer buffers [batch, kv_heads, length, head_dim] at [0, n),
+   right after its prefill (`load`), so only one row's own KV exists at a time.
 3. decode: all rows together in a FIXED batch (dummy rows pad a short one) against a FIXED key length;
    each row writes its new K/V at its own position and attends to keys <= that position (a boolean mask:
    masked keys add exact zeros, so neither the dummy rows nor stale buffer contents reach a row). Every
@@ -288,31 +289,51 @@ class FixedBatchDecoder:
         self.capture_s = time.perf_counter() - started
 
     # --- a batch ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def decode(self, rows: list[Prefilled], max_new_tokens: int, trace_row: int | None = None) -> list[list[int]]:
-        """New tokens per row (each ends at its first end token, inclusive). With `trace_row`, the raw
-        logits of that row at every decode step are kept in `self.trace` (benchmark diagnosis)."""
-        if not 0 < len(rows) <= self.batch:
-            raise ValueError(f"1..{self.batch} rows, got {len(rows)}")
-        for r in rows:
-            if r.length + max_new_tokens > self.length:
-                raise ValueError(f"prompt of {r.length} tokens + {max_new_tokens} does not fit {self.length}")
+    def begin(self) -> None:
+        """Empty every row (all finished: rows not loaded stay dummies) before `load`ing a batch."""
         self.seen.zero_()
         self.finished.fill_(True)
         self.pos.zero_()
         self.delta.zero_()
         self.tok.fill_(self.selection.pad_id)
-        eos = set(self.selection.eos_ids)
+
+    @torch.inference_mode()
+    def load(self, slot: int, row: Prefilled, max_new_tokens: int) -> None:
+        """Copy one prefilled row into row `slot` of the buffers. Afterwards the row's own KV is not
+        needed: a caller that drops the `Prefilled` right away holds one row's KV at a time, not the
+        batch's (a memory plan counts on that: worker/memory_plan.py)."""
+        if not 0 <= slot < self.batch:
+            raise ValueError(f"slot {slot} outside the batch of {self.batch}")
+        if row.length + max_new_tokens > self.length:
+            raise ValueError(f"prompt of {row.length} tokens + {max_new_tokens} does not fit {self.length}")
+        for layer, (k, v) in enumerate(zip(row.keys, row.values)):
+            self.k[layer][slot, :, : row.length].copy_(k)
+            self.v[layer][slot, :, : row.length].copy_(v)
+        self.seen[slot, row.prompt_ids] = True
+        self.seen[slot, row.first_token] = True
+        self.tok[slot] = row.first_token
+        self.pos[slot] = row.length
+        self.delta[slot] = row.rope_delta
+        self.finished[slot] = row.first_token in set(self.selection.eos_ids)
+
+    @torch.inference_mode()
+    def decode(self, rows: list[Prefilled], max_new_tokens: int, trace_row: int | None = None) -> list[list[int]]:
+        """New tokens per row (each ends at its first end token, inclusive): `begin`, `load` each row,
+        `run`. With `trace_row`, the raw logits of that row at every decode step are kept in `self.trace`
+        (benchmark diagnosis)."""
+        if not 0 < len(rows) <= self.batch:
+            raise ValueError(f"1..{self.batch} rows, got {len(rows)}")
+        self.begin()
         for i, r in enumerate(rows):
-            for layer, (k, v) in enumerate(zip(r.keys, r.values)):
-                self.k[layer][i, :, : r.length].copy_(k)
-                self.v[layer][i, :, : r.length].copy_(v)
-            self.seen[i, r.prompt_ids] = True
-            self.seen[i, r.first_token] = True
-            self.tok[i] = r.first_token
-            self.pos[i] = r.length
-            self.delta[i] = r.rope_delta
-            self.finished[i] = r.first_token in eos  # dummy rows stay finished
+            self.load(i, r, max_new_tokens)
+        return self.run(len(rows), max_new_tokens, trace_row)
+
+    @torch.inference_mode()
+    def run(self, n_rows: int, max_new_tokens: int, trace_row: int | None = None) -> list[list[int]]:
+        """Decode the rows loaded into slots 0..n_rows-1 since `begin`."""
+        if not 0 < n_rows <= self.batch:
+            raise ValueError(f"1..{self.batch} rows, got {n_rows}")
+        eos = set(self.selection.eos_ids)
         out = torch.empty(self.batch, max_new_tokens, dtype=torch.long, device=self.device)
         out[:, 0] = self.tok
         done = 1
@@ -324,10 +345,10 @@ class FixedBatchDecoder:
                 self.trace.append(self.logits[trace_row].clone())
             done += 1
             self.steps += 1
-            if done % FINISH_CHECK_EVERY == 0 and bool(self.finished[: len(rows)].all()):
+            if done % FINISH_CHECK_EVERY == 0 and bool(self.finished[:n_rows].all()):
                 break
         result = []
-        for row in out[: len(rows), :done].tolist():
+        for row in out[:n_rows, :done].tolist():
             end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             result.append(row[:end])
         return result

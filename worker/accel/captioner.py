@@ -143,6 +143,16 @@ class Captioner:
         # decoding, with the vision tower and the embedding table off). The decode calls the layers
         # directly, so the phase is entered here and not by the text encoder's hooks.
         placement = getattr(te, "layerq_placement", None)
+        # The processor's token count is the prefill's length: rows are grouped by key length before
+        # any prefill, so each chunk is prefilled straight into its decoder's buffers (`load`) and only
+        # one row's own KV exists at a time. Under a memory plan that is 0.9 GiB more room for text
+        # layers while decoding (worker/memory_plan.py counts the buffers once, not twice).
+        prompt = self._prompt(use_en_prompt)
+        inputs = [pipe.vl_processor(text=[prompt], images=[image], return_tensors="pt") for image in prompt_images]
+        groups: dict[int, list[int]] = {}
+        for i, inp in enumerate(inputs):
+            length = fixed_length(int(inp["input_ids"].shape[1]), max_new_tokens, self.options.caption_max_cache_len)
+            groups.setdefault(length, []).append(i)
         with contextlib.ExitStack() as stack:
             if device.type == "cuda":
                 # One kernel per prompt length in the prefill; cuDNN would plan each length anew.
@@ -151,23 +161,24 @@ class Captioner:
                 stack.enter_context(placement.captioning())
                 # Freed with the batch: 0.9 GiB the plan counts in the caption phase only.
                 stack.callback(self._decoders.clear)
-            rows = []
-            for image in prompt_images:
-                inputs = pipe.vl_processor(text=[self._prompt(use_en_prompt)], images=[image], return_tensors="pt")
-                rows.append(prefill(te, inputs.to(device), selection))
-            if placement is not None:
-                placement.decode_captions()
-            groups: dict[int, list[int]] = {}
-            for i, row in enumerate(rows):
-                length = fixed_length(row.length, max_new_tokens, self.options.caption_max_cache_len)
-                groups.setdefault(length, []).append(i)
             for length, indices in sorted(groups.items()):
                 decoder = self._decoders.get(length)
                 if decoder is None or decoder.batch != batch:
+                    if placement is not None:
+                        self._decoders.clear()  # one set of buffers at a time under a plan
                     decoder = self._decoders[length] = FixedBatchDecoder(te, selection, batch, length, device=device)
                 for start in range(0, len(indices), batch):
                     chunk = indices[start : start + batch]
-                    for i, ids in zip(chunk, decoder.decode([rows[i] for i in chunk], max_new_tokens)):
+                    if placement is not None:
+                        placement.prefill_captions()  # back from a previous chunk's decode, if any
+                    decoder.begin()
+                    for slot, i in enumerate(chunk):
+                        row = prefill(te, inputs[i].to(device), selection)
+                        decoder.load(slot, row, max_new_tokens)
+                        del row  # its KV now lives in the buffers
+                    if placement is not None:
+                        placement.decode_captions()
+                    for i, ids in zip(chunk, decoder.run(len(chunk), max_new_tokens)):
                         results[i] = ids
                     self.generate_calls += 1
         return results  # type: ignore[return-value]
