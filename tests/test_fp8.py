@@ -271,6 +271,33 @@ def test_compiled_blocks_keep_the_exact_graph_bitwise_after_the_fp8_copy(tiny_mo
         torch._dynamo.reset()
 
 
+def test_the_first_exact_job_after_the_fp8_warm_up_reuses_the_first_compiled_graph(tiny_model_dir: Path):
+    """The worker's order: FP8 copy at placement, blocks compiled, the exact (bf16) warm-up, the FP8
+    warm-up (`weights_for(True)`), then jobs. The first exact job must find the bf16 graph compiled
+    first. It did not while `fp8_on` was a class default until the first flip: the warm-up's graph
+    guarded on the module's `__dict__` lacking it, and the first exact job compiled a third graph
+    (H200: 23.4 s, not 14.4 s). Dynamo's guards are what is checked, so "eager" stands in for Inductor."""
+    from torch._dynamo.utils import counters
+
+    from worker.accel.transformer import repeated_blocks
+
+    worker = _load(tiny_model_dir, "on")
+    assert worker.fp8_modules
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        for block in repeated_blocks(worker.pipe.transformer):
+            block.compile(backend="eager", dynamic=True)
+        worker._accelerate(fast_captions=False, warmup_buckets=((640, 2),))
+        warmed = counters["stats"]["unique_graphs"]
+        assert warmed >= 2  # the bf16 graph and the FP8 one
+        for quality in ("exact", "fast", "exact"):
+            worker.run(_image(), _params(quality=quality))
+            assert counters["stats"]["unique_graphs"] == warmed, f"a {quality} job compiled another graph"
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.e2e
 def test_a_worker_with_fp8_runs_a_fast_and_an_exact_job_and_shows_it_in_healthz(make_stack):
     # The tiny model on 1.15 GiB streams (see test_memory_plan.py); LAYERQ_FP8_FAST=on runs the

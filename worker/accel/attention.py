@@ -4,7 +4,8 @@ diffusers 0.42 routes the transformer's joint attention through `dispatch_attent
 set per model with `set_attention_backend`. Which backends exist depends on the machine (flash-attn or
 FA3 packages are optional; cuDNN attention needs a recent cuDNN), so "auto" probes the candidates on
 the job's real shape, keeps those within bf16 rounding of SDPA's math reference, with and without a
-text-padding mask, and takes the fastest.
+text-padding mask, and takes the first of them in a fixed preference order unless another is faster by
+a clear margin (`choose_backend`).
 
 "fa4" is FlashAttention-4 (the optional `fa4` extra, worker/accel/fa4.py), which has no diffusers
 backend name: it runs unmasked calls, and masked ones stay on SDPA. Choosing it installs layerq's
@@ -21,9 +22,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Tried in this order; "native" (SDPA's own choice, the authors' path) is always a candidate.
+# Tried, and preferred, in this order; "native" (SDPA's own choice, the authors' path) is always a
+# candidate. The order is the measured ranking on an H200 (bench/GPU_NOTES.md, runs 9 and 15): FA4
+# 1.61-1.68 ms, SDPA's own choice 1.82-1.89 ms, diffusers' explicit cuDNN 2.03-2.21 ms (its extra
+# copies), the others slower still; so the margin rule below keeps what the fastest-pick gave there.
 FA4 = "fa4"
-CANDIDATES = (FA4, "_native_cudnn", "_flash_3", "flash", "_native_flash", "_native_efficient", "native")
+CANDIDATES = (FA4, "native", "_native_cudnn", "_flash_3", "flash", "_native_flash", "_native_efficient")
+# Another backend replaces the preferred one only when it takes at least this much less time.
+# Why a margin: attention kernels round differently, so the backend is part of an exact job's bits.
+# Picking the plain fastest, two workers whose candidates time within noise of each other (SDPA's own
+# choice and explicit cuDNN were 9-15 % apart across runs) could pick differently, and their exact
+# jobs would then differ. A margin well above the run-to-run spread makes the choice the same on every
+# worker of one GPU model and software, and costs under 10 % of one attention call when it holds.
+MARGIN = 0.10
 # A backend must match the float32 math reference this closely (bf16 inputs; ~4e-3 is typical).
 MAX_REL_ERR = 2e-2
 # Heads per chunk of the float32 math reference (bounds its memory, see probe_backends).
@@ -134,12 +145,22 @@ def probe_backends(
     return results
 
 
-def choose_backend(probes: list[BackendProbe]) -> str:
-    """The fastest correct backend that also handles a padding mask; "native" if none beats it."""
+def choose_backend(
+    probes: list[BackendProbe], preference: tuple[str, ...] = CANDIDATES, margin: float = MARGIN,
+) -> str:
+    """The first usable backend (correct, with and without a padding mask) in `preference` order
+    (names not in it come after, in probe order) unless another usable one is faster by `margin`
+    or more; then the first in order within `margin` of the fastest. "native" if none is usable."""
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be in [0, 1), got {margin!r}")
     usable = [p for p in probes if p.ok and p.masked_ok and p.ms is not None]
     if not usable:
         return "native"
-    return min(usable, key=lambda p: p.ms).name
+    rank = {name: i for i, name in enumerate(preference)}
+    ordered = sorted(usable, key=lambda p: rank.get(p.name, len(rank)))  # stable: probe order after
+    fastest = min(p.ms for p in usable)
+    # "Faster by margin": fastest <= (1 - margin) * p.ms. The fastest itself always qualifies.
+    return next(p.name for p in ordered if fastest > (1 - margin) * p.ms or p.ms == fastest)
 
 
 def apply_backend(transformer, name: str | None) -> None:

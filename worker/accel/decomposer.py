@@ -89,7 +89,7 @@ class TransformerSwitches:
             enable_real_rope(transformer)
         if o.compile_blocks:
             compile_blocks(transformer, dynamic=o.compile_dynamic, cuda_graphs=o.cuda_graphs, mode=o.compile_mode,
-                           tune_kernels=o.compile_tune_kernels)
+                           tune_kernels=o.compile_tune_kernels, deterministic=o.compile_deterministic)
         return self
 
     def restore(self) -> None:

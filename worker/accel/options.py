@@ -38,9 +38,15 @@ class SpeedOptions:
     compile_tune_kernels: bool = False
     """Inductor's coordinate-descent tuning of the compiled blocks' own kernels: same arithmetic, other
     launch shapes; −2.3 ms per step on an H200 for ~20 s more compiling at start (bench/GPU_NOTES.md)."""
+    compile_deterministic: bool = False
+    """Inductor's deterministic mode for the compiled blocks: no kernel choice by timing that changes
+    the arithmetic, so every compile (another worker, a restart) runs the same bits. Off, two compiles
+    gave jobs 1.3e-2 apart; on, bitwise equal at the same step time (H200, compile_repro_gpu.py).
+    Where it meets `compile_tune_kernels`, deterministic mode wins (reduction kernels are not tuned)."""
     attention_backend: str | None = None
     """A diffusers attention backend name, "fa4" (FlashAttention-4, the optional `fa4` extra), "auto"
-    (the fastest candidate that matches SDPA on this GPU, FA4 included where it imports), or None (as is).
+    (of the candidates that match SDPA on this GPU, FA4 included where it imports, the first in a fixed
+    preference order unless another is ≥ 10 % faster: stable across workers, attention.py), or None (as is).
     Without FA4, "auto" keeps "native" on H200/H100 + torch 2.11 (SDPA's own pick is cuDNN's kernel)."""
     fused_qkv: bool = False
     """One GEMM per stream for the joint attention's q, k, v (worker/accel/joint_attention.py). Off: no
@@ -100,6 +106,8 @@ class SpeedOptions:
             gelu_epilogue=True,
             fused_qk_norm_rope=True,
             compile_tune_kernels=True,
+            # Exact jobs reproduce bit for bit on every worker of the same GPU and software.
+            compile_deterministic=True,
             attention_backend="auto",
             cache_negative_embeds=True,
             # Batch-invariant captions (token-identical alone, in any batch, call after call; run 14):

@@ -22,21 +22,55 @@ def repeated_blocks(transformer) -> list[torch.nn.Module]:
 
 def compile_blocks(
     transformer, dynamic: bool = True, cuda_graphs: bool = False, mode: str | None = None,
-    tune_kernels: bool = False,
+    tune_kernels: bool = False, deterministic: bool = False,
 ) -> int:
     """Compile each repeated block in place; returns how many blocks were compiled.
 
     `mode` is torch.compile's mode; None means "reduce-overhead" with `cuda_graphs`, else the default.
     `tune_kernels` (default mode only) has Inductor tune its generated norm/RoPE/elementwise kernels'
     block sizes by coordinate descent at compile time (same arithmetic, other launch shapes).
+    `deterministic`: Inductor's deterministic mode for these graphs (`inductor_options`).
     """
     if mode is None and cuda_graphs:
         mode = "reduce-overhead"
-    options = {"coordinate_descent_tuning": True} if tune_kernels and mode is None else None
+    mode, options = inductor_options(mode, dynamic, tune_kernels, deterministic)
     blocks = repeated_blocks(transformer)
     for block in blocks:
         block.compile(dynamic=dynamic, mode=mode, fullgraph=False, options=options)
     return len(blocks)
+
+
+def inductor_options(
+    mode: str | None, dynamic: bool, tune_kernels: bool, deterministic: bool,
+) -> tuple[str | None, dict | None]:
+    """(mode, options) for `torch.compile` of the blocks.
+
+    Deterministic mode: without it, Inductor picks some kernels' configurations by timing them at
+    compile time (reduction block sizes, split reductions, padding, GEMM choices), and those change
+    the summation order, so two compiles of the same graph (two workers, a restarted worker) can
+    give different bits: 1.3e-2 relative on a 640/4 20-step job's latents (H200, torch 2.11,
+    bench/compile_repro_gpu.py). With it, both compiles' jobs were bitwise equal at the same step
+    time. Where it meets `tune_kernels`, deterministic mode wins: Inductor then tunes only kernels
+    whose numerics the launch shape cannot change (no reduction kernels; torch 2.14's
+    `_should_coordesc_tune`). torch.compile takes a mode or options, not both: a mode becomes its
+    own options (`list_mode_options`, what torch.compile does with it) plus deterministic."""
+    options: dict = {}
+    if tune_kernels and mode is None:
+        options["coordinate_descent_tuning"] = True
+    if deterministic:
+        import torch._inductor.config as inductor_config
+
+        if not hasattr(inductor_config, "deterministic"):
+            log.warning("compile_deterministic: this torch (%s) has no Inductor deterministic mode; "
+                        "compiled blocks may differ bitwise between compiles", torch.__version__)
+        else:
+            if mode not in (None, "default"):
+                from torch._inductor import list_mode_options
+
+                options = {**list_mode_options(mode, dynamic), **options}
+                mode = None
+            options["deterministic"] = True
+    return mode, options or None
 
 
 def uncompile_blocks(transformer) -> None:
