@@ -198,6 +198,26 @@ def test_each_row_goes_into_the_buffers_after_its_prefill_and_is_not_kept(capped
     assert all(r() is None for r in rows)
 
 
+def test_leaving_the_caption_decode_drops_its_extra_layers_before_the_vision_tower_comes_back(capped):
+    """Both at once would exceed the plan (a 14 GiB H200 run ran out of memory here, 2026-12-02)."""
+    placement = capped.placement
+    prefill_modules = placement.text_prefill
+    ready = prefill_modules.ready
+    layers_when_loaded = []
+
+    def recording() -> None:
+        layers_when_loaded.append(len(placement.text_stack.resident))
+        ready()
+
+    prefill_modules.ready = recording
+    try:
+        capped.runner.captioner._cache.clear()
+        capped.caption_images(_images()[:2], True, 640)
+    finally:
+        del prefill_modules.ready
+    assert layers_when_loaded and max(layers_when_loaded) <= placement.plan.caption_text_layers
+
+
 def test_a_tied_embedding_stays_on_the_gpu_while_captions_decode():
     from worker.block_streaming import _prefill_only_modules
 

@@ -389,6 +389,9 @@ class PlacedPipeline:
             return
         if phase == "caption":
             self.transformer_stack.drop_all()
+            # Back from the caption decode (more layers resident, the vision tower and embedding off):
+            # the extra layers leave before those come back, or both would be on the GPU at once.
+            self.text_stack.shrink_to(self.plan.caption_text_layers)
             self.text_rest.ready()
             self.text_prefill.ready()
             self.text_stack.set_resident(self.plan.caption_text_layers)

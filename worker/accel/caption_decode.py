@@ -289,6 +289,7 @@ class FixedBatchDecoder:
         self.capture_s = time.perf_counter() - started
 
     # --- a batch ---------------------------------------------------------------------------------
+    @torch.inference_mode()
     def begin(self) -> None:
         """Empty every row (all finished: rows not loaded stay dummies) before `load`ing a batch."""
         self.seen.zero_()
