@@ -5,7 +5,9 @@ generated reductions (norms, softmax-free sums) by timing them on the card (runt
 coordinate-descent tuning our `compile_tune_kernels` turns on), and the attention probe picks a backend
 by timing. Timings vary, so two workers, or one worker before and after a restart, may compile kernels
 that sum in another order: the same job would then differ in its last bits. Memory run 4 saw 1.3e-2
-between two compiles in one process (bench/GPU_NOTES.md); this script measures it directly.
+between two compiles in one process (bench/GPU_NOTES.md); this script measures it directly. Since
+2026-12-02 the worker compiles in Inductor's deterministic mode (`SpeedOptions.compile_deterministic`)
+and keeps a fixed preference among attention backends of similar speed (worker/accel/attention.py).
 
 One process, one build of the full-size synthetic model, the worker path (`DecomposePipeline.place` +
 `_accelerate`, warm-up 640x4), then for each of --variants, in order: the speed-ups undone, dynamo
@@ -13,11 +15,10 @@ reset, Inductor's on-disk caches off (each compile tunes afresh, as on another m
 warm up again, and one exact 640/4 job with a prompt (--steps). The first variant's job runs twice (the
 run-to-run control). Variants:
 
-  default        the worker's compile as it is
-  deterministic  the same with `torch._inductor.config.deterministic` (no timing-based choice that
-                 changes arithmetic: reduction RBLOCK/num_warps fixed by heuristics, no coordinate descent)
+  default        the worker's compile as it is (deterministic mode on, since 2026-12-02)
+  tuned          the same with `compile_deterministic` off: kernels chosen by timing (the worker before)
   fp8-worker     the FP8 copy made before the compile, as a worker with `LAYERQ_FP8_FAST` does; its exact
-                 job must be bitwise a `default` one if compiles are reproducible at all
+                 job must be bitwise a `default` one, with no graph compiled in the job
 
 Per variant: compile + warm-up seconds, the attention backend chosen, the exact job's step and e2e time,
 and its latents against the first `default` job (bitwise, relative error) and against the previous job
@@ -48,21 +49,17 @@ from layerq.params import DecomposeParams  # noqa: E402
 from worker.accel.synthetic import build_pipeline, sample_image  # noqa: E402
 from worker.pipeline import DecomposePipeline  # noqa: E402
 
-VARIANTS = ("default", "deterministic", "fp8-worker")
+VARIANTS = ("default", "tuned", "fp8-worker")
 
 
 @contextlib.contextmanager
-def fresh_inductor(deterministic: bool):
-    """Inductor with no cache to reuse (a new cache folder, the FX-graph and autotune caches off), and
-    its deterministic mode on or off, for one compile and the jobs that follow it."""
+def fresh_inductor():
+    """Inductor with no cache to reuse (a new cache folder, the FX-graph and autotune caches off), for
+    one compile and the jobs that follow it: each compile chooses afresh, as on another machine."""
     import torch._inductor.config as cfg
 
     patch = {"fx_graph_cache": False, "autotune_local_cache": False}
     patch = {k: v for k, v in patch.items() if hasattr(cfg, k)}
-    if hasattr(cfg, "deterministic"):
-        patch["deterministic"] = deterministic
-    elif deterministic:
-        raise RuntimeError("this torch has no torch._inductor.config.deterministic")
     before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="inductor-") as cache_dir, cfg.patch(patch):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
@@ -75,11 +72,29 @@ def fresh_inductor(deterministic: bool):
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
+@contextlib.contextmanager
+def worker_options(deterministic: bool):
+    """The worker's speed options (`SpeedOptions.for_device`, what `_accelerate` asks for) with
+    `compile_deterministic` as given."""
+    from worker.accel.options import SpeedOptions
+
+    original = SpeedOptions.__dict__["for_device"]  # the classmethod itself, put back as it was
+
+    def patched(cls, device):
+        return original.__func__(cls, device).replace(compile_deterministic=deterministic)
+
+    SpeedOptions.for_device = classmethod(patched)
+    try:
+        yield
+    finally:
+        SpeedOptions.for_device = original
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["full", "small", "tiny"], default="full")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--variants", default="default,default,deterministic,deterministic,fp8-worker")
+    ap.add_argument("--variants", default="default,default,fp8-worker,tuned,tuned")
     ap.add_argument("--budget-s", type=float, default=540, help="start a variant only with ~70 s left")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     args = ap.parse_args(argv)
@@ -118,7 +133,7 @@ def main(argv=None) -> int:
             else:
                 dp.runner.restore()
                 torch._dynamo.reset()
-            with fresh_inductor(variant == "deterministic"):
+            with fresh_inductor(), worker_options(variant != "tuned"):
                 g0 = _graphs()
                 if device == "cuda":
                     _, acc_s = gt.timed(dp._accelerate, False, ((640, 4),))
@@ -128,6 +143,7 @@ def main(argv=None) -> int:
 
                     dp.runner, acc_s = prepare(pipe, SpeedOptions(cache_negative_embeds=True)), 0.0
                 row.update(compile_warmup_s=round(acc_s, 1), graphs=_graphs() - g0,
+                           deterministic=getattr(dp.runner.options, "compile_deterministic", None),
                            attention_backend=str(getattr(dp.runner, "attention_backend", None)))
                 dp.runner = CapturingRunner(dp.runner)
                 for repeat in range(2 if n == 0 else 1):
