@@ -21,7 +21,6 @@ the ratio target: (batch / 8 + job at 50 steps) / (full-memory prompted job at 5
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -30,7 +29,7 @@ import torch
 
 from bench import gpu_timing as gt
 from bench.bench_sections import PROMPT, SEED
-from bench.worker_path_gpu import CapturingRunner, _err, _step_row
+from bench.worker_path_gpu import CapturingRunner, _err, _step_row, accelerate
 from layerq.params import DecomposeParams
 from worker.accel.synthetic import build_pipeline, sample_image
 from worker.memory_plan import GIB, ModelFootprint, choose_plan
@@ -77,10 +76,7 @@ def main(args) -> int:
     t_start, device, res = gt.start(args)
     out_path = os.path.join(args.out, "capped_captions.json")
 
-    def save():
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        with open(out_path, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    save = gt.saver(res, out_path, t_start)
 
     def left() -> float:
         return args.budget_s - (time.perf_counter() - t_start)
@@ -93,14 +89,7 @@ def main(args) -> int:
     res["footprint_gib"] = {k: round(v / GIB, 3) for k, v in vars(fp).items() if k.endswith("bytes")}
     dp = DecomposePipeline.place(pipe, dev, pipe.transformer.dtype, model_id="synthetic", path="-",
                                  card_free_bytes=total)
-    if device == "cuda":
-        _, acc_s = gt.timed(dp._accelerate, True, ((640, 4),))
-    else:  # CPU check: the worker's runner class without compile, invariant captions on
-        from worker.accel.decomposer import prepare
-        from worker.accel.options import SpeedOptions
-
-        dp.runner, acc_s = prepare(pipe, SpeedOptions(cache_negative_embeds=True, caption_cache_entries=16,
-                                                      caption_batch_invariant=True)), 0.0
+    acc_s = accelerate(dp, True, caption_cache_entries=16, caption_batch_invariant=True)  # CPU: invariant captions on
     res["accelerate"] = {"s": round(acc_s, 1), "options": dp.runner.options.describe()}
     dp.runner = CapturingRunner(dp.runner)
     save()

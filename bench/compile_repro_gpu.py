@@ -37,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -44,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import gpu_timing as gt  # noqa: E402
 from bench.bench_sections import PROMPT, SEED  # noqa: E402
-from bench.worker_path_gpu import CapturingRunner, _err, _graphs, worker_job  # noqa: E402
+from bench.worker_path_gpu import CapturingRunner, _err, _graphs, accelerate, worker_job  # noqa: E402
 from layerq.params import DecomposeParams  # noqa: E402
 from worker.accel.synthetic import build_pipeline, sample_image  # noqa: E402
 from worker.pipeline import DecomposePipeline  # noqa: E402
@@ -90,6 +91,33 @@ def worker_options(deterministic: bool):
         SpeedOptions.for_device = original
 
 
+def compile_variant(dp: DecomposePipeline | None, pipe, variant: str, dev: torch.device, total) -> tuple:
+    """Undo the previous compile (if any), place the pipeline as a worker does where the variant needs
+    it (the FP8 copy is made at placement), and compile + warm up (inside `fresh_inductor` and
+    `worker_options`, which the variant's jobs run under too). Returns the pipeline and its row so far."""
+    row: dict = {"variant": variant}
+    if dp is not None:
+        dp.runner.restore()
+        torch._dynamo.reset()
+    if dp is None or variant == "fp8-worker":
+        dp = DecomposePipeline.place(pipe, dev, pipe.transformer.dtype, model_id="synthetic", path="-",
+                                     card_free_bytes=total, fp8_fast="on" if variant == "fp8-worker" else "off")
+        row["fp8_modules"] = len(dp.fp8_modules)
+    g0 = _graphs()
+    acc_s = accelerate(dp, False)
+    row.update(compile_warmup_s=round(acc_s, 1), graphs=_graphs() - g0,
+               deterministic=getattr(dp.runner.options, "compile_deterministic", None),
+               attention_backend=str(getattr(dp.runner, "attention_backend", None)))
+    return dp, row
+
+
+def compared(lat: torch.Tensor, ref: torch.Tensor | None, name: str) -> dict:
+    """Bitwise equality and relative error of `lat` against `ref` (nothing where there is no ref)."""
+    if ref is None or ref is lat:
+        return {}
+    return {f"bitwise_equal_to_{name}": bool(torch.equal(lat, ref)), f"rel_err_vs_{name}": _err(lat, ref)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=["full", "small", "tiny"], default="full")
@@ -121,50 +149,18 @@ def main(argv=None) -> int:
             break
         row: dict = {"variant": variant}
         try:
-            if dp is None or variant == "fp8-worker":
-                if dp is not None:
-                    dp.runner.restore()
-                    torch._dynamo.reset()
-                # A worker's start: place (the FP8 copy, where wanted, is made here), then compile.
-                dp = DecomposePipeline.place(pipe, dev, pipe.transformer.dtype, model_id="synthetic", path="-",
-                                             card_free_bytes=total,
-                                             fp8_fast="on" if variant == "fp8-worker" else "off")
-                row["fp8_modules"] = len(dp.fp8_modules)
-            else:
-                dp.runner.restore()
-                torch._dynamo.reset()
             with fresh_inductor(), worker_options(variant != "tuned"):
-                g0 = _graphs()
-                if device == "cuda":
-                    _, acc_s = gt.timed(dp._accelerate, False, ((640, 4),))
-                else:  # CPU check: the runner without compile
-                    from worker.accel.decomposer import prepare
-                    from worker.accel.options import SpeedOptions
-
-                    dp.runner, acc_s = prepare(pipe, SpeedOptions(cache_negative_embeds=True)), 0.0
-                row.update(compile_warmup_s=round(acc_s, 1), graphs=_graphs() - g0,
-                           deterministic=getattr(dp.runner.options, "compile_deterministic", None),
-                           attention_backend=str(getattr(dp.runner, "attention_backend", None)))
+                dp, row = compile_variant(dp, pipe, variant, dev, total)
                 dp.runner = CapturingRunner(dp.runner)
-                for repeat in range(2 if n == 0 else 1):
+                for key in ("job", "job_again")[: 2 if n == 0 else 1]:  # the first variant's job twice
                     job, lat = worker_job(dp, image, params)
-                    key = "job" if repeat == 0 else "job_again"
-                    row[key] = {k: job[k] for k in ("e2e_s", "step_s", "graphs_compiled", "allocated_gib")
-                                if k in job}
-                    if first is None:
-                        first = lat
-                    else:
-                        row[key]["bitwise_equal_to_first"] = bool(torch.equal(lat, first))
-                        row[key]["rel_err_vs_first"] = _err(lat, first)
-                    prev = last_of.get(variant)
-                    if prev is not None and prev is not lat:
-                        row[key]["bitwise_equal_to_previous_same_variant"] = bool(torch.equal(lat, prev))
-                        row[key]["rel_err_vs_previous_same_variant"] = _err(lat, prev)
+                    first = lat if first is None else first
+                    row[key] = {k: job[k] for k in ("e2e_s", "step_s", "graphs_compiled", "allocated_gib") if k in job}
+                    row[key].update(compared(lat, first, "first"))
+                    row[key].update(compared(lat, last_of.get(variant), "previous_same_variant"))
                     last_of[variant] = lat
                 dp.runner = dp.runner.runner
         except Exception as exc:  # noqa: BLE001 - keep the variants measured so far
-            import traceback
-
             traceback.print_exc()
             row["error"] = f"{type(exc).__name__}: {exc}"[:1500]
         res["variants"].append(row)

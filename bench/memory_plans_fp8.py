@@ -29,7 +29,7 @@ import torch
 
 from bench import gpu_timing as gt
 from bench.bench_sections import PROMPT, SEED
-from bench.worker_path_gpu import CapturingRunner, _err, _graphs, _step_row
+from bench.worker_path_gpu import CapturingRunner, _err, _graphs, _step_row, accelerate
 from layerq.params import DecomposeParams
 from worker.accel import fp8
 from worker.accel.synthetic import build_pipeline, sample_image
@@ -78,16 +78,11 @@ def linear_section(device: str) -> dict:
 def main(args) -> int:
     from bench.memory_plans_gpu import place_under_cap  # lazy: that script imports this one
 
-    import json
-
     t_start, device, res = gt.start(args)
     res["jobs"] = []
     dev = torch.device(device)
 
-    def save():
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        with open(os.path.join(args.out, "memory_plans_fp8.json"), "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    save = gt.saver(res, os.path.join(args.out, "memory_plans_fp8.json"), t_start)
 
     def left() -> float:
         return args.budget_s - (time.perf_counter() - t_start)
@@ -107,13 +102,7 @@ def main(args) -> int:
     dp = DecomposePipeline.place(pipe, dev, pipe.transformer.dtype, model_id="synthetic", path="-",
                                  card_free_bytes=total)
     g0 = _graphs()
-    if device == "cuda":
-        _, acc_s = gt.timed(dp._accelerate, False, ((640, 4),))
-    else:  # CPU check: the same runner class without compile
-        from worker.accel.decomposer import prepare
-        from worker.accel.options import SpeedOptions
-
-        dp.runner, acc_s = prepare(pipe, SpeedOptions(cache_negative_embeds=True)), 0.0
+    acc_s = accelerate(dp, False)
     res["accelerate"] = {"s": round(acc_s, 1), "graphs": _graphs() - g0, "options": dp.runner.options.describe(),
                          **gt.peak_gib()}
     print("accelerate", res["accelerate"], flush=True)
@@ -195,17 +184,8 @@ def main(args) -> int:
             break
         budget = int(cap * GIB) if device == "cuda" else _cpu_budget(fp, cap)
         plan = choose_plan(budget, fp, ((640, 4),), device_type=device, source="cap", fp8=True)
-        if placement is None and device == "cuda":
-            torch.cuda.empty_cache()
-        placement, place_s = place_under_cap(dp, pipe, placement, plan, cap, total, dev)
-        if place_s is not None:  # first placement: the FP8 copies are made once, beside it
-            _, fp8_s = gt.timed(placement.enable_fp8)
-            if device == "cuda":
-                # The FP8 copy made at full memory leaves the GPU here: without this its freed blocks
-                # stayed cached and the first capped job's peak "reserved" read 19.5 GiB under a
-                # 14 GiB cap (2026-12-02; allocated 12.2). A worker quantises block by block instead.
-                torch.cuda.empty_cache()
-            res["place_s"], res["place_fp8_s"] = round(place_s, 1), round(fp8_s, 1)
+        placement, timings = place_under_cap(dp, pipe, placement, plan, cap, total, dev, fp8=True)
+        res.update(timings)
         res.setdefault("plans", {})[f"{cap:g}"] = plan.describe()
         print("plan", cap, plan.describe(), flush=True)
         job("fast", cap, fast, 15, "fp8")
