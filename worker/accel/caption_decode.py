@@ -315,14 +315,14 @@ class FixedBatchDecoder:
         self.tok[slot] = row.first_token
         self.pos[slot] = row.length
         self.delta[slot] = row.rope_delta
-        self.finished[slot] = row.first_token in set(self.selection.eos_ids)
+        self.finished[slot] = row.first_token in self.selection.eos_ids  # dummy rows stay finished
 
     @torch.inference_mode()
     def decode(self, rows: list[Prefilled], max_new_tokens: int, trace_row: int | None = None) -> list[list[int]]:
         """New tokens per row (each ends at its first end token, inclusive): `begin`, `load` each row,
         `run`. With `trace_row`, the raw logits of that row at every decode step are kept in `self.trace`
         (benchmark diagnosis)."""
-        if not 0 < len(rows) <= self.batch:
+        if not 0 < len(rows) <= self.batch:  # before `begin` touches the state
             raise ValueError(f"1..{self.batch} rows, got {len(rows)}")
         self.begin()
         for i, r in enumerate(rows):
