@@ -150,11 +150,23 @@ class Shutdown(BaseException):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+REDELIVER_AFTER_S = 0.05
+
+
 @contextmanager
 def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     """Within the block, the first SIGTERM, SIGINT or SIGHUP raises `Shutdown` in the main thread;
     later ones only print a note, so that the (bounded) stop they started is not cut short and no
-    child is left behind. The previous handlers are restored on exit."""
+    child is left behind. The previous handlers are restored on exit.
+
+    Python runs a signal handler between any two bytecodes of the main thread, including inside a
+    weakref finalizer or a `__del__` that the garbage collector happens to call there; an exception
+    raised in those is printed ("Exception ignored in ...") and dropped, so the `Shutdown` would be
+    lost and `layerq up` would keep running (seen once in CI). Such a dropped `Shutdown` reaches
+    `sys.unraisablehook`: the hook here sends the signal again a moment later, from a short-lived
+    thread, so that it lands in ordinary code, where it raises as usual."""
+    import threading
+
     stopping = False
 
     def handle(signum: int, _frame) -> None:
@@ -165,10 +177,22 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         stopping = True
         raise Shutdown(signum)
 
+    earlier_hook = sys.unraisablehook
+
+    def redeliver_dropped(unraisable) -> None:
+        nonlocal stopping
+        if not isinstance(unraisable.exc_value, Shutdown):
+            earlier_hook(unraisable)
+            return
+        stopping = False
+        threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+
     previous = {sig: signal.signal(sig, handle) for sig in signals}
+    sys.unraisablehook = redeliver_dropped
     try:
         yield
     finally:
+        sys.unraisablehook = earlier_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
 

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# --durations: the CI log names the slowest tests, to keep the suite under ~30 min on 2 cores.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=40 "$@"
