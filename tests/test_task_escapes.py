@@ -4,7 +4,8 @@ forever: Celery acks a task that raised, so no message would be left to run it.
 
 A focused unit test on a real Redis job store: the task body is called in this process (not through
 a broker), with a stand-in runtime holding that store, and the escape is forced at the start of the
-job's run."""
+job's run. The job store unreachable while a worker claims a job is no escape: a transient fault,
+retried."""
 
 from __future__ import annotations
 
@@ -90,3 +91,43 @@ def test_job_tasks_fail_their_job_when_setup_raises(app, rt, monkeypatch, task_n
     rec = rt.jobs.get(job_id)
     assert rec["status"] == "failed" and rec["error"]["code"] == "internal"
     assert "KeyError" in rec["error"]["message"]
+
+
+def _claim_decompose(rt, job_id: str) -> None:
+    from worker.decompose import run_job
+
+    run_job(rt, {"job_id": job_id, "input_key": "in.png", "params": {"layers": 4}})
+
+
+def _claim_compose(rt, job_id: str) -> None:
+    from pydantic import BaseModel
+
+    class Message(BaseModel):  # only the claim is reached
+        job_id: str
+
+    layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build=None)
+
+
+@pytest.mark.parametrize(("kind", "claim", "failing"), [
+    ("decompose", _claim_decompose, "get"), ("decompose", _claim_decompose, "begin_attempt"),
+    ("compose", _claim_compose, "begin_attempt")])
+def test_the_store_unreachable_at_the_claim_is_retried_not_failed(rt, monkeypatch, kind, claim, failing):
+    """A Redis blip while a worker claims a job is a transient fault (the task retries it with
+    backoff), not an escape that would end the job `internal`; nothing has run, the job stays queued."""
+    import redis
+
+    from worker.decompose import TransientJobError
+
+    job_id = _job(rt.jobs, kind)
+
+    def unreachable(*_args, **_kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "w1", raising=False)
+    with monkeypatch.context() as outage:
+        outage.setattr(rt.jobs, failing, unreachable)
+        with pytest.raises(TransientJobError, match="ConnectionError while claiming"):
+            claim(rt, job_id)
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == "queued" and not rec.get("error")

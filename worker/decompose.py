@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,20 @@ class JobKind:
     execute: Callable[[WorkerRuntime, Any, StageClock], dict[str, Any]]
 
 
+@contextmanager
+def claiming() -> Iterator[None]:
+    """Around a worker's claim of a job (`JobStore.begin_attempt` and the reads before it): the job
+    store unreachable after its own retries is a transient fault, for the task to retry later.
+    Nothing has run and it is not the job's fault; escaping, it would end the job `internal`
+    (tasks.failing_job_on_escape) after a blip of Redis."""
+    try:
+        yield
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientJobError(f"{type(exc).__name__} while claiming the job: {exc}") from exc
+        raise
+
+
 def run_job(
     rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = None, retries: int = 0,
     kind: JobKind | None = None,
@@ -125,14 +140,15 @@ def run_job(
         return "failed"
 
     try:
-        # The job's own queue (decompose jobs wait in their memory class's queue), for its place in
-        # the queue and the duplicate check against the workers of that queue.
-        rec = rt.jobs.get(msg.job_id)
-        queue = rec.get("queue") or kind.queue
-        attempt = rt.jobs.begin_attempt(
-            msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
-            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=queue,
-        )
+        with claiming():
+            # The job's own queue (decompose jobs wait in their memory class's queue), for its place
+            # in the queue and the duplicate check against the workers of that queue.
+            rec = rt.jobs.get(msg.job_id)
+            queue = rec.get("queue") or kind.queue
+            attempt = rt.jobs.begin_attempt(
+                msg.job_id, max_deliveries=rt.settings.max_deliveries + retries, worker=rt.name,
+                alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s), queue=queue,
+            )
     except JobNotFound:  # expired record, or a message for another deployment: nothing to do
         log.warning("job %s has no record; message dropped", msg.job_id)
         return "missing"

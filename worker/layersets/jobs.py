@@ -23,7 +23,7 @@ from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from storage.client import is_transient
 from worker.decompose import (
-    StageClock, TransientJobError, _cancel, _end_failed, _notify, give_up, load_input,
+    StageClock, TransientJobError, _cancel, _end_failed, _notify, claiming, give_up, load_input,
 )
 from worker.liveness import dead_after_s
 from worker.outputs import manifest_for, store_layer_set
@@ -129,9 +129,10 @@ def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: 
     try:
         # CPU workers beat on the `cpu` queue too: a duplicate message of a job running on a live
         # worker is refused, a dead worker's job is taken over.
-        attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries, worker=rt.name,
-                                        alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
-                                        queue=LAYERSET_QUEUE)
+        with claiming():
+            attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries, worker=rt.name,
+                                            alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
+                                            queue=LAYERSET_QUEUE)
     except JobNotFound:
         return "missing"
     if not attempt.run:
