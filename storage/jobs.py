@@ -87,6 +87,7 @@ class JobStore:
         self.record_horizon_s = ttl_s + max(ttl_s, retain_max_s)
         self._transition = client.register_script(lua.TRANSITION)
         self._begin = client.register_script(lua.BEGIN_ATTEMPT)
+        self._unclaim = client.register_script(lua.UNCLAIM)
         self._progress = client.register_script(lua.PROGRESS)
         self._cancel = client.register_script(lua.CANCEL)
         self._by_priority = client.register_script(lua.QUEUED_BY_PRIORITY)
@@ -336,6 +337,13 @@ class JobStore:
         if outcome == "missing":
             raise JobNotFound(f"no job with id {job_id!r}", field="id")
         return Attempt(run=False, status=detail)
+
+    def unclaim(self, job_id: str, worker: str) -> bool:
+        """`worker` hands its running job back for a retry (a transient fault): the job stays
+        `running` with no owner, so the retry's delivery runs on whichever worker takes it. Without
+        this, another live worker would refuse that delivery as a duplicate and the job would stay
+        `running` for good. Returns whether `worker` owned the job."""
+        return bool(self._unclaim(keys=[self.keys.job(job_id)], args=[worker]))
 
     def set_progress(self, job_id: str, stage: str, step: int = 0, total: int = 0) -> JobStatus | None:
         """Record progress while running; return the job's status (the worker stops on `canceling`)."""

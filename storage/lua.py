@@ -80,6 +80,17 @@ redis.call('HSET', KEYS[1], 'started_at', ARGV[1], 'worker', ARGV[5])
 return {'run', tostring(attempts)}
 """
 
+# A worker hands a running job back for a later retry (a transient fault): it stops owning it, so
+# any worker may claim the retry's delivery (BEGIN_ATTEMPT refuses deliveries of a job whose owner
+# is alive). KEYS: job hash. ARGV[1]: this worker. Returns 1 when it owned the job, else 0.
+UNCLAIM = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'worker')
+  return 1
+end
+return 0
+"""
+
 # Cancel many jobs. KEYS: the queue zsets the jobs may wait in (a batch's decompose jobs span the
 # memory classes' queues). ARGV[3..]: job keys. queued → canceled at once (the worker
 # will skip its message), running → canceling (the worker stops at its next step).

@@ -119,3 +119,32 @@ def test_state_machine_table():
     check_transition(JobStatus.QUEUED, JobStatus.RUNNING)
     with pytest.raises(IllegalTransition):
         check_transition(JobStatus.CANCELED, JobStatus.RUNNING)
+
+
+def test_a_job_handed_back_for_a_retry_runs_on_another_live_worker(jobs, redis_url):
+    """A delivery of a job running on a live worker is refused as a duplicate; once that worker hands
+    the job back for a retry (a transient fault), the retry's delivery runs wherever it lands."""
+    from storage.workers import WorkerRegistry
+
+    workers = WorkerRegistry.from_url(redis_url, key_prefix=jobs.prefix)
+    workers.beat(["decompose"], "a@host")
+    workers.beat(["decompose"], "b@host")
+    job = make_job(jobs)
+    assert jobs.begin_attempt(job, max_deliveries=3, worker="a@host").run
+    refused = jobs.begin_attempt(job, max_deliveries=3, worker="b@host")
+    assert not refused.run and refused.duplicate
+
+    assert not jobs.unclaim(job, "b@host")  # only the owner hands a job back
+    assert jobs.get(job)["worker"] == "a@host"
+    assert jobs.unclaim(job, "a@host")
+    retry = jobs.begin_attempt(job, max_deliveries=3 + 1, worker="b@host")
+    assert retry.run and retry.attempts == 2
+    assert jobs.get(job)["worker"] == "b@host"
+
+
+def test_a_finished_job_is_not_handed_back(jobs):
+    job = make_job(jobs)
+    jobs.begin_attempt(job, max_deliveries=3, worker="a@host")
+    jobs.succeed(job, {"layers": []}, {})
+    assert not jobs.unclaim(job, "a@host")
+    assert jobs.get(job)["status"] == "succeeded"

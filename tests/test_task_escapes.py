@@ -131,3 +131,22 @@ def test_the_store_unreachable_at_the_claim_is_retried_not_failed(rt, monkeypatc
             claim(rt, job_id)
     rec = rt.jobs.get(job_id)
     assert rec["status"] == "queued" and not rec.get("error")
+
+
+def test_a_transient_fault_mid_job_hands_the_job_back(rt, monkeypatch):
+    """The delivery that hit the fault stops owning the job, so its retry may run on another worker."""
+    import worker.decompose
+    from worker.decompose import TransientJobError, run_job
+
+    def storage_down(*_args, **_kwargs):
+        raise TransientJobError("StorageUnavailable: S3 unreachable")
+
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "w1", raising=False)
+    monkeypatch.setattr(rt, "liveness", None, raising=False)
+    monkeypatch.setattr(worker.decompose, "_run_claimed", storage_down)
+    job_id = _job(rt.jobs, "decompose")
+    with pytest.raises(TransientJobError):
+        run_job(rt, {"job_id": job_id, "input_key": "in.png", "params": {"layers": 4}})
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == "running" and rec["attempts"] == 1 and not rec.get("worker")

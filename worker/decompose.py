@@ -121,6 +121,15 @@ def claiming() -> Iterator[None]:
         raise
 
 
+def hand_back(rt: WorkerRuntime, job_id: str) -> None:
+    """A job this worker claimed hit a transient fault and goes back for a retry: stop owning it, so
+    the retry runs on whichever worker takes its delivery (`JobStore.unclaim`)."""
+    try:
+        rt.jobs.unclaim(job_id, rt.name)
+    except Exception:  # Redis is the fault: the retry cannot be published on it either
+        log.warning("job %s: could not hand it back for a retry", job_id, exc_info=True)
+
+
 def run_job(
     rt: WorkerRuntime, raw_message: Any, *, delivery_tag: str | None = None, retries: int = 0,
     kind: JobKind | None = None,
@@ -170,6 +179,9 @@ def run_job(
         status = _run_claimed(rt, msg, kind)
         metrics.JOBS.labels(kind.name, status).inc()
         return status
+    except TransientJobError:
+        hand_back(rt, msg.job_id)
+        raise
     finally:
         context.reset()
         if rt.liveness:

@@ -23,7 +23,7 @@ from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from storage.client import is_transient
 from worker.decompose import (
-    StageClock, TransientJobError, _cancel, _end_failed, _notify, claiming, give_up, load_input,
+    StageClock, TransientJobError, _cancel, _end_failed, _notify, claiming, give_up, hand_back, load_input,
 )
 from worker.liveness import dead_after_s
 from worker.outputs import manifest_for, store_layer_set
@@ -147,11 +147,13 @@ def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: 
         clock.lap("exporting")
     except LayerqError as exc:
         if is_transient(exc):
+            hand_back(rt, msg.job_id)
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         metrics.JOBS.labels(kind, "failed").inc()
         return _end_failed(rt, msg.job_id, exc.code, exc.message, clock.total())
     except Exception as exc:
         if is_transient(exc):
+            hand_back(rt, msg.job_id)
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("%s job %s failed unexpectedly", kind, msg.job_id)
         metrics.JOBS.labels(kind, "failed").inc()
