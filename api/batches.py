@@ -11,13 +11,14 @@ from flask import Blueprint, jsonify, request, url_for
 from api.bodies import json_body, json_field, parse_model, parse_params
 from api.context import owned_batch, services
 from api.idempotency import idempotent
-from api.paging import page
+from api.paging import newest_first, page, page_query
 from api.routing import decompose_queue_for
 from api.submission import Item, check_webhook, submit
 from api.tenancy import tenant
 from api.views import iso
 from layerq.errors import ValidationFailed
 from layerq.images import normalise_image
+from layerq.jobs import TERMINAL
 from layerq.params import DecomposeParams
 from layerq.queues import DECOMPOSE_QUEUES, EDIT_QUEUE
 from layerq.requests import BatchRequest
@@ -75,12 +76,43 @@ def _accepted(svc, body: BatchRequest, webhook, params: list, items: list[Item])
     return resp
 
 
+BATCH_STATES = ("active", "done")
+
+
+@bp.get("/v1/batches")
+def list_batches():
+    """`?state=active|done&cursor=<n>&limit=<n>`: the caller's batches, newest first, each with its
+    counts (read a batch for its ETA and jobs). Callers without an API key get an empty page, as
+    for their jobs (`page_of_own_jobs`)."""
+    svc = services()
+    state = request.args.get("state")
+    if state is not None and state not in BATCH_STATES:
+        raise ValidationFailed(f"state must be one of {', '.join(BATCH_STATES)}", field="state")
+    # `status` filters jobs (`GET /v1/jobs`); a batch has a state, not a status.
+    query = page_query({k: v for k, v in request.args.items() if k != "status"},
+                       svc.settings.page_size, svc.settings.page_size_max)
+    return jsonify(newest_first(query, lambda before, n: svc.batches.tenant_batch_ids(tenant(), before, n),
+                                svc.batches.get_many, batch_summary,
+                                keep=lambda b: state is None or (_finished(b) == b["count"]) == (state == "done")))
+
+
+def batch_summary(batch: dict) -> dict:
+    finished = _finished(batch)
+    return {"id": batch["id"], "kind": batch["meta"].get("kind") or "decompose", "count": batch["count"],
+            "counts": batch["counts"], "created_at": iso(batch["created_at"]),
+            "progress": round(finished / batch["count"], 4), "done": finished == batch["count"]}
+
+
+def _finished(batch: dict) -> int:
+    return sum(batch["counts"][s.value] for s in TERMINAL)
+
+
 @bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str):
     svc = services()
     batch = owned_batch(batch_id)
     counts = batch["counts"]
-    done = counts["succeeded"] + counts["failed"] + counts["canceled"] + counts["expired"]
+    done = _finished(batch)
     partial = 0.0  # running jobs count by the share of their steps done
     if counts["running"]:
         for rec in svc.jobs.get_many(svc.batches.job_ids(batch_id)[:RUNNING_SCAN_MAX]):

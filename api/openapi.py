@@ -83,6 +83,22 @@ class BatchView(BaseModel):
     jobs: JobPage
 
 
+class BatchSummary(BaseModel):
+    id: str
+    kind: str = Field(description="`decompose` or `edit`: the kind of every job of the batch")
+    count: int
+    counts: dict[str, int]
+    created_at: str
+    progress: float = Field(description="Share of the batch's jobs that ended (read the batch for running "
+                            "jobs' steps and its ETA)")
+    done: bool = Field(description="Every job of the batch ended")
+
+
+class BatchPage(BaseModel):
+    items: list[BatchSummary]
+    next_cursor: str | None
+
+
 class BatchCancelResult(BaseModel):
     id: str
     canceled: int
@@ -132,7 +148,7 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     DecomposeParams, JobView, ErrorResponse, Health, JobRequest, BatchRequest, UploadRequest, CancelResult,
-    BatchAccepted, DryRun, JobPage, BatchView, BatchCancelResult, UploadTicket, EditParams, EditRequest,
+    BatchAccepted, DryRun, JobPage, BatchView, BatchSummary, BatchPage, BatchCancelResult, UploadTicket, EditParams, EditRequest,
     LayerDecomposeRequest, ComposeRequest, CombineRequest,
 ]
 
@@ -389,6 +405,24 @@ def build_document() -> dict[str, Any]:
                 }
             },
             "/v1/batches": {
+                "get": {
+                    "summary": "The caller's batches, newest first",
+                    "operationId": "listBatches",
+                    "description": "The batches the caller's API key submitted, newest first, with their counts; "
+                                   "`next_cursor` pages back in time. Callers without a key get an empty page, as "
+                                   "for their jobs.",
+                    "parameters": [
+                        {"name": "state", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["active", "done"]},
+                         "description": "`active`: some job has not ended; `done`: every job ended"},
+                        {"name": "cursor", "in": "query", "required": False,
+                         "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                         "description": "`next_cursor` of the previous page"},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT}},
+                    ],
+                    "responses": {"200": _json(BatchPage, "One page"), **_errors(400, 503)},
+                },
                 "post": {
                     "summary": "Submit up to 10,000 jobs, or estimate them with dry_run",
                     "operationId": "submitBatch",

@@ -6,7 +6,7 @@ silently clamped or ignored."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flask import request
@@ -88,18 +88,29 @@ def page_of_own_jobs() -> dict:
     and such callers keep the ids they were given."""
     svc = services()
     query = checked_query()
+    return newest_first(query, lambda before, n: svc.jobs.tenant_job_ids(tenant(), before, n), svc.jobs.get_many,
+                        lambda rec: job_view(rec, svc, with_eta=False),
+                        keep=lambda rec: query.status is None or rec["status"] == query.status)
+
+
+def newest_first(query: PageQuery, ids_before: Callable[[int | None, int], list[tuple[str, int]]],
+                 records: Callable[[list[str]], list], view: Callable[[dict], dict],
+                 keep: Callable[[dict], bool] = lambda _rec: True) -> dict:
+    """One page of a tenant's index (`JobStore.newest_ids`): `ids_before(cursor, n)` gives (id, created
+    µs) rows, `records(ids)` their records (None: expired, skipped), `keep` filters, `view` answers.
+    The public tenant's page is always empty (`page_of_own_jobs`)."""
     if tenant() == PUBLIC:
         return {"items": [], "next_cursor": None}
     out: list[dict] = []
     before = query.cursor or None
     while len(out) < query.limit:
-        rows = svc.jobs.tenant_job_ids(tenant(), before, query.limit * 2)
+        rows = ids_before(before, query.limit * 2)
         if not rows:
             return {"items": out, "next_cursor": None}
-        for (_, created_us), rec in zip(rows, svc.jobs.get_many([job_id for job_id, _ in rows])):
+        for (_, created_us), rec in zip(rows, records([member for member, _ in rows])):
             before = created_us
-            if rec and (query.status is None or rec["status"] == query.status):  # None: expired record
-                out.append(job_view(rec, svc, with_eta=False))
+            if rec and keep(rec):
+                out.append(view(rec))
                 if len(out) == query.limit:
                     break
     return {"items": out, "next_cursor": str(before)}

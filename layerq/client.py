@@ -96,6 +96,15 @@ class LayerqClient:
     def get(self, job_id: str) -> dict:
         return self._json(self.http.get(f"{self.base_url}/v1/jobs/{job_id}", timeout=self.timeout_s))
 
+    def batches(self, state: str | None = None, page_size: int = 100) -> Iterator[dict]:
+        """This key's batches, newest first (`GET /v1/batches`), every page; `state`: `active` or `done`."""
+        cursor: str | None = "0"
+        while cursor is not None:
+            query = {"cursor": cursor, "limit": page_size, **({"state": state} if state else {})}
+            page = self._json(self.http.get(f"{self.base_url}/v1/batches", params=query, timeout=self.timeout_s))
+            yield from page["items"]
+            cursor = page["next_cursor"]
+
     def health(self) -> dict:
         return self._json(self.http.get(f"{self.base_url}/healthz", timeout=self.timeout_s))
 

@@ -31,8 +31,10 @@ class BatchStore:
         batch in item order."""
         pipe = self._r.pipeline(transaction=False)
         key, ids_key = self.keys.batch(batch_id), self.keys.batch_jobs(batch_id)
+        now = time.time()
         pipe.hset(key, mapping={"id": batch_id, "tenant": tenant, "count": len(all_ids),
-                                "created_at": repr(time.time()), "meta": json.dumps(meta), "n_queued": len(jobs)})
+                                "created_at": repr(now), "meta": json.dumps(meta), "n_queued": len(jobs)})
+        self._jobs.index_by_creation(pipe, self.keys.tenant_batches(tenant), {batch_id: int(now * 1e6)}, now)
         for i in range(0, len(all_ids), 5000):
             pipe.rpush(ids_key, *all_ids[i : i + 5000])
         for k in (key, ids_key):
@@ -48,10 +50,26 @@ class BatchStore:
         raw = self._r.hgetall(self.keys.batch(batch_id))
         if not raw:
             raise JobNotFound(f"no batch with id {batch_id!r}", field="id")
-        counts = {s: max(0, int(raw.get(f"n_{s}", 0))) for s in STATUSES}
-        return {"id": raw["id"], "tenant": raw.get("tenant", ""), "count": int(raw["count"]),
-                "created_at": float(raw["created_at"]), "meta": json.loads(raw.get("meta") or "{}"),
-                "counts": counts}
+        return _parsed(raw)
+
+    def get_many(self, batch_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Batches in one round trip, in order; None where a record expired."""
+        pipe = self._r.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.hgetall(self.keys.batch(batch_id))
+        # Without `id`: the record expired and a late job transition's counter made a stub.
+        return [_parsed(raw) if raw.get("id") else None for raw in pipe.execute()]
+
+    def tenant_batch_ids(self, tenant: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
+        """A tenant's batches, newest first (`JobStore.newest_ids`)."""
+        return self._jobs.newest_ids(self.keys.tenant_batches(tenant), before_us, count)
 
     def job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
         return self._r.lrange(self.keys.batch_jobs(batch_id), start, stop)
+
+
+def _parsed(raw: dict[str, str]) -> dict[str, Any]:
+    counts = {s: max(0, int(raw.get(f"n_{s}", 0))) for s in STATUSES}
+    return {"id": raw["id"], "tenant": raw.get("tenant", ""), "count": int(raw["count"]),
+            "created_at": float(raw["created_at"]), "meta": json.loads(raw.get("meta") or "{}"),
+            "counts": counts}

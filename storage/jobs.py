@@ -158,7 +158,7 @@ class JobStore:
             if not job.batch_id:
                 by_tenant.setdefault(job.tenant, {})[job.job_id] = int(now * 1e6) + n
         for tenant, members in by_tenant.items():
-            self._index(pipe, tenant, members, now)
+            self.index_by_creation(pipe, self.keys.tenant_jobs(tenant), members, now)
         for (queue, priority, tenant), ids in backlogs.items():
             for i in range(0, len(ids), 5000):
                 pipe.rpush(self.keys.backlog(queue, priority, tenant), *ids[i : i + 5000])
@@ -206,29 +206,32 @@ class JobStore:
         if batch_id:
             p.hincrby(self.keys.batch(batch_id), "n_succeeded", 1)
         else:
-            self._index(p, tenant, {job_id: int(float(now) * 1e6)}, float(now))
+            self.index_by_creation(p, self.keys.tenant_jobs(tenant), {job_id: int(float(now) * 1e6)}, float(now))
         if pipe is None:
             p.execute()
 
-    def _index(self, pipe: redis.client.Pipeline, tenant: str, members: dict[str, int], now: float) -> None:
-        """Add jobs to their tenant's index, scored by creation time in whole microseconds (exact in a
-        double, so a score read back is a cursor that never skips or repeats a job). Entries older than
-        a record can live (`record_horizon_s`: a job retained up to `LAYERQ_RETAIN_MAX_S` after a
-        queue of up to `ttl_s`) are trimmed here, on write, so the index lives as long as the records
-        it points to; a record that expired sooner (most of them) is skipped on read."""
-        key = self.keys.tenant_jobs(tenant)
+    def index_by_creation(self, pipe: redis.client.Pipeline, key: str, members: dict[str, int], now: float) -> None:
+        """Add ids to a tenant's index (`key`: its jobs, or its batches), scored by creation time in
+        whole microseconds (exact in a double, so a score read back is a cursor that never skips or
+        repeats an id). Entries older than a record can live (`record_horizon_s`: a job retained up to
+        `LAYERQ_RETAIN_MAX_S` after a queue of up to `ttl_s`) are trimmed here, on write, so the index
+        lives as long as the records it points to; a record that expired sooner (most of them) is
+        skipped on read."""
         pipe.zadd(key, members)
         pipe.zremrangebyscore(key, "-inf", int((now - self.record_horizon_s) * 1e6))
         pipe.expire(key, self.record_horizon_s)
 
-    def tenant_job_ids(self, tenant: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
-        """Up to `count` of a tenant's (non-batch) jobs created before `before_us` (microseconds since
-        the epoch; None: from the newest), newest first, each with its creation time in microseconds
-        (the cursor of the next page: a time, not an offset, so new jobs never shift a page)."""
+    def newest_ids(self, key: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
+        """Up to `count` ids of an index (`index_by_creation`) created before `before_us` (microseconds
+        since the epoch; None: from the newest), newest first, each with its creation time in
+        microseconds (the cursor of the next page: a time, not an offset, so new ids never shift a page)."""
         high = "+inf" if before_us is None else f"({before_us}"
-        rows = self._r.zrevrangebyscore(self.keys.tenant_jobs(tenant), high, "-inf", start=0, num=count,
-                                        withscores=True)
-        return [(job_id, int(score)) for job_id, score in rows]
+        rows = self._r.zrevrangebyscore(key, high, "-inf", start=0, num=count, withscores=True)
+        return [(member, int(score)) for member, score in rows]
+
+    def tenant_job_ids(self, tenant: str, before_us: int | None, count: int) -> list[tuple[str, int]]:
+        """A tenant's (non-batch) jobs, newest first (`newest_ids`)."""
+        return self.newest_ids(self.keys.tenant_jobs(tenant), before_us, count)
 
     def remaining_ttl_s(self, job_id: str) -> int:
         """Seconds until the job's record expires (`ttl_s` when it has no expiry or is gone)."""

@@ -84,6 +84,10 @@ class Keys:
         """Sorted set: a tenant's jobs outside batches, by creation time (`GET /v1/jobs`, newest first)."""
         return f"{self.prefix}:tenant:{tenant}:jobs"
 
+    def tenant_batches(self, tenant: str) -> str:
+        """Sorted set: a tenant's batches, by creation time (`GET /v1/batches`, newest first)."""
+        return f"{self.prefix}:tenant:{tenant}:batches"
+
     # --- result cache, idempotency, uploads ---------------------------------------------------
     def cache(self, tenant: str, digest: str) -> str:
         """String: id of the finished job that answers (tenant, input bytes, params, model)."""

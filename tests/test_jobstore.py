@@ -148,3 +148,23 @@ def test_a_finished_job_is_not_handed_back(jobs):
     jobs.succeed(job, {"layers": []}, {})
     assert not jobs.unclaim(job, "a@host")
     assert jobs.get(job)["status"] == "succeeded"
+
+
+def test_a_tenants_batches_are_indexed_newest_first_and_expired_ones_skipped(jobs):
+    from storage.batches import BatchStore
+    from storage.jobs import NewJob
+
+    batches = BatchStore(jobs._r, jobs)
+    for n in range(3):
+        job = new_job_id()
+        batches.create(f"b{n}", [NewJob(job, {}, "in.png", batch_id=f"b{n}", tenant="t")], tenant="t",
+                       meta={"kind": "decompose"}, all_ids=[job])
+    rows = batches.tenant_batch_ids("t", None, 10)
+    assert [b for b, _ in rows] == ["b2", "b1", "b0"]
+    assert [b for b, _ in batches.tenant_batch_ids("t", rows[0][1], 10)] == ["b1", "b0"]  # a time cursor
+    assert batches.tenant_batch_ids("someone-else", None, 10) == []
+    jobs._r.delete(jobs.keys.batch("b1"))  # expired
+    jobs._r.delete(jobs.keys.batch("b0"))
+    jobs._r.hincrby(jobs.keys.batch("b0"), "n_succeeded", 1)  # a late job's counter: no batch revived
+    listed = batches.get_many(["b2", "b1", "b0"])
+    assert listed[0]["id"] == "b2" and listed[0]["count"] == 1 and listed[1:] == [None, None]

@@ -144,3 +144,42 @@ def test_own_jobs_are_listed_newest_first_per_key_and_paged(local_stack):
     client = client_of(url, mine)
     for job_id in ids + batch.json()["job_ids"]:  # the stack is shared: leave no work behind
         client.wait(job_id, timeout_s=300)
+
+
+def test_own_batches_are_listed_newest_first_per_key_and_paged(local_stack):
+    """`GET /v1/batches`: the key's batches, newest first, with their counts, paged by a time cursor
+    and filtered by state; another key sees none of them, callers without a key an empty page."""
+    url = local_stack.url
+    mine, other = {"Authorization": "Bearer list-own-batches"}, {"Authorization": "Bearer list-other-batches"}
+    ids, job_ids = [], []
+    for seed in (1, 2, 3):
+        key = upload(local_stack, mine, sample_png(64, 48))["input_key"]
+        batch = requests.post(url + "/v1/batches", json={"defaults": {**QUICK, "seed": seed}, "cache": False,
+                                                         "items": [{"input_key": key}]}, headers=mine, timeout=30)
+        assert batch.status_code == 202, batch.text
+        ids.append(batch.json()["id"])
+        job_ids += batch.json()["job_ids"]
+    client = client_of(url, mine)
+    for job_id in job_ids:
+        client.wait(job_id, timeout_s=300)
+
+    page = requests.get(url + "/v1/batches", headers=mine, timeout=10).json()
+    assert [b["id"] for b in page["items"]] == ids[::-1]
+    first = page["items"][0]
+    assert (first["kind"], first["count"], first["counts"]["succeeded"], first["progress"], first["done"]) == (
+        "decompose", 1, 1, 1.0, True)
+    walked, cursor = [], "0"
+    while cursor is not None:
+        resp = requests.get(url + "/v1/batches", params={"limit": 2, "cursor": cursor}, headers=mine, timeout=10)
+        assert resp.status_code == 200, resp.text
+        walked += [b["id"] for b in resp.json()["items"]]
+        cursor = resp.json()["next_cursor"]
+    assert walked == ids[::-1]
+    assert [b["id"] for b in client.batches(page_size=1)] == ids[::-1]
+    assert [b["id"] for b in client.batches(state="done")] == ids[::-1]
+    assert list(client.batches(state="active")) == []
+    assert requests.get(url + "/v1/batches", headers=other, timeout=10).json() == {"items": [], "next_cursor": None}
+    assert requests.get(url + "/v1/batches", timeout=10).json() == {"items": [], "next_cursor": None}
+    for query, field in (({"state": "running"}, "state"), ({"limit": 0}, "limit"), ({"cursor": "x"}, "cursor")):
+        bad = requests.get(url + "/v1/batches", params=query, headers=mine, timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == field, bad.text

@@ -8,6 +8,7 @@ or the test's temporary directory."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import time
@@ -127,6 +128,21 @@ def progress_path(base: str) -> str:
     `/v1/jobs/{id}/events`, else polling (and no probe of a missing route, which the console would log)."""
     paths = requests.get(base + "/openapi.json", timeout=30).json()["paths"]
     return "events" if "/v1/jobs/{id}/events" in paths else "polling"
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    make_sample_image(width, height).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def wait_for_job(base: str, job_id: str, headers: dict, timeout_s: float = JOB_WAIT_S) -> None:
+    """The stack is shared by the module: leave no work queued behind."""
+    deadline = time.monotonic() + timeout_s
+    while requests.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()["status"] in (
+            "queued", "running", "canceling"):
+        assert time.monotonic() < deadline, f"job {job_id} never ended"
+        time.sleep(0.5)
 
 
 def failing_job(base: str) -> str:
@@ -385,13 +401,23 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
     assert requests.get(single, timeout=30).headers["Content-Type"] == "image/png"
     screenshot(d, shots, "arrangement-saved")
 
-    # My jobs, with a key: the server's list, newest first — the arrangement, the edit, the decomposition.
+    # A batch the same key submitted elsewhere (here through the API): the server lists it too.
+    batch = requests.post(edit_stack.url + "/v1/batches", headers={"Authorization": "Bearer web-edit-test-key"},
+                          data={"batch": json.dumps({"defaults": {"layers": 2, "num_inference_steps": 2, "prompt": "x"},
+                                                     "items": [{"file": "one"}]})},
+                          files={"one": ("one.png", png_bytes(64, 64), "image/png")}, timeout=30)
+    assert batch.status_code == 202, batch.text
+
+    # My jobs, with a key: the server's lists, newest first — the batch, then the arrangement, the edit
+    # and the decomposition.
     by_id(d, "tab-jobs").click()
-    wait(d, lambda d: len(d.find_elements("css selector", "#jobs-table tbody tr")) == 3, 60, "jobs list incomplete")
+    wait(d, lambda d: len(d.find_elements("css selector", "#jobs-table tbody tr")) == 4, 60, "jobs list incomplete")
     rows = [r.text for r in d.find_elements("css selector", "#jobs-table tbody tr")]
-    assert "operations" in rows[0] and "make it red" in rows[1] and "sample.png" in rows[2], rows
+    assert "batch: " in rows[0] and "1 images" in rows[0] and "Forget" not in rows[0], rows
+    assert "operations" in rows[1] and "make it red" in rows[2] and "sample.png" in rows[3], rows
     screenshot(d, shots, "jobs-with-key")
 
     problems = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
     assert problems == []
     assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(edit_stack.url)
+    wait_for_job(edit_stack.url, batch.json()["job_ids"][0], {"Authorization": "Bearer web-edit-test-key"})

@@ -1,6 +1,6 @@
 // The jobs and batches this browser submitted, per API key: the whole list without a key (the API
-// lists no keyless caller's jobs), the batches with one (the API lists a key's jobs, not its
-// batches). Newest first, capped so localStorage stays small.
+// lists no keyless caller's jobs); with one, the names of a batch's images (the API lists the key's
+// jobs and batches, not the files they came from). Newest first, capped so localStorage stays small.
 
 import { keyTag } from "./api.js";
 

@@ -1,7 +1,7 @@
-// "My jobs". With an API key: the key's jobs as the server lists them (`GET /v1/jobs`, newest first,
-// paged), plus the batches this browser submitted (the server lists a batch's jobs, not a key's
-// batches). Without a key the server lists nothing (keyless callers share one tenant), so the page
-// shows what this browser submitted, each read afresh from `GET /v1/jobs/{id}` / `/v1/batches/{id}`.
+// "My jobs". With an API key: the key's batches and jobs as the server lists them (`GET /v1/batches`,
+// its newest page, then `GET /v1/jobs`, newest first, paged). Without a key the server lists nothing
+// (keyless callers share one tenant), so the page shows what this browser submitted, each read
+// afresh from `GET /v1/jobs/{id}` / `/v1/batches/{id}`.
 
 import { api, apiKey, hideError, showError } from "./api.js";
 import { forget, forgetAll, remembered } from "./history.js";
@@ -28,10 +28,9 @@ export async function refresh() {
   const tbody = $("jobs-table").querySelector("tbody");
   let rows;
   if (apiKey()) {
-    // The server's list, with the batches this browser remembers on top.
-    const batches = local.filter((e) => e.kind === "batch");
+    // The server's lists: the key's newest batches on top, then its jobs.
     cursor = "0";
-    const [batchRows, jobRows] = await Promise.all([Promise.all(batches.map(readRow)), page(names)]);
+    const [batchRows, jobRows] = await Promise.all([serverBatches(local), page(names)]);
     rows = [...batchRows, ...jobRows];
   } else {
     cursor = null;
@@ -60,6 +59,21 @@ async function page(names) {
   } catch (err) {
     cursor = null;
     showError($("jobs-error"), err, "Could not list the jobs");
+    return [];
+  }
+}
+
+/** The key's newest batches; the names of their images where this browser submitted them. */
+async function serverBatches(local) {
+  const mine = new Map(local.filter((e) => e.kind === "batch").map((e) => [e.id, e]));
+  try {
+    const out = await api("GET", `/v1/batches?limit=${PAGE}`);
+    return out.items.map((b) => {
+      const entry = mine.get(b.id);
+      return batchRow({ id: b.id, kind: "batch", name: entry?.name || `batch ${b.id.slice(0, 8)}`, names: entry?.names, at: b.created_at, listed: true }, b);
+    });
+  } catch (err) {
+    showError($("jobs-error"), err, "Could not list the batches");
     return [];
   }
 }
@@ -125,9 +139,9 @@ function batchRow(entry, b) {
   const c = b.counts;
   const done = c.succeeded + c.failed + c.canceled + (c.expired || 0);
   const status = [statusSpan(done >= b.count ? "succeeded" : "running", `batch: ${done}/${b.count} done`), c.failed ? ` · ${c.failed} failed` : ""];
-  return tr(entry, [], status, [`${b.count} images`],
-    btn("Open", `Open batch ${entry.name}`, () => actions.openBatch(b.id, entry.names || [])), " ",
-    btn("Forget", `Forget batch ${entry.name}`, () => { forget(entry.id); refresh(); }));
+  const buttons = [btn("Open", `Open batch ${entry.name}`, () => actions.openBatch(b.id, entry.names || []))];
+  if (!entry.listed) buttons.push(" ", btn("Forget", `Forget batch ${entry.name}`, () => { forget(entry.id); refresh(); }));
+  return tr(entry, [], status, [`${b.count} images`], ...buttons);
 }
 
 function goneRow(entry, err) {
