@@ -150,3 +150,39 @@ def test_a_transient_fault_mid_job_hands_the_job_back(rt, monkeypatch):
         run_job(rt, {"job_id": job_id, "input_key": "in.png", "params": {"layers": 4}})
     rec = rt.jobs.get(job_id)
     assert rec["status"] == "running" and rec["attempts"] == 1 and not rec.get("worker")
+
+
+def test_two_deliveries_of_a_cpu_job_in_one_worker_run_it_once(rt, monkeypatch):
+    """A CPU worker runs jobs in threads under one name: a second delivery of a job that one of its
+    threads is running is skipped (begin_attempt alone would let the same worker take it over)."""
+    import threading
+
+    from pydantic import BaseModel
+
+    class Message(BaseModel):
+        job_id: str
+
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "cpu0@host", raising=False)
+    job_id = _job(rt.jobs, "compose")
+    inside, release, builds = threading.Event(), threading.Event(), []
+
+    def build(_rt, _msg):
+        builds.append(1)
+        inside.set()
+        assert release.wait(30)
+        return {"layers": [], "steps": 0}
+
+    outcomes = []
+    first = threading.Thread(target=lambda: outcomes.append(
+        layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build)))
+    first.start()
+    assert inside.wait(30)
+    assert layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build) == "running"
+    release.set()
+    first.join(30)
+    assert outcomes == ["succeeded"] and builds == [1]
+    assert rt.jobs.get(job_id)["attempts"] == 1
+    # Once it ended, a late delivery is skipped by the record (finished), not by this worker's memory.
+    assert layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build) == "succeeded"
+    assert builds == [1]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
@@ -116,6 +118,27 @@ def build_combine(rt: WorkerRuntime, msg: CombineMessage) -> dict[str, Any]:
     return {**store_layer_set(rt, msg.job_id, stack, manifest), "steps": 0}
 
 
+_here: set[str] = set()
+_here_lock = threading.Lock()
+
+
+@contextmanager
+def _first_here(job_id: str) -> Iterator[bool]:
+    """Whether no other thread of this worker runs `job_id` now. A CPU worker runs several jobs at
+    once in threads under one worker name, and `JobStore.begin_attempt` lets a worker take over a
+    job recorded as its own (a restarted worker keeps its name), so two deliveries of one job (a
+    message put back, a re-sent one) could both run here; the second is skipped instead."""
+    with _here_lock:
+        first = job_id not in _here
+        _here.add(job_id)
+    try:
+        yield first
+    finally:
+        if first:
+            with _here_lock:
+                _here.discard(job_id)
+
+
 def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: Any,
                      build: Callable[[WorkerRuntime, Any], dict[str, Any]]) -> str:
     """One delivery of a compose or combine job, to its end (as `worker.decompose.run_job`)."""
@@ -126,6 +149,15 @@ def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: 
         if job_id:
             _end_failed(rt, job_id, "invalid_request", f"malformed {kind} message: {exc}", {})
         return "failed"
+    with _first_here(msg.job_id) as first:
+        if not first:
+            log.info("%s job %s already runs in this worker; duplicate delivery skipped", kind, msg.job_id)
+            return "running"
+        return _run_delivery(rt, kind, msg, build)
+
+
+def _run_delivery(rt: WorkerRuntime, kind: str, msg: Any,
+                  build: Callable[[WorkerRuntime, Any], dict[str, Any]]) -> str:
     try:
         # CPU workers beat on the `cpu` queue too: a duplicate message of a job running on a live
         # worker is refused, a dead worker's job is taken over.
