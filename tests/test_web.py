@@ -413,7 +413,7 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
     by_id(d, "tab-jobs").click()
     wait(d, lambda d: len(d.find_elements("css selector", "#jobs-table tbody tr")) == 4, 60, "jobs list incomplete")
     rows = [r.text for r in d.find_elements("css selector", "#jobs-table tbody tr")]
-    assert "batch: " in rows[0] and "1 images" in rows[0] and "Forget" not in rows[0], rows
+    assert "batch: " in rows[0] and "1 image" in rows[0] and "Forget" not in rows[0], rows
     assert "operations" in rows[1] and "make it red" in rows[2] and "sample.png" in rows[3], rows
     screenshot(d, shots, "jobs-with-key")
 

@@ -141,7 +141,7 @@ function batchRow(entry, b) {
   const status = [statusSpan(done >= b.count ? "succeeded" : "running", `batch: ${done}/${b.count} done`), c.failed ? ` · ${c.failed} failed` : ""];
   const buttons = [btn("Open", `Open batch ${entry.name}`, () => actions.openBatch(b.id, entry.names || []))];
   if (!entry.listed) buttons.push(" ", btn("Forget", `Forget batch ${entry.name}`, () => { forget(entry.id); refresh(); }));
-  return tr(entry, [], status, [`${b.count} images`], ...buttons);
+  return tr(entry, [], status, [`${b.count} image${b.count === 1 ? "" : "s"}`], ...buttons);
 }
 
 function goneRow(entry, err) {
