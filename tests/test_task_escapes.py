@@ -186,3 +186,28 @@ def test_two_deliveries_of_a_cpu_job_in_one_worker_run_it_once(rt, monkeypatch):
     # Once it ended, a late delivery is skipped by the record (finished), not by this worker's memory.
     assert layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build) == "succeeded"
     assert builds == [1]
+
+
+def test_the_store_unreachable_when_recording_the_result_is_retried_not_failed(rt, monkeypatch):
+    """A finished job whose `succeeded` write fails on a Redis blip is retried (and handed back), not
+    failed `internal` with its files dropped."""
+    import redis
+
+    from worker.decompose import DECOMPOSE, JobKind, TransientJobError, run_job
+
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "w1", raising=False)
+    monkeypatch.setattr(rt, "liveness", None, raising=False)
+    finished = JobKind(DECOMPOSE.name, DECOMPOSE.queue, DECOMPOSE.parse, lambda *_: {"layers": [], "steps": 0})
+    job_id = _job(rt.jobs, "decompose")
+
+    def unreachable(*_args, **_kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(rt.jobs, "succeed", unreachable)
+        with pytest.raises(TransientJobError, match="ConnectionError while recording the result"):
+            run_job(rt, {"job_id": job_id, "input_key": "in.png", "params": {"layers": 4}}, kind=finished)
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == "running" and not rec.get("worker") and not rec.get("error")
+    assert not rt.deleted  # nothing of the job's was dropped

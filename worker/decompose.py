@@ -108,16 +108,16 @@ class JobKind:
 
 
 @contextmanager
-def claiming() -> Iterator[None]:
-    """Around a worker's claim of a job (`JobStore.begin_attempt` and the reads before it): the job
-    store unreachable after its own retries is a transient fault, for the task to retry later.
-    Nothing has run and it is not the job's fault; escaping, it would end the job `internal`
-    (tasks.failing_job_on_escape) after a blip of Redis."""
+def store_faults_retried(doing: str) -> Iterator[None]:
+    """Around a worker's reads and writes of a job's record (its claim, `JobStore.begin_attempt`, and
+    the `succeeded` transition): the job store unreachable after its own retries is a transient
+    fault, for the task to retry later. It is not the job's fault; escaping, it would end the job
+    `internal` (tasks.failing_job_on_escape) after a blip of Redis, and drop a finished job's files."""
     try:
         yield
     except Exception as exc:
         if is_transient(exc):
-            raise TransientJobError(f"{type(exc).__name__} while claiming the job: {exc}") from exc
+            raise TransientJobError(f"{type(exc).__name__} while {doing}: {exc}") from exc
         raise
 
 
@@ -149,7 +149,7 @@ def run_job(
         return "failed"
 
     try:
-        with claiming():
+        with store_faults_retried("claiming the job"):
             # The job's own queue (decompose jobs wait in their memory class's queue), for its place
             # in the queue and the duplicate check against the workers of that queue.
             rec = rt.jobs.get(msg.job_id)
@@ -209,7 +209,8 @@ def _run_claimed(rt: WorkerRuntime, msg: Any, kind: JobKind) -> str:
 
     timings = clock.total()
     try:
-        rt.jobs.succeed(msg.job_id, result, timings)
+        with store_faults_retried("recording the result"):  # a retry runs the job again, whole
+            rt.jobs.succeed(msg.job_id, result, timings)
     except LayerqError:
         # Canceled while we were uploading: the cancel wins and the results go.
         return _cancel(rt, msg.job_id, timings)

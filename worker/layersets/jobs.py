@@ -25,7 +25,8 @@ from layerq.queues import COMBINE_TASK, COMPOSE_TASK, LAYERSET_QUEUE
 from layerq.results import with_object_keys
 from storage.client import is_transient
 from worker.decompose import (
-    StageClock, TransientJobError, _cancel, _end_failed, _notify, claiming, give_up, hand_back, load_input,
+    StageClock, TransientJobError, _cancel, _end_failed, _notify, give_up, hand_back, load_input,
+    store_faults_retried,
 )
 from worker.liveness import dead_after_s
 from worker.outputs import manifest_for, store_layer_set
@@ -161,7 +162,7 @@ def _run_delivery(rt: WorkerRuntime, kind: str, msg: Any,
     try:
         # CPU workers beat on the `cpu` queue too: a duplicate message of a job running on a live
         # worker is refused, a dead worker's job is taken over.
-        with claiming():
+        with store_faults_retried("claiming the job"):
             attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries, worker=rt.name,
                                             alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
                                             queue=LAYERSET_QUEUE)
@@ -172,6 +173,14 @@ def _run_delivery(rt: WorkerRuntime, kind: str, msg: Any,
     if attempt.attempts == 1:
         _notify(rt, msg.job_id)
     metrics.JOBS.labels(kind, "running").inc()
+    try:
+        return _run_claimed(rt, kind, msg, build)
+    except TransientJobError:
+        hand_back(rt, msg.job_id)  # the retry may run on another worker
+        raise
+
+
+def _run_claimed(rt: WorkerRuntime, kind: str, msg: Any, build: Callable[[WorkerRuntime, Any], dict[str, Any]]) -> str:
     clock = StageClock()
     try:
         rt.jobs.set_progress(msg.job_id, "exporting", 0, 0)
@@ -179,19 +188,18 @@ def _run_delivery(rt: WorkerRuntime, kind: str, msg: Any,
         clock.lap("exporting")
     except LayerqError as exc:
         if is_transient(exc):
-            hand_back(rt, msg.job_id)
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         metrics.JOBS.labels(kind, "failed").inc()
         return _end_failed(rt, msg.job_id, exc.code, exc.message, clock.total())
     except Exception as exc:
         if is_transient(exc):
-            hand_back(rt, msg.job_id)
             raise TransientJobError(f"{type(exc).__name__}: {exc}") from exc
         log.exception("%s job %s failed unexpectedly", kind, msg.job_id)
         metrics.JOBS.labels(kind, "failed").inc()
         return _end_failed(rt, msg.job_id, "internal", f"{type(exc).__name__}: {exc}", clock.total())
     try:
-        rt.jobs.succeed(msg.job_id, result, clock.total())
+        with store_faults_retried("recording the result"):
+            rt.jobs.succeed(msg.job_id, result, clock.total())
     except LayerqError:
         return _cancel(rt, msg.job_id, clock.total())
     metrics.JOBS.labels(kind, "succeeded").inc()
