@@ -182,6 +182,7 @@ def test_decompose_batch_and_jobs_in_a_browser(browser, local_stack, downloads, 
     assert d.execute_script("return document.documentElement.dataset.progress") == progress_path(local_stack.url)
     assert len(d.find_elements("css selector", "#gallery li")) == 3
     assert by_id(d, "result-meta").text.startswith("3 layers")
+    assert not by_id(d, "result-caption").is_displayed()  # a prompt was given: no caption
 
     # A download works: the ZIP export holds the three layers.
     d.find_element("css selector", "#exports a[data-format=zip]").click()
@@ -330,12 +331,21 @@ def test_edit_a_layer_accept_it_then_save_an_arrangement(browser, edit_stack, do
     by_id(d, "advanced").find_element("tag name", "summary").click()
     Select(by_id(d, "d-layers")).select_by_value("3")
     fill(d, "d-steps", "2")
-    fill(d, "d-prompt", "a poster with shapes")
+    fill(d, "d-prompt", "")  # the model captions the image first, and the page shows that caption
     by_id(d, "use-sample").click()
     wait(d, lambda d: by_id(d, "preview").is_displayed(), message="the sample never showed")
     by_id(d, "submit").click()
     wait(d, lambda d: by_id(d, "result").is_displayed(), JOB_WAIT_S, "the job never finished: " + by_id(d, "progress-text").text)
     parent_id = d.execute_script("return document.getElementById('progress-text').textContent").split()[1].rstrip(":")
+    own = requests.get(f"{edit_stack.url}/v1/jobs", headers={"Authorization": "Bearer web-edit-test-key"}, timeout=10)
+    decomposition = own.json()["items"][0]  # the key's only job so far
+    assert decomposition["id"].startswith(parent_id)
+    caption = decomposition["result"]["caption"]
+    assert caption and by_id(d, "result-caption").is_displayed()
+    by_id(d, "result-caption").find_element("tag name", "summary").click()  # folded until asked for
+    assert d.execute_script("return document.getElementById('result-caption-text').textContent") == caption
+    screenshot(d, shots, "decompose-captioned")
+    by_id(d, "result-caption").find_element("tag name", "summary").click()
 
     # "Edit…" on the middle layer opens the Edit view with that layer chosen and the instruction focused.
     by_id(d, "edit-1").send_keys(Keys.ENTER)

@@ -143,6 +143,11 @@ async function showResult(job) {
     return;
   }
   $("result-meta").textContent = `${r.layers.length} layers · ${first.width}×${first.height} · ${describeSet(job)} · links valid until ${new Date(r.expires_at).toLocaleString()}`;
+  // No prompt given: the model captioned the image first; that caption (with the seed) reproduces the job.
+  // Folded: a caption can run to a long paragraph.
+  $("result-caption").hidden = !r.caption;
+  $("result-caption").open = false;
+  $("result-caption-text").textContent = r.caption || "";
   const list = $("exports");
   list.replaceChildren();
   for (const [fmt, url] of Object.entries(r.exports)) {
