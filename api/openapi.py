@@ -148,8 +148,8 @@ class Health(BaseModel):
 
 MODELS: list[type[BaseModel]] = [
     DecomposeParams, JobView, ErrorResponse, Health, JobRequest, BatchRequest, UploadRequest, CancelResult,
-    BatchAccepted, DryRun, JobPage, BatchView, BatchSummary, BatchPage, BatchCancelResult, UploadTicket, EditParams, EditRequest,
-    LayerDecomposeRequest, ComposeRequest, CombineRequest,
+    BatchAccepted, DryRun, JobPage, BatchView, BatchSummary, BatchPage, BatchCancelResult, UploadTicket,
+    EditParams, EditRequest, LayerDecomposeRequest, ComposeRequest, CombineRequest,
 ]
 
 
