@@ -211,3 +211,25 @@ def test_the_store_unreachable_when_recording_the_result_is_retried_not_failed(r
     rec = rt.jobs.get(job_id)
     assert rec["status"] == "running" and not rec.get("worker") and not rec.get("error")
     assert not rt.deleted  # nothing of the job's was dropped
+
+
+@pytest.mark.parametrize(("retries", "outcome"), [(3, "succeeded"), (0, "failed")])
+def test_a_layerset_jobs_transient_retries_do_not_count_as_lost_deliveries(rt, monkeypatch, retries, outcome):
+    """Three deliveries ended by transient faults, then the third retry: it runs (as a decompose job's
+    would); only deliveries beyond the cap without retries count as a lost worker's."""
+    from pydantic import BaseModel
+
+    class Message(BaseModel):
+        job_id: str
+
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "cpu0@host", raising=False)
+    job_id = _job(rt.jobs, "compose")
+    for _ in range(3):  # each ended by a transient fault and handed back
+        assert rt.jobs.begin_attempt(job_id, max_deliveries=9, worker="cpu0@host", queue="cpu").run
+        rt.jobs.unclaim(job_id, "cpu0@host")
+    done = layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id},
+                                          lambda *_: {"layers": [], "steps": 0}, retries=retries)
+    assert done == outcome
+    rec = rt.jobs.get(job_id)
+    assert rec["status"] == outcome and (outcome == "succeeded" or rec["error"]["code"] == "worker_lost")

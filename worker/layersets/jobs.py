@@ -141,8 +141,9 @@ def _first_here(job_id: str) -> Iterator[bool]:
 
 
 def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: Any,
-                     build: Callable[[WorkerRuntime, Any], dict[str, Any]]) -> str:
-    """One delivery of a compose or combine job, to its end (as `worker.decompose.run_job`)."""
+                     build: Callable[[WorkerRuntime, Any], dict[str, Any]], retries: int = 0) -> str:
+    """One delivery of a compose or combine job, to its end (as `worker.decompose.run_job`; `retries`:
+    the task's transient-fault retries so far, each allowed one more delivery)."""
     job_id = raw.get("job_id") if isinstance(raw, dict) else None
     try:
         msg = model.model_validate(raw)
@@ -154,16 +155,18 @@ def run_layerset_job(rt: WorkerRuntime, kind: str, model: type[BaseModel], raw: 
         if not first:
             log.info("%s job %s already runs in this worker; duplicate delivery skipped", kind, msg.job_id)
             return "running"
-        return _run_delivery(rt, kind, msg, build)
+        return _run_delivery(rt, kind, msg, build, retries)
 
 
 def _run_delivery(rt: WorkerRuntime, kind: str, msg: Any,
-                  build: Callable[[WorkerRuntime, Any], dict[str, Any]]) -> str:
+                  build: Callable[[WorkerRuntime, Any], dict[str, Any]], retries: int) -> str:
     try:
         # CPU workers beat on the `cpu` queue too: a duplicate message of a job running on a live
         # worker is refused, a dead worker's job is taken over.
         with store_faults_retried("claiming the job"):
-            attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries, worker=rt.name,
+            # A retry is a new delivery: it must not count towards `worker_lost` (as for decompose jobs).
+            attempt = rt.jobs.begin_attempt(msg.job_id, max_deliveries=rt.settings.max_deliveries + retries,
+                                            worker=rt.name,
                                             alive_within_s=dead_after_s(rt.settings.worker_heartbeat_s),
                                             queue=LAYERSET_QUEUE)
     except JobNotFound:
@@ -220,7 +223,7 @@ def register(app: Any) -> None:
             with failing_job_on_escape(message):  # an escape must not leave the job non-terminal
                 rt = runtime.current()
                 try:
-                    return run_layerset_job(rt, kind, model, message, build)
+                    return run_layerset_job(rt, kind, model, message, build, retries=self.request.retries)
                 except TransientJobError as exc:
                     if self.request.retries >= rt.settings.max_transient_retries:
                         return give_up(rt, message, exc)
