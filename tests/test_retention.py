@@ -156,7 +156,7 @@ def test_a_job_retained_past_the_job_ttl_stays_in_its_tenants_list(redis_url: st
     # index; the retained job's entry is kept.
     later = time.time() + 600
     pipe = svc.jobs.pipeline()
-    svc.jobs._index(pipe, "t1", {"other": int(later * 1e6)}, later)
+    svc.jobs.index_by_creation(pipe, svc.jobs.keys.tenant_jobs("t1"), {"other": int(later * 1e6)}, later)
     pipe.execute()
     assert [j for j, _ in svc.jobs.tenant_job_ids("t1", None, 10)] == ["other", job_id]
 
