@@ -88,9 +88,12 @@ def run_schemathesis(base_url: str, *, max_examples: int, seed: int, report_dir:
     )
 
 
-def drain(stack) -> int:
+def drain(stack, settle_s: float = 120.0) -> int:
     """Cancel every job the fuzzer left queued or running on `stack` (all of the public tenant: the
-    fuzzer sends no token), so a shared stack's later tests do not wait behind them."""
+    fuzzer sends no token), so a shared stack's later tests do not wait behind them, then wait (up to
+    `settle_s`) until every job has ended: a canceled job stops at its next step, and a compose job
+    writes its files to the end, so later tests that count the stack's stored objects would see them
+    change (seen in CI once the fuzzer's seeded sequence changed)."""
     import redis
 
     r = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
@@ -109,4 +112,15 @@ def drain(stack) -> int:
         resp = requests.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=30)
         if resp.status_code == 200 and resp.json().get("changed"):
             stopped += 1
+    deadline = time.monotonic() + settle_s
+    while _unfinished(r, head) and time.monotonic() < deadline:
+        time.sleep(0.5)
     return stopped
+
+
+def _unfinished(r, head: str) -> list[str]:
+    keys = [k for k in r.scan_iter(head + "*", count=500) if ":" not in k[len(head):]]
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "status")
+    return [k for k, status in zip(keys, pipe.execute()) if status in ("queued", "running", "canceling")]
