@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from layerq.jobs import TERMINAL
 from layerq.sample import sample_png
 
 # Where generated webhooks point: loopback, which the fuzz stack allow-lists. Nothing listens on
@@ -123,4 +124,5 @@ def _unfinished(r, head: str) -> list[str]:
     pipe = r.pipeline(transaction=False)
     for key in keys:
         pipe.hget(key, "status")
-    return [k for k, status in zip(keys, pipe.execute()) if status in ("queued", "running", "canceling")]
+    ended = {s.value for s in TERMINAL}
+    return [k for k, status in zip(keys, pipe.execute()) if status is not None and status not in ended]

@@ -13,12 +13,15 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+import redis
 from celery import Celery
+from pydantic import BaseModel
 
 from layerq.messages import DECOMPOSE_TASK
 from layerq.queues import COMBINE_TASK, COMPOSE_TASK, EDIT_TASK
 from storage.jobs import JobStore, new_job_id
 from worker import runtime, tasks
+from worker.decompose import TransientJobError
 from worker.layersets import jobs as layerset_jobs
 
 
@@ -93,6 +96,23 @@ def test_job_tasks_fail_their_job_when_setup_raises(app, rt, monkeypatch, task_n
     assert "KeyError" in rec["error"]["message"]
 
 
+class _Message(BaseModel):  # a layer-set job's message, as far as the claim reads it
+    job_id: str
+
+
+def _redis_down(*_args, **_kwargs):
+    raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+@pytest.fixture
+def worker_rt(rt, monkeypatch):
+    """The stand-in runtime with what `run_job` and `run_layerset_job` read of a worker's."""
+    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
+    monkeypatch.setattr(rt, "name", "w1@host", raising=False)
+    monkeypatch.setattr(rt, "liveness", None, raising=False)
+    return rt
+
+
 def _claim_decompose(rt, job_id: str) -> None:
     from worker.decompose import run_job
 
@@ -100,50 +120,34 @@ def _claim_decompose(rt, job_id: str) -> None:
 
 
 def _claim_compose(rt, job_id: str) -> None:
-    from pydantic import BaseModel
-
-    class Message(BaseModel):  # only the claim is reached
-        job_id: str
-
-    layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build=None)
+    layerset_jobs.run_layerset_job(rt, "compose", _Message, {"job_id": job_id}, build=None)  # only its claim runs
 
 
 @pytest.mark.parametrize(("kind", "claim", "failing"), [
     ("decompose", _claim_decompose, "get"), ("decompose", _claim_decompose, "begin_attempt"),
     ("compose", _claim_compose, "begin_attempt")])
-def test_the_store_unreachable_at_the_claim_is_retried_not_failed(rt, monkeypatch, kind, claim, failing):
+def test_the_store_unreachable_at_the_claim_is_retried_not_failed(worker_rt, monkeypatch, kind, claim, failing):
     """A Redis blip while a worker claims a job is a transient fault (the task retries it with
     backoff), not an escape that would end the job `internal`; nothing has run, the job stays queued."""
-    import redis
-
-    from worker.decompose import TransientJobError
-
+    rt = worker_rt
     job_id = _job(rt.jobs, kind)
-
-    def unreachable(*_args, **_kwargs):
-        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
-    monkeypatch.setattr(rt, "name", "w1", raising=False)
     with monkeypatch.context() as outage:
-        outage.setattr(rt.jobs, failing, unreachable)
+        outage.setattr(rt.jobs, failing, _redis_down)
         with pytest.raises(TransientJobError, match="ConnectionError while claiming"):
             claim(rt, job_id)
     rec = rt.jobs.get(job_id)
     assert rec["status"] == "queued" and not rec.get("error")
 
 
-def test_a_transient_fault_mid_job_hands_the_job_back(rt, monkeypatch):
+def test_a_transient_fault_mid_job_hands_the_job_back(worker_rt, monkeypatch):
     """The delivery that hit the fault stops owning the job, so its retry may run on another worker."""
     import worker.decompose
-    from worker.decompose import TransientJobError, run_job
+    from worker.decompose import run_job
 
     def storage_down(*_args, **_kwargs):
         raise TransientJobError("StorageUnavailable: S3 unreachable")
 
-    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
-    monkeypatch.setattr(rt, "name", "w1", raising=False)
-    monkeypatch.setattr(rt, "liveness", None, raising=False)
+    rt = worker_rt
     monkeypatch.setattr(worker.decompose, "_run_claimed", storage_down)
     job_id = _job(rt.jobs, "decompose")
     with pytest.raises(TransientJobError):
@@ -152,18 +156,12 @@ def test_a_transient_fault_mid_job_hands_the_job_back(rt, monkeypatch):
     assert rec["status"] == "running" and rec["attempts"] == 1 and not rec.get("worker")
 
 
-def test_two_deliveries_of_a_cpu_job_in_one_worker_run_it_once(rt, monkeypatch):
+def test_two_deliveries_of_a_cpu_job_in_one_worker_run_it_once(worker_rt):
     """A CPU worker runs jobs in threads under one name: a second delivery of a job that one of its
     threads is running is skipped (begin_attempt alone would let the same worker take it over)."""
     import threading
 
-    from pydantic import BaseModel
-
-    class Message(BaseModel):
-        job_id: str
-
-    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
-    monkeypatch.setattr(rt, "name", "cpu0@host", raising=False)
+    rt = worker_rt
     job_id = _job(rt.jobs, "compose")
     inside, release, builds = threading.Event(), threading.Event(), []
 
@@ -175,37 +173,29 @@ def test_two_deliveries_of_a_cpu_job_in_one_worker_run_it_once(rt, monkeypatch):
 
     outcomes = []
     first = threading.Thread(target=lambda: outcomes.append(
-        layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build)))
+        layerset_jobs.run_layerset_job(rt, "compose", _Message, {"job_id": job_id}, build)))
     first.start()
     assert inside.wait(30)
-    assert layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build) == "running"
+    assert layerset_jobs.run_layerset_job(rt, "compose", _Message, {"job_id": job_id}, build) == "running"
     release.set()
     first.join(30)
     assert outcomes == ["succeeded"] and builds == [1]
     assert rt.jobs.get(job_id)["attempts"] == 1
     # Once it ended, a late delivery is skipped by the record (finished), not by this worker's memory.
-    assert layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id}, build) == "succeeded"
+    assert layerset_jobs.run_layerset_job(rt, "compose", _Message, {"job_id": job_id}, build) == "succeeded"
     assert builds == [1]
 
 
-def test_the_store_unreachable_when_recording_the_result_is_retried_not_failed(rt, monkeypatch):
+def test_the_store_unreachable_when_recording_the_result_is_retried_not_failed(worker_rt, monkeypatch):
     """A finished job whose `succeeded` write fails on a Redis blip is retried (and handed back), not
     failed `internal` with its files dropped."""
-    import redis
+    from worker.decompose import DECOMPOSE, JobKind, run_job
 
-    from worker.decompose import DECOMPOSE, JobKind, TransientJobError, run_job
-
-    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
-    monkeypatch.setattr(rt, "name", "w1", raising=False)
-    monkeypatch.setattr(rt, "liveness", None, raising=False)
+    rt = worker_rt
     finished = JobKind(DECOMPOSE.name, DECOMPOSE.queue, DECOMPOSE.parse, lambda *_: {"layers": [], "steps": 0})
     job_id = _job(rt.jobs, "decompose")
-
-    def unreachable(*_args, **_kwargs):
-        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
     with monkeypatch.context() as outage:
-        outage.setattr(rt.jobs, "succeed", unreachable)
+        outage.setattr(rt.jobs, "succeed", _redis_down)
         with pytest.raises(TransientJobError, match="ConnectionError while recording the result"):
             run_job(rt, {"job_id": job_id, "input_key": "in.png", "params": {"layers": 4}}, kind=finished)
     rec = rt.jobs.get(job_id)
@@ -214,21 +204,15 @@ def test_the_store_unreachable_when_recording_the_result_is_retried_not_failed(r
 
 
 @pytest.mark.parametrize(("retries", "outcome"), [(3, "succeeded"), (0, "failed")])
-def test_a_layerset_jobs_transient_retries_do_not_count_as_lost_deliveries(rt, monkeypatch, retries, outcome):
+def test_a_layerset_jobs_transient_retries_do_not_count_as_lost_deliveries(worker_rt, retries, outcome):
     """Three deliveries ended by transient faults, then the third retry: it runs (as a decompose job's
     would); only deliveries beyond the cap without retries count as a lost worker's."""
-    from pydantic import BaseModel
-
-    class Message(BaseModel):
-        job_id: str
-
-    monkeypatch.setattr(rt, "settings", SimpleNamespace(max_deliveries=3, worker_heartbeat_s=15.0), raising=False)
-    monkeypatch.setattr(rt, "name", "cpu0@host", raising=False)
+    rt = worker_rt
     job_id = _job(rt.jobs, "compose")
     for _ in range(3):  # each ended by a transient fault and handed back
-        assert rt.jobs.begin_attempt(job_id, max_deliveries=9, worker="cpu0@host", queue="cpu").run
-        rt.jobs.unclaim(job_id, "cpu0@host")
-    done = layerset_jobs.run_layerset_job(rt, "compose", Message, {"job_id": job_id},
+        assert rt.jobs.begin_attempt(job_id, max_deliveries=9, worker=rt.name, queue="cpu").run
+        rt.jobs.unclaim(job_id, rt.name)
+    done = layerset_jobs.run_layerset_job(rt, "compose", _Message, {"job_id": job_id},
                                           lambda *_: {"layers": [], "steps": 0}, retries=retries)
     assert done == outcome
     rec = rt.jobs.get(job_id)

@@ -35,6 +35,17 @@ def upload(stack, headers: dict, data: bytes) -> dict:
     return t
 
 
+def walk_pages(list_url: str, headers: dict, limit: int = 2) -> list[str]:
+    """The ids of every page of a time-cursor listing (`GET /v1/jobs`, `GET /v1/batches`), in order."""
+    walked, cursor = [], "0"
+    while cursor is not None:
+        resp = requests.get(list_url, params={"limit": limit, "cursor": cursor}, headers=headers, timeout=10)
+        assert resp.status_code == 200, resp.text
+        walked += [item["id"] for item in resp.json()["items"]]
+        cursor = resp.json()["next_cursor"]
+    return walked
+
+
 def stable(job: dict) -> dict:
     """A job view without what changes on every read (freshly signed URLs)."""
     return {k: v for k, v in job.items() if k != "result"}
@@ -130,13 +141,7 @@ def test_own_jobs_are_listed_newest_first_per_key_and_paged(local_stack):
 
     page = requests.get(url + "/v1/jobs", headers=mine, timeout=10).json()
     assert [j["id"] for j in page["items"]] == ids[::-1]  # the batch's job is listed with ?batch= only
-    walked, cursor = [], "0"
-    while cursor is not None:
-        resp = requests.get(url + "/v1/jobs", params={"limit": 2, "cursor": cursor}, headers=mine, timeout=10)
-        assert resp.status_code == 200, resp.text
-        walked += [j["id"] for j in resp.json()["items"]]
-        cursor = resp.json()["next_cursor"]
-    assert walked == ids[::-1]
+    assert walk_pages(url + "/v1/jobs", mine) == ids[::-1]
     assert requests.get(url + "/v1/jobs", headers=other, timeout=10).json() == {"items": [], "next_cursor": None}
     assert requests.get(url + "/v1/jobs", timeout=10).json() == {"items": [], "next_cursor": None}
     bad = requests.get(url + "/v1/jobs", params={"limit": 0}, headers=mine, timeout=10)
@@ -168,13 +173,7 @@ def test_own_batches_are_listed_newest_first_per_key_and_paged(local_stack):
     first = page["items"][0]
     assert (first["kind"], first["count"], first["counts"]["succeeded"], first["progress"], first["done"]) == (
         "decompose", 1, 1, 1.0, True)
-    walked, cursor = [], "0"
-    while cursor is not None:
-        resp = requests.get(url + "/v1/batches", params={"limit": 2, "cursor": cursor}, headers=mine, timeout=10)
-        assert resp.status_code == 200, resp.text
-        walked += [b["id"] for b in resp.json()["items"]]
-        cursor = resp.json()["next_cursor"]
-    assert walked == ids[::-1]
+    assert walk_pages(url + "/v1/batches", mine) == ids[::-1]
     assert [b["id"] for b in client.batches(page_size=1)] == ids[::-1]
     assert [b["id"] for b in client.batches(state="done")] == ids[::-1]
     assert list(client.batches(state="active")) == []
